@@ -1,0 +1,3 @@
+"""celery-exporter: a Prometheus exporter for Celery clusters."""
+
+__version__ = "0.1.0"

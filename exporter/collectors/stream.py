@@ -1,0 +1,114 @@
+"""Self-metrics of the exporter's event pipeline: events by type, refusals by reason, broker connection,
+the task table, and the cardinality guards. Also ``celery_exporter_build_info``.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.collectors.base import MetricSpec
+from exporter.events.ingest import StreamStatus
+from exporter.state import Snapshot
+
+BUILD_SPEC = MetricSpec(
+    "celery_exporter_build_info", "gauge", "Version of the exporter and of what it runs on (always 1).",
+    ("version", "python_version", "celery_version"),
+)
+EVENTS_SPEC = MetricSpec(
+    "celery_exporter_events_total", "counter", "Celery events applied, by event type.", ("type",)
+)
+INVALID_SPEC = MetricSpec(
+    "celery_exporter_events_invalid_total", "counter",
+    "Event messages or events refused (undecodable, not JSON, missing fields, bad timestamps), by reason.",
+    ("reason",),
+)
+CONNECTED_SPEC = MetricSpec(
+    "celery_exporter_broker_connected", "gauge", "1 while the event stream is connected to the broker."
+)
+RECONNECTS_SPEC = MetricSpec(
+    "celery_exporter_broker_reconnects_total", "counter",
+    "Times the event stream re-established its broker connection after losing it.",
+)
+LAST_EVENT_SPEC = MetricSpec(
+    "celery_exporter_last_event_timestamp_seconds", "gauge",
+    "Timestamp of the newest event applied (the sender's clock, utcoffset-adjusted).",
+)
+TRACKED_SPEC = MetricSpec(
+    "celery_exporter_tracked_tasks", "gauge", "Tasks held in the task table that pairs events by uuid."
+)
+EVICTED_SPEC = MetricSpec(
+    "celery_exporter_tracked_tasks_evicted_total", "counter",
+    "Tasks dropped from the task table before finishing, by reason (capacity: LRU; age: task_max_age).",
+    ("reason",),
+)
+OVERFLOW_SPEC = MetricSpec(
+    "celery_exporter_label_overflow_total", "counter",
+    'Events whose task_name, exception, queue or worker was folded into "__overflow__" (or, for '
+    "workers, not tracked) because a cardinality cap was reached, by label.",
+    ("label",),
+)
+PURGED_SPEC = MetricSpec(
+    "celery_exporter_workers_purged_total", "counter",
+    "Workers dropped after --worker-purge-after seconds of silence.",
+)
+
+METRICS = (
+    BUILD_SPEC, EVENTS_SPEC, INVALID_SPEC, CONNECTED_SPEC, RECONNECTS_SPEC, LAST_EVENT_SPEC, TRACKED_SPEC,
+    EVICTED_SPEC, OVERFLOW_SPEC, PURGED_SPEC,
+)
+
+
+def _celery_version() -> str:
+    try:
+        import celery
+
+        return str(celery.__version__)
+    except Exception:  # pragma: no cover
+        return ""
+
+
+_BUILD_LABELS = (__version__, platform.python_version(), _celery_version())
+
+
+def stream_families(snap: Snapshot, status: StreamStatus) -> Iterator[Metric]:
+    """Pure: the exporter's self-metrics from a snapshot and the stream status."""
+    build = BUILD_SPEC.family()
+    build.add_metric(list(_BUILD_LABELS), 1.0)  # type: ignore[attr-defined]
+    yield build
+    for spec, table in (
+        (EVENTS_SPEC, snap.events_by_type),
+        (INVALID_SPEC, snap.invalid_by_reason),
+        (EVICTED_SPEC, snap.evicted),
+        (OVERFLOW_SPEC, snap.overflow),
+    ):
+        fam = spec.family()
+        for label, value in sorted(table.items()):
+            fam.add_metric([label], value)  # type: ignore[attr-defined]
+        yield fam
+    for spec, value in (
+        (CONNECTED_SPEC, 1.0 if status.connected else 0.0),
+        (RECONNECTS_SPEC, status.reconnects),
+        (TRACKED_SPEC, snap.tracked_tasks),
+        (PURGED_SPEC, snap.workers_purged),
+    ):
+        fam = spec.family()
+        fam.add_metric([], value)  # type: ignore[attr-defined]
+        yield fam
+    if snap.last_event_ts is not None:
+        fam = LAST_EVENT_SPEC.family()
+        fam.add_metric([], snap.last_event_ts)  # type: ignore[attr-defined]
+        yield fam
+
+
+class StreamCollector(Collector):
+    def __init__(self, snapshot: Callable[[], Snapshot], status: StreamStatus) -> None:
+        self._snapshot = snapshot
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        yield from stream_families(self._snapshot(), self._status)

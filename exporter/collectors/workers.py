@@ -1,0 +1,62 @@
+"""Per-worker metrics from worker-online/heartbeat/offline events, labelled by Celery node name.
+
+A worker is up while it is online and its last heartbeat is younger than ``--worker-timeout``; once it
+has been silent for ``--worker-purge-after`` it is left out of the snapshot and all its series vanish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from exporter.collectors.base import MetricSpec
+from exporter.state import Snapshot
+
+UP_SPEC = MetricSpec(
+    "celery_worker_up", "gauge",
+    "1 while the worker is online and has sent a heartbeat within --worker-timeout, else 0.", ("worker",),
+)
+ACTIVE_SPEC = MetricSpec(
+    "celery_worker_tasks_active", "gauge", "Tasks the worker is executing, from its last heartbeat.",
+    ("worker",),
+)
+HEARTBEAT_SPEC = MetricSpec(
+    "celery_worker_last_heartbeat_timestamp_seconds", "gauge",
+    "Unix time of the worker's last heartbeat, as the worker stamped it.", ("worker",),
+)
+INFO_SPEC = MetricSpec(
+    "celery_worker_info", "gauge", "Celery version and system of each worker (always 1).",
+    ("worker", "version", "system"),
+)
+WORKERS_SPEC = MetricSpec(
+    "celery_workers", "gauge", "Workers tracked by the exporter, by whether they are up.", ("state",),
+)
+
+METRICS = (UP_SPEC, ACTIVE_SPEC, HEARTBEAT_SPEC, INFO_SPEC, WORKERS_SPEC)
+
+
+def worker_families(snap: Snapshot) -> Iterator[Metric]:
+    """Pure: metric families for the workers of one snapshot."""
+    up, active, heartbeat, info = (s.family() for s in (UP_SPEC, ACTIVE_SPEC, HEARTBEAT_SPEC, INFO_SPEC))
+    n_up = 0
+    for hostname, w in sorted(snap.workers.items()):
+        is_up = w.online and snap.now - w.heartbeat_seen <= snap.worker_timeout
+        n_up += is_up
+        up.add_metric([hostname], 1.0 if is_up else 0.0)  # type: ignore[attr-defined]
+        active.add_metric([hostname], w.active if is_up else 0.0)  # type: ignore[attr-defined]
+        heartbeat.add_metric([hostname], w.heartbeat_ts)  # type: ignore[attr-defined]
+        info.add_metric([hostname, w.version, w.system], 1.0)  # type: ignore[attr-defined]
+    total = WORKERS_SPEC.family()
+    total.add_metric(["up"], n_up)  # type: ignore[attr-defined]
+    total.add_metric(["down"], len(snap.workers) - n_up)  # type: ignore[attr-defined]
+    yield from (up, active, heartbeat, info, total)
+
+
+class WorkerCollector(Collector):
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        yield from worker_families(self._snapshot())

@@ -1,0 +1,131 @@
+"""The seam between an event stream and ClusterState: decode a batch of raw messages, apply it under
+one lock acquisition, count and (rate-limited) log what was refused. Also holds ``StreamStatus``, the
+little bit of state a stream reader publishes about its broker connection.
+
+Streams call ``feed_redis``/``feed_amqp``/``feed_objects`` from their one thread; nothing else writes
+the state, so the scrape path only ever contends for the lock once per scrape.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+
+from exporter.events.decode import (
+    Decoded,
+    decode_amqp_body,
+    decode_event_objects,
+    decode_redis_payload,
+)
+from exporter.state import ClusterState
+
+log = structlog.get_logger("exporter.events")
+
+
+class StreamStatus:
+    """Connection state of the event stream; written by the stream thread, read by scrapes."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.connected = False
+        self.reconnects = 0
+        self.connects = 0
+        self.last_error = ""
+        self.changed_at = clock()
+        self.heartbeat = clock()  # bumped by the stream loop on every turn: /healthz reads it
+
+    def up(self) -> None:
+        if self.connects:
+            self.reconnects += 1
+        self.connects += 1
+        self.connected = True
+        self.changed_at = self.clock()
+
+    def down(self, error: str) -> None:
+        self.connected = False
+        self.last_error = error
+        self.changed_at = self.clock()
+
+    def beat(self) -> None:
+        self.heartbeat = self.clock()
+
+
+class RateLimitedLog:
+    """At most one warning per ``interval`` seconds per key, with a count of what was suppressed."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, event: str, **kw: Any) -> None:
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        log.warning(event, suppressed_since_last=suppressed, **kw)
+
+
+class Ingest:
+    """Decode raw event messages and apply them to the state, batch by batch."""
+
+    def __init__(self, state: ClusterState, clock: Callable[[], float] = time.time) -> None:
+        self.state = state
+        self.clock = clock
+        self.invalid_log = RateLimitedLog()
+        self.tick_interval = 5.0
+        self._last_tick = clock()
+
+    def feed_redis(self, payloads: Iterable[bytes | str]) -> int:
+        """Apply a batch of Redis pub/sub payloads; returns how many events were applied."""
+        now = self.clock()
+        return self._apply([decode_redis_payload(p, now) for p in payloads])
+
+    def feed_amqp(self, messages: Iterable[tuple[bytes, str | None, str | None]]) -> int:
+        """Apply a batch of AMQP ``(body, content_type, content_encoding)`` messages."""
+        now = self.clock()
+        return self._apply([decode_amqp_body(b, ct, ce, now) for b, ct, ce in messages])
+
+    def feed_objects(self, bodies: Iterable[Any]) -> int:
+        """Apply already-deserialised bodies (the generic kombu fallback path)."""
+        now = self.clock()
+        return self._apply([decode_event_objects(b, now) for b in bodies])
+
+    def _apply(self, batch: list[Decoded]) -> int:
+        state = self.state
+        apply = state.apply
+        applied = 0
+        refused: list[str] = []
+        with state.lock:
+            for decoded in batch:
+                for ev in decoded.events:
+                    try:
+                        apply(ev)
+                    except Exception as exc:  # a shape we did not foresee must not stop the loop
+                        state.count_invalid("apply_error")
+                        refused.append(f"apply_error:{type(exc).__name__}")
+                    else:
+                        applied += 1
+                if decoded.invalid:
+                    for reason in decoded.invalid:
+                        state.count_invalid(reason)
+                    refused.extend(decoded.invalid)
+        for reason in refused:
+            self.invalid_log.warning(reason, "invalid event message refused", reason=reason)
+        return applied
+
+    def idle(self) -> None:
+        """Called by the stream loop on every turn (at least once a second, even with no traffic):
+        housekeeping every ``tick_interval`` seconds, so the stream thread stays the only writer."""
+        now = self.clock()
+        if now - self._last_tick >= self.tick_interval:
+            self._last_tick = now
+            with self.state.lock:
+                self.state.tick()

@@ -1,0 +1,511 @@
+"""ClusterState: everything the event stream teaches us, fed one decoded event dict at a time.
+
+The event loop is the only writer. It calls ``apply()`` for each event while holding ``lock`` for a whole
+batch of messages; scrapes take the same lock once to copy a ``Snapshot`` (a few dict copies, bounded by
+the cardinality caps, independent of the event rate) and build metric families from the copy outside it.
+
+Memory is bounded everywhere an outsider controls a key: the task table is an LRU capped by
+``max_tracked_tasks`` plus an age limit, distinct task names and exception classes are capped (overflow
+folds into ``OVERFLOW_LABEL`` and is counted), and so is the number of tracked workers. Time comes from
+the injected ``clock``, so time-outs are tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import threading
+import time
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+OVERFLOW_LABEL = "__overflow__"
+
+# Indexes into the per-(task_name, queue) counter list.
+SENT, RECEIVED, STARTED, SUCCEEDED, REJECTED, REVOKED, EXHAUSTED = range(7)
+N_COUNTERS = 7
+# Indexes into the duration histogram list per (task_name, queue).
+D_SUCCEEDED, D_FAILED, D_RETRIED = range(3)
+DURATION_STATES = ("succeeded", "failed", "retried")
+
+_EXC_CLASS = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
+
+DEFAULT_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+DEFAULT_QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    """The slice of the configuration that ClusterState needs."""
+
+    max_tracked_tasks: int = 100_000
+    task_max_age: float = 86_400.0
+    worker_timeout: float = 60.0
+    worker_purge_after: float = 600.0
+    default_queue: str = "celery"
+    task_routes: tuple[tuple[str, str], ...] = ()
+    duration_buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS
+    queue_wait_buckets: tuple[float, ...] = DEFAULT_QUEUE_WAIT_BUCKETS
+    max_task_names: int = 1_000
+    max_exception_types: int = 200
+    max_workers: int = 1_000
+    max_queues: int = 1_000
+
+
+class Histogram:
+    """Per-bucket counts (non-cumulative, last slot is +Inf) and a sum; cumulated at scrape time."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, n_bounds: int) -> None:
+        self.counts = [0] * (n_bounds + 1)
+        self.total = 0.0
+
+    def copy(self) -> Histogram:
+        h = Histogram.__new__(Histogram)
+        h.counts = self.counts[:]
+        h.total = self.total
+        return h
+
+
+class TaskRecord:
+    """What we remember about one task uuid between its events."""
+
+    __slots__ = ("active", "eta", "key", "received", "retries", "sent", "started", "touched")
+
+    def __init__(self, key: tuple[str, str], now: float) -> None:
+        self.key = key
+        self.sent: float | None = None
+        self.eta: float | None = None
+        self.received: float | None = None
+        self.started: float | None = None
+        self.retries = 0
+        self.active = False
+        self.touched = now
+
+
+@dataclass
+class WorkerRecord:
+    """One Celery node, as seen through its worker-* events."""
+
+    seen: float  # exporter clock of the last event of any kind
+    heartbeat_seen: float  # exporter clock of the last worker-online/heartbeat
+    heartbeat_ts: float  # the worker's own (offset-adjusted) timestamp of that event
+    online: bool = True
+    active: float = 0.0
+    version: str = ""
+    system: str = ""
+
+
+@dataclass
+class Snapshot:
+    """A consistent copy of everything collectors need, taken under the state lock."""
+
+    now: float
+    counters: dict[tuple[str, str], list[int]]
+    failed: dict[tuple[str, str, str], int]
+    retried: dict[tuple[str, str, str], int]
+    durations: dict[tuple[str, str, int], Histogram]
+    queue_wait: dict[tuple[str, str], Histogram]
+    active: dict[tuple[str, str], int]
+    workers: dict[str, WorkerRecord]
+    events_by_type: dict[str, int]
+    invalid_by_reason: dict[str, int]
+    overflow: dict[str, int]
+    evicted: dict[str, int]
+    tracked_tasks: int
+    last_event_ts: float | None
+    workers_purged: int
+    duration_buckets: tuple[float, ...]
+    queue_wait_buckets: tuple[float, ...]
+    worker_timeout: float
+    queues_seen: tuple[str, ...] = field(default_factory=tuple)
+
+
+def exception_class(text: Any) -> str:
+    """Reduce Celery's ``safe_repr(exc)`` (``"ValueError('boom')"``) to a bounded class name."""
+    if not isinstance(text, str) or not text:
+        return "Unknown"
+    m = _EXC_CLASS.match(text)
+    return m.group(0) if m else "Unknown"
+
+
+def parse_eta(value: Any) -> float | None:
+    """Celery sends ``eta`` as an ISO-8601 string (or None); naive values are UTC, as Celery means them."""
+    if not value or not isinstance(value, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+class ClusterState:
+    """Tasks, workers and per-task metric accumulators, built from decoded Celery events."""
+
+    def __init__(self, settings: StateSettings | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.settings = s = settings or StateSettings()
+        self.clock = clock
+        self.lock = threading.Lock()
+        self._tasks: OrderedDict[str, TaskRecord] = OrderedDict()
+        self._routes = tuple((re.compile(fnmatch.translate(g)), q) for g, q in s.task_routes)
+        self._route_cache: dict[str, str] = {}
+        self._dbounds = s.duration_buckets
+        self._wbounds = s.queue_wait_buckets
+        self.counters: dict[tuple[str, str], list[int]] = {}
+        self.failed: dict[tuple[str, str, str], int] = {}
+        self.retried: dict[tuple[str, str, str], int] = {}
+        self.durations: dict[tuple[str, str, int], Histogram] = {}
+        self.queue_wait: dict[tuple[str, str], Histogram] = {}
+        self.active: dict[tuple[str, str], int] = {}
+        self.workers: dict[str, WorkerRecord] = {}
+        self._names: set[str] = set()
+        self._exceptions: set[str] = set()
+        self._queues: dict[str, None] = {}
+        self.events_by_type: dict[str, int] = {}
+        self.invalid_by_reason: dict[str, int] = {}
+        self.overflow: dict[str, int] = {"task_name": 0, "exception": 0, "worker": 0, "queue": 0}
+        self.evicted: dict[str, int] = {"capacity": 0, "age": 0}
+        self.workers_purged = 0
+        self.last_event_ts: float | None = None
+        self._handlers: dict[str, Callable[[Mapping[str, Any], float], None]] = {
+            "task-sent": self._task_sent,
+            "task-received": self._task_received,
+            "task-started": self._task_started,
+            "task-succeeded": self._task_succeeded,
+            "task-failed": self._task_failed,
+            "task-retried": self._task_retried,
+            "task-rejected": self._task_rejected,
+            "task-revoked": self._task_revoked,
+            "worker-online": self._worker_alive,
+            "worker-heartbeat": self._worker_alive,
+            "worker-offline": self._worker_offline,
+        }
+
+    # ------------------------------------------------------------------ feeding
+    def apply(self, event: Mapping[str, Any]) -> None:
+        """Apply one decoded event (``type`` and a float ``timestamp`` already validated)."""
+        etype = event["type"]
+        by_type = self.events_by_type
+        by_type[etype] = by_type.get(etype, 0) + 1
+        ts = event["timestamp"]
+        if self.last_event_ts is None or ts > self.last_event_ts:
+            self.last_event_ts = ts
+        handler = self._handlers.get(etype)
+        if handler is not None:
+            handler(event, ts)
+
+    def count_invalid(self, reason: str, n: int = 1) -> None:
+        self.invalid_by_reason[reason] = self.invalid_by_reason.get(reason, 0) + n
+
+    def tick(self) -> None:
+        """Periodic housekeeping from the event loop: purge departed workers and aged-out tasks."""
+        now = self.clock()
+        purge = self.settings.worker_purge_after
+        gone = [h for h, w in self.workers.items() if now - w.seen > purge]
+        for hostname in gone:
+            del self.workers[hostname]
+        self.workers_purged += len(gone)
+        self._evict_aged(now)
+
+    # ------------------------------------------------------------------ label guards
+    def _key_for(self, name: Any, queue: Any) -> tuple[str, str]:
+        if not isinstance(name, str) or not name:
+            name = "unknown"
+        elif name not in self._names:
+            if len(self._names) >= self.settings.max_task_names:
+                self.overflow["task_name"] += 1
+                name = OVERFLOW_LABEL
+            else:
+                self._names.add(name)
+        if not isinstance(queue, str) or not queue:
+            queue = self._route(name)
+        elif queue not in self._queues:
+            if len(self._queues) >= self.settings.max_queues:
+                self.overflow["queue"] += 1
+                queue = OVERFLOW_LABEL
+            else:
+                self._queues[queue] = None
+        key = (name, queue)
+        if key not in self.counters:
+            self._init_key(key)
+        return key
+
+    def _init_key(self, key: tuple[str, str]) -> None:
+        # Every series of a task starts at zero, so rate() and ratios work before the first failure.
+        self.counters[key] = [0] * N_COUNTERS
+        self.failed[(*key, "")] = 0
+        self.retried[(*key, "")] = 0
+        self.active[key] = 0
+
+    def _route(self, name: str) -> str:
+        queue = self._route_cache.get(name)
+        if queue is None:
+            queue = self.settings.default_queue
+            for pattern, target in self._routes:
+                if pattern.match(name):
+                    queue = target
+                    break
+            if len(self._route_cache) < 100_000:
+                self._route_cache[name] = queue
+        return queue
+
+    def _exception(self, text: Any) -> str:
+        exc = exception_class(text)
+        if exc not in self._exceptions:
+            if len(self._exceptions) >= self.settings.max_exception_types:
+                self.overflow["exception"] += 1
+                return OVERFLOW_LABEL
+            self._exceptions.add(exc)
+        return exc
+
+    # ------------------------------------------------------------------ task table
+    def _record(self, uuid: Any, now: float) -> TaskRecord | None:
+        rec = self._tasks.get(uuid) if isinstance(uuid, str) else None
+        if rec is not None:
+            rec.touched = now
+            self._tasks.move_to_end(uuid)
+        return rec
+
+    def _new_record(self, uuid: str, key: tuple[str, str], now: float) -> TaskRecord:
+        tasks = self._tasks
+        rec = tasks[uuid] = TaskRecord(key, now)
+        if len(tasks) > self.settings.max_tracked_tasks:
+            _, old = tasks.popitem(last=False)
+            self._forget(old)
+            self.evicted["capacity"] += 1
+        else:
+            self._evict_aged(now)
+        return rec
+
+    def _evict_aged(self, now: float) -> None:
+        tasks = self._tasks
+        limit = now - self.settings.task_max_age
+        while tasks:
+            uuid, oldest = next(iter(tasks.items()))
+            if oldest.touched >= limit:
+                break
+            del tasks[uuid]
+            self._forget(oldest)
+            self.evicted["age"] += 1
+
+    def _forget(self, rec: TaskRecord) -> None:
+        if rec.active:
+            self.active[rec.key] -= 1
+
+    def _drop(self, uuid: str) -> None:
+        self._tasks.pop(uuid, None)
+
+    # ------------------------------------------------------------------ task events
+    def _task_sent(self, ev: Mapping[str, Any], ts: float) -> None:
+        now = self.clock()
+        uuid = ev.get("uuid")
+        rec = self._record(uuid, now)
+        if rec is None:
+            queue = ev.get("queue") or ev.get("routing_key")
+            key = self._key_for(ev.get("name"), queue)
+            if isinstance(uuid, str):
+                rec = self._new_record(uuid, key, now)
+        if rec is not None:
+            rec.sent = ts
+            rec.eta = parse_eta(ev.get("eta"))
+            retries = ev.get("retries")
+            if isinstance(retries, int):
+                rec.retries = retries
+            key = rec.key
+        self.counters[key][SENT] += 1
+
+    def _lookup(self, ev: Mapping[str, Any], now: float) -> tuple[TaskRecord | None, tuple[str, str]]:
+        uuid = ev.get("uuid")
+        rec = self._record(uuid, now)
+        if rec is not None:
+            return rec, rec.key
+        key = self._key_for(ev.get("name"), None)
+        if isinstance(uuid, str):
+            return self._new_record(uuid, key, now), key
+        return None, key
+
+    def _task_received(self, ev: Mapping[str, Any], ts: float) -> None:
+        rec, key = self._lookup(ev, self.clock())
+        if rec is not None:
+            rec.received = ts
+            retries = ev.get("retries")
+            if isinstance(retries, int):
+                rec.retries = retries
+            if rec.eta is None:
+                rec.eta = parse_eta(ev.get("eta"))
+        self.counters[key][RECEIVED] += 1
+
+    def _task_started(self, ev: Mapping[str, Any], ts: float) -> None:
+        rec, key = self._lookup(ev, self.clock())
+        self.counters[key][STARTED] += 1
+        if rec is None:
+            return
+        enqueued = rec.sent if rec.sent is not None else rec.received
+        if enqueued is not None:
+            if rec.eta is not None and rec.eta > enqueued:
+                enqueued = rec.eta
+            self._observe_wait(key, ts - enqueued)
+            rec.sent = rec.received = None  # one wait per attempt
+        rec.started = ts
+        if not rec.active:
+            rec.active = True
+            self.active[key] += 1
+
+    def _finish(self, rec: TaskRecord | None, key: tuple[str, str]) -> None:
+        if rec is not None and rec.active:
+            rec.active = False
+            self.active[key] -= 1
+
+    def _task_succeeded(self, ev: Mapping[str, Any], ts: float) -> None:
+        rec, key = self._lookup(ev, self.clock())
+        self.counters[key][SUCCEEDED] += 1
+        runtime = ev.get("runtime")
+        if isinstance(runtime, (int, float)) and not isinstance(runtime, bool):
+            self._observe_duration(key, D_SUCCEEDED, float(runtime))
+        elif rec is not None and rec.started is not None:
+            self._observe_duration(key, D_SUCCEEDED, ts - rec.started)
+        self._finish(rec, key)
+        if rec is not None:
+            self._drop(ev["uuid"])
+
+    def _task_failed(self, ev: Mapping[str, Any], ts: float) -> None:
+        rec, key = self._lookup(ev, self.clock())
+        exc = self._exception(ev.get("exception"))
+        fkey = (key[0], key[1], exc)
+        self.failed[fkey] = self.failed.get(fkey, 0) + 1
+        if rec is not None:
+            if rec.retries >= 1:
+                self.counters[key][EXHAUSTED] += 1
+            if rec.started is not None:
+                self._observe_duration(key, D_FAILED, ts - rec.started)
+            self._finish(rec, key)
+            self._drop(ev["uuid"])
+
+    def _task_retried(self, ev: Mapping[str, Any], ts: float) -> None:
+        rec, key = self._lookup(ev, self.clock())
+        exc = self._exception(ev.get("exception"))
+        rkey = (key[0], key[1], exc)
+        self.retried[rkey] = self.retried.get(rkey, 0) + 1
+        if rec is not None:
+            if rec.started is not None:
+                self._observe_duration(key, D_RETRIED, ts - rec.started)
+                rec.started = None
+            self._finish(rec, key)
+
+    def _task_rejected(self, ev: Mapping[str, Any], ts: float) -> None:
+        rec, key = self._lookup(ev, self.clock())
+        self.counters[key][REJECTED] += 1
+        self._finish(rec, key)
+
+    def _task_revoked(self, ev: Mapping[str, Any], ts: float) -> None:
+        rec, key = self._lookup(ev, self.clock())
+        self.counters[key][REVOKED] += 1
+        self._finish(rec, key)
+        if rec is not None:
+            self._drop(ev["uuid"])
+
+    def _observe_duration(self, key: tuple[str, str], state: int, seconds: float) -> None:
+        if seconds != seconds or seconds < 0:  # NaN or clock skew
+            seconds = 0.0
+        hkey = (key[0], key[1], state)
+        hist = self.durations.get(hkey)
+        if hist is None:
+            hist = self.durations[hkey] = Histogram(len(self._dbounds))
+        hist.counts[bisect_left(self._dbounds, seconds)] += 1
+        hist.total += seconds
+
+    def _observe_wait(self, key: tuple[str, str], seconds: float) -> None:
+        if seconds != seconds or seconds < 0:
+            seconds = 0.0
+        hist = self.queue_wait.get(key)
+        if hist is None:
+            hist = self.queue_wait[key] = Histogram(len(self._wbounds))
+        hist.counts[bisect_left(self._wbounds, seconds)] += 1
+        hist.total += seconds
+
+    # ------------------------------------------------------------------ worker events
+    def _worker(self, ev: Mapping[str, Any], now: float, ts: float) -> WorkerRecord | None:
+        hostname = ev.get("hostname")
+        if not isinstance(hostname, str) or not hostname:
+            return None
+        rec = self.workers.get(hostname)
+        if rec is None:
+            if len(self.workers) >= self.settings.max_workers:
+                self.overflow["worker"] += 1
+                return None
+            rec = self.workers[hostname] = WorkerRecord(seen=now, heartbeat_seen=now, heartbeat_ts=ts)
+        return rec
+
+    def _worker_alive(self, ev: Mapping[str, Any], ts: float) -> None:
+        now = self.clock()
+        rec = self._worker(ev, now, ts)
+        if rec is None:
+            return
+        rec.seen = rec.heartbeat_seen = now
+        rec.heartbeat_ts = ts
+        rec.online = True
+        active = ev.get("active")
+        if isinstance(active, (int, float)) and not isinstance(active, bool) and active >= 0:
+            rec.active = float(active)
+        if ev["type"] == "worker-online" or not rec.version:
+            ver, system = ev.get("sw_ver"), ev.get("sw_sys")
+            rec.version = ver[:64] if isinstance(ver, str) else ""
+            rec.system = system[:64] if isinstance(system, str) else ""
+
+    def _worker_offline(self, ev: Mapping[str, Any], ts: float) -> None:
+        now = self.clock()
+        rec = self._worker(ev, now, ts)
+        if rec is not None:
+            rec.seen = now
+            rec.online = False
+            rec.active = 0.0
+
+    # ------------------------------------------------------------------ reading
+    def worker_up(self, rec: WorkerRecord, now: float) -> bool:
+        return rec.online and now - rec.heartbeat_seen <= self.settings.worker_timeout
+
+    def snapshot(self) -> Snapshot:
+        """Copy what collectors need. Call with ``lock`` held (``take_snapshot`` does that)."""
+        now = self.clock()
+        purge = self.settings.worker_purge_after
+        return Snapshot(
+            now=now,
+            counters={k: v[:] for k, v in self.counters.items()},
+            failed=dict(self.failed),
+            retried=dict(self.retried),
+            durations={k: h.copy() for k, h in self.durations.items()},
+            queue_wait={k: h.copy() for k, h in self.queue_wait.items()},
+            active=dict(self.active),
+            # Departed workers vanish from the scrape as soon as they pass the purge age, even if the
+            # event loop has not run its housekeeping yet.
+            workers={
+                h: WorkerRecord(**vars(w)) for h, w in self.workers.items() if now - w.seen <= purge
+            },
+            events_by_type=dict(self.events_by_type),
+            invalid_by_reason=dict(self.invalid_by_reason),
+            overflow=dict(self.overflow),
+            evicted=dict(self.evicted),
+            tracked_tasks=len(self._tasks),
+            last_event_ts=self.last_event_ts,
+            workers_purged=self.workers_purged,
+            duration_buckets=self._dbounds,
+            queue_wait_buckets=self._wbounds,
+            worker_timeout=self.settings.worker_timeout,
+            queues_seen=tuple(self._queues),
+        )
+
+    def take_snapshot(self) -> Snapshot:
+        with self.lock:
+            return self.snapshot()
+
+    def queues_seen(self) -> tuple[str, ...]:
+        """Queue names seen in task-sent events (read by the broker pollers; a tuple copy is atomic)."""
+        return tuple(self._queues)
