@@ -11,6 +11,7 @@ it came from; ``__main__`` turns it into exit status 2. Secrets (passwords in UR
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -108,7 +109,7 @@ def _buckets(v: Any) -> tuple[float, ...]:
     if not isinstance(raw, (list, tuple)) or not raw:
         raise ValueError("expected a non-empty list of bucket upper bounds")
     out = tuple(_positive_float(x) for x in raw)
-    if any(b >= c for b, c in zip(out, out[1:], strict=False)):
+    if any(b >= c for b, c in itertools.pairwise(out)):
         raise ValueError("bucket bounds must be strictly increasing")
     return out
 
@@ -195,7 +196,8 @@ OPTIONS: tuple[Option, ...] = (
            "Distinct exception classes tracked; more fold into exception=\"__overflow__\".", "N"),
     Option("max_workers", _positive_int, 1_000, "Distinct workers tracked at once.", "N"),
     Option("max_queues", _positive_int, 1_000,
-           "Distinct queue names tracked from events and broker polls; more fold into \"__overflow__\".", "N"),
+           "Distinct queue names tracked from events and broker polls; more fold into "
+           "\"__overflow__\".", "N"),
     Option("broker_transport_options", _mapping, {},
            "Kombu transport options, as in Celery's broker_transport_options (global_keyprefix, "
            "master_name, priority_steps, sep, ...). YAML mapping or JSON object.", "JSON"),
@@ -203,7 +205,8 @@ OPTIONS: tuple[Option, ...] = (
            "RabbitMQ: name prefix of the exporter's own event queue (a per-process id is appended).", "NAME"),
     Option("event_queue_ttl", _non_negative_float, 60.0,
            "RabbitMQ: seconds an event may wait in the exporter's queue before RabbitMQ drops it "
-           "(x-message-ttl; 0 for no limit). Celery's own default of 5 s loses events under load.", "SECONDS"),
+           "(x-message-ttl; 0 for no limit). Celery's own default of 5 s loses events under load.",
+           "SECONDS"),
     Option("event_queue_expires", _positive_float, 300.0,
            "RabbitMQ: seconds the exporter's event queue outlives a lost connection (x-expires), so a "
            "reconnect picks up what arrived meanwhile.", "SECONDS"),
@@ -382,7 +385,7 @@ def load_config(
     for name in ("broker_url", "rabbitmq_management_url"):
         url = values.get(name)
         if url and "://" not in url:
-            raise ConfigError(name, "configuration", f"not a URL: {redact_url(url)}")
+            raise ConfigError(name, "configuration", "not a URL (expected scheme://host...; value not shown)")
     return Config(config_file=config_file, **values)
 
 

@@ -1,0 +1,72 @@
+"""``celery-exporter`` / ``python -m exporter``: parse the config, build the app, run until SIGTERM/SIGINT.
+
+Exit status: 0 after a clean stop, 2 for a configuration error (one message naming the key and its
+source), 1 if the exporter cannot start (for example, the listen port is taken).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from exporter import __version__
+from exporter.config import ConfigError, load_config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["demo"]:
+        from exporter.demo import main as demo_main
+
+        return demo_main(args[1:])
+    if "--version" in args:
+        print(f"celery-exporter {__version__}")
+        return 0
+    try:
+        config = load_config(args)
+    except ConfigError as exc:
+        if exc.key != "arguments":  # argparse has already printed its own message
+            print(f"celery-exporter: error: {exc}", file=sys.stderr)
+        return 2
+    return run(config)
+
+
+def run(config: object) -> int:
+    import structlog
+
+    from exporter.app import App
+    from exporter.config import Config
+    from exporter.logs import configure_logging
+
+    assert isinstance(config, Config)
+    configure_logging(config.log_level, config.log_format)
+    log = structlog.get_logger("exporter")
+    try:
+        app = App(config)
+    except ConfigError as exc:
+        print(f"celery-exporter: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        log.error("cannot start", error=str(exc), listen=f"{config.listen_address}:{config.port}")
+        return 1
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal received, stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    app.start()
+    while not stop.wait(1.0):
+        pass
+    app.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

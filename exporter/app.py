@@ -1,0 +1,168 @@
+"""Builds the components from a Config, runs each in its own thread, and stops them together.
+
+    event stream thread ──► Ingest ──► ClusterState ◄── (snapshot) ── collectors ──► /metrics
+    polling thread ──► queue results ──────────────────────────────► collectors ──► /metrics
+
+``App`` is what ``python -m exporter`` and ``celery-exporter demo`` run, and what integration tests start
+in-process. It holds no metric logic of its own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
+from prometheus_client.registry import CollectorRegistry
+
+from exporter import __version__
+from exporter.brokers import build_polling
+from exporter.collectors.stream import StreamCollector
+from exporter.collectors.tasks import TaskCollector
+from exporter.collectors.workers import WorkerCollector
+from exporter.config import Config
+from exporter.events.ingest import Ingest, StreamStatus
+from exporter.events.streams import build_stream
+from exporter.http import Health, MetricsServer
+from exporter.state import ClusterState, Snapshot
+
+log = structlog.get_logger("exporter")
+
+STALL_AFTER = 30.0  # /healthz fails when the event loop has not turned for this long
+SNAPSHOT_MAX_AGE = 0.5  # collectors of one scrape share one snapshot
+
+
+class SnapshotSource:
+    """One ClusterState snapshot shared by the collectors of a scrape (and of scrapes that overlap)."""
+
+    def __init__(self, state: ClusterState, max_age: float = SNAPSHOT_MAX_AGE) -> None:
+        self.state = state
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._snap: Snapshot | None = None
+        self._taken = 0.0
+
+    def __call__(self) -> Snapshot:
+        with self._lock:
+            now = time.monotonic()
+            if self._snap is None or now - self._taken > self.max_age:
+                self._snap = self.state.take_snapshot()
+                self._taken = now
+            return self._snap
+
+
+class App:
+    """The running exporter: state, event stream, pollers and HTTP server."""
+
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self.state = ClusterState(config.state_settings(), clock)
+        self.status = StreamStatus(clock)
+        self.ingest = Ingest(self.state, clock)
+        snapshots = SnapshotSource(self.state)
+        self.registry = CollectorRegistry(auto_describe=False)
+        for collector in (
+            TaskCollector(snapshots),
+            WorkerCollector(snapshots),
+            StreamCollector(snapshots, self.status),
+        ):
+            self.registry.register(collector)
+        for builtin in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(builtin)
+        self.stream = build_stream(config, self.ingest, self.status)
+        self.polling = build_polling(config, self.state.queues_seen)
+        for collector in self.polling.collectors:
+            self.registry.register(collector)
+        ssl_context, authorize = self._web_security()
+        self.http = MetricsServer(
+            config.listen_address,
+            config.port,
+            self.registry,
+            Health(self._alive, self._ready, self._index_info),
+            ssl_context=ssl_context,
+            authorize=authorize,
+        )
+        self._threads: list[threading.Thread] = []
+
+    def _web_security(self) -> tuple[Any, Any]:
+        if not self.config.web_config_file:
+            return None, None
+        from exporter.webconfig import load_web_config
+
+        web = load_web_config(self.config.web_config_file)
+        return web.ssl_context(), web.authorizer()
+
+    # ------------------------------------------------------------------ probes
+    def _alive(self) -> tuple[bool, str]:
+        threads_ok = all(t.is_alive() for t in self._threads) or self.stop_event.is_set()
+        stalled = self.clock() - self.status.heartbeat
+        if not threads_ok:
+            return False, "a component thread has died"
+        if stalled > STALL_AFTER:
+            return False, f"event loop has not turned for {stalled:.0f}s"
+        return True, "ok"
+
+    def _ready(self) -> tuple[bool, str]:
+        if self.status.connected:
+            return True, "connected to the broker"
+        error = self.status.last_error or "not connected yet"
+        return False, f"not connected to the broker: {error}"
+
+    def _index_info(self) -> dict[str, str]:
+        url = urlsplit(self.config.broker_url)
+        return {
+            "version": __version__,
+            "broker": f"{url.scheme}://{url.hostname or ''}{':' + str(url.port) if url.port else ''}",
+            "broker connected": "yes" if self.status.connected else "no",
+            "reconnects": str(self.status.reconnects),
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.http.start()
+        for name, target in (("event-stream", self.stream.run), ("polling", self.polling.run)):
+            thread = threading.Thread(target=self._guard(name, target), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info(
+            "celery-exporter started",
+            version=__version__,
+            listen=f"{self.config.listen_address}:{self.http.port}",
+            broker=self._index_info()["broker"],
+        )
+
+    def _guard(self, name: str, target: Callable[[threading.Event], None]) -> Callable[[], None]:
+        def run() -> None:
+            # Streams and pollers handle broker errors themselves; this is the last line for a bug, so
+            # the component restarts instead of silently dying.
+            while not self.stop_event.is_set():
+                try:
+                    target(self.stop_event)
+                except Exception:
+                    log.exception("component crashed; restarting it", component=name)
+                    self.stop_event.wait(1.0)
+                else:
+                    return
+
+        return run
+
+    def stop(self, timeout: float = 4.0) -> None:
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.http.stop()
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning("components did not stop in time", components=alive)
+        log.info("celery-exporter stopped")
+
+    @property
+    def port(self) -> int:
+        return self.http.port

@@ -1,0 +1,90 @@
+"""Logging: structlog for every line, JSON when stdout is not a terminal, and a last-line-of-defence
+processor that scrubs credentials out of any URL that reaches a log field.
+
+Libraries that log through the standard ``logging`` module (kombu, pika, redis) are routed through the
+same renderer, so there is one format and one redaction path.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+# scheme://user:password@ -> scheme://user:***@ ; also catches ":password@" with an empty user.
+_CREDENTIALS = re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]*):[^@\s/]*@")
+
+
+def scrub(text: str) -> str:
+    """Replace the password of every URL in ``text`` with ``***``."""
+    return _CREDENTIALS.sub(r"\1:***@", text)
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value) if "@" in value else value
+    if isinstance(value, BaseException):
+        return scrub(str(value))
+    return value
+
+
+def redact_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Any:
+    for key, value in list(event_dict.items()):
+        event_dict[key] = _scrub_value(value)
+    return event_dict
+
+
+def _scrub_rendered(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Any:
+    # Tracebacks are rendered into "exception" late; scrub them too.
+    exc = event_dict.get("exception")
+    if isinstance(exc, str):
+        event_dict["exception"] = scrub(exc)
+    return event_dict
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
+    """Configure structlog and the stdlib root logger once, at start-up."""
+    stream = stream or sys.stdout
+    if fmt == "auto":
+        fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_processor,
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            _scrub_rendered,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    # Chatty libraries stay at warning unless we are debugging.
+    for name in ("pika", "kombu", "amqp", "urllib3"):
+        logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)

@@ -1,0 +1,193 @@
+"""ClusterState on literal Celery 5 events, with an injected clock (no sleeps)."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.state import (
+    EXHAUSTED,
+    OVERFLOW_LABEL,
+    RECEIVED,
+    REVOKED,
+    SENT,
+    STARTED,
+    SUCCEEDED,
+    ClusterState,
+    StateSettings,
+    exception_class,
+    parse_eta,
+)
+from tests._events import (
+    T0,
+    FakeClock,
+    ev,
+    failed,
+    heartbeat,
+    received,
+    retried,
+    sent,
+    started,
+    succeeded,
+)
+
+
+def make(clock: FakeClock | None = None, **settings) -> ClusterState:
+    return ClusterState(StateSettings(**settings), clock or FakeClock())
+
+
+def feed(state: ClusterState, *events: dict) -> None:
+    for e in events:
+        state.apply(e)
+
+
+def test_full_lifecycle_counts_and_histograms() -> None:
+    s = make()
+    feed(s, sent("u1", "proj.add", T0, queue="default"), received("u1", "proj.add", T0 + 0.5),
+         started("u1", T0 + 2.0), succeeded("u1", T0 + 3.0, runtime=0.75))
+    key = ("proj.add", "default")
+    c = s.counters[key]
+    assert (c[SENT], c[RECEIVED], c[STARTED], c[SUCCEEDED]) == (1, 1, 1, 1)
+    snap = s.snapshot()
+    wait = snap.queue_wait[key]
+    assert sum(wait.counts) == 1 and wait.total == pytest.approx(2.0)
+    dur = snap.durations[("proj.add", "default", 0)]
+    assert sum(dur.counts) == 1 and dur.total == pytest.approx(0.75)  # the event's runtime, not ts delta
+    assert snap.active[key] == 0
+    assert snap.tracked_tasks == 0  # finished tasks leave the table
+
+
+def test_series_start_at_zero_once_a_name_is_seen() -> None:
+    s = make()
+    feed(s, sent("u1", "proj.add", T0))
+    key = ("proj.add", "celery")
+    assert s.counters[key] == [1, 0, 0, 0, 0, 0, 0]
+    assert s.failed[(*key, "")] == 0 and s.retried[(*key, "")] == 0
+
+
+def test_failure_by_exception_class_and_failed_duration() -> None:
+    s = make()
+    feed(s, sent("u1", "t", T0), started("u1", T0 + 1), failed("u1", T0 + 4, "KeyError('x')"))
+    assert s.failed[("t", "celery", "KeyError")] == 1
+    assert s.durations[("t", "celery", 1)].total == pytest.approx(3.0)
+    assert s.counters[("t", "celery")][EXHAUSTED] == 0  # first attempt failing is not exhaustion
+
+
+def test_retry_with_backoff_then_success() -> None:
+    s = make()
+    key = ("t", "q")
+    feed(s, sent("u", "t", T0, queue="q"), received("u", "t", T0), started("u", T0 + 1),
+         retried("u", T0 + 2, "ConnectionError('x')"))
+    # The worker re-publishes with a countdown (ETA 2 s later); it may arrive before or after task-retried.
+    eta = "2023-11-14T22:13:24+00:00"  # T0 + 4
+    feed(s, sent("u", "t", T0 + 2, queue="q", retries=1, eta=eta), received("u", "t", T0 + 2.1, retries=1, eta=eta),
+         started("u", T0 + 5), succeeded("u", T0 + 6, runtime=1.0))
+    assert s.retried[(*key, "ConnectionError")] == 1
+    assert s.counters[key][SENT] == 2 and s.counters[key][SUCCEEDED] == 1
+    waits = s.queue_wait[key]
+    assert sum(waits.counts) == 2
+    # first attempt waited 1 s; the retry waited from its ETA (T0+4) to T0+5, not from T0+2
+    assert waits.total == pytest.approx(1.0 + 1.0)
+    assert s.durations[(*key, 2)].total == pytest.approx(1.0)  # the retried attempt ran 1 s
+    assert s.active[key] == 0
+
+
+def test_retries_exhausted_counts_failure_on_a_retry_attempt() -> None:
+    s = make()
+    feed(s, sent("u", "t", T0), started("u", T0), retried("u", T0 + 1),
+         sent("u", "t", T0 + 1, retries=1), received("u", "t", T0 + 2, retries=1), started("u", T0 + 2),
+         retried("u", T0 + 3), received("u", "t", T0 + 4, retries=2), started("u", T0 + 4),
+         failed("u", T0 + 5, "ConnectionError('still down')"))
+    key = ("t", "celery")
+    assert s.counters[key][EXHAUSTED] == 1
+    assert s.failed[(*key, "ConnectionError")] == 1
+    assert s.retried[(*key, "ConnectionError")] == 2
+
+
+def test_missing_sent_event_falls_back_to_received_and_routes() -> None:
+    s = make(task_routes=(("proj.email.*", "email"),), default_queue="default")
+    feed(s, received("u1", "proj.email.send", T0), started("u1", T0 + 3),
+         received("u2", "proj.other", T0), started("u2", T0 + 1))
+    assert s.queue_wait[("proj.email.send", "email")].total == pytest.approx(3.0)
+    assert ("proj.other", "default") in s.counters
+    assert s.active[("proj.email.send", "email")] == 1
+
+
+def test_eta_task_wait_is_measured_from_the_eta() -> None:
+    s = make()
+    eta = "2023-11-14T22:14:20"  # naive ISO: UTC, T0 + 60
+    assert parse_eta(eta) == pytest.approx(T0 + 60)
+    feed(s, sent("u", "t", T0, eta=eta), received("u", "t", T0 + 0.1, eta=eta), started("u", T0 + 60.5))
+    assert s.queue_wait[("t", "celery")].total == pytest.approx(0.5)
+
+
+def test_events_for_unknown_uuid_are_counted_not_lost() -> None:
+    s = make()
+    feed(s, started("ghost", T0), succeeded("ghost", T0 + 1, 1.0), ev("task-revoked", T0, uuid="x"))
+    key = ("unknown", "celery")
+    assert s.counters[key][STARTED] == 1 and s.counters[key][SUCCEEDED] == 1
+    assert s.counters[key][REVOKED] == 1
+
+
+def test_task_table_is_lru_capped_and_ages_out() -> None:
+    clock = FakeClock()
+    s = make(clock, max_tracked_tasks=3, task_max_age=100)
+    for i in range(5):
+        feed(s, sent(f"u{i}", "t", T0))
+    assert len(s._tasks) == 3 and s.evicted["capacity"] == 2
+    feed(s, started("u2", T0))  # touching u2 makes it most recent
+    assert list(s._tasks) == ["u3", "u4", "u2"]
+    assert s.active[("t", "celery")] == 1
+    clock.advance(101)
+    s.tick()
+    assert len(s._tasks) == 0 and s.evicted["age"] == 3
+    assert s.active[("t", "celery")] == 0  # an evicted active task no longer counts as active
+
+
+def test_cardinality_caps_fold_into_overflow() -> None:
+    s = make(max_task_names=2, max_exception_types=1, max_workers=1)
+    for i in range(4):
+        feed(s, sent(f"u{i}", f"task{i}", T0), failed(f"u{i}", T0, f"E{i}('x')"))
+    names = {k[0] for k in s.counters}
+    assert names == {"task0", "task1", OVERFLOW_LABEL}
+    assert s.overflow["task_name"] == 2
+    assert {k[2] for k in s.failed if k[2]} == {"E0", OVERFLOW_LABEL}
+    feed(s, heartbeat("a@h", T0), heartbeat("b@h", T0))
+    assert list(s.workers) == ["a@h"] and s.overflow["worker"] == 1
+
+
+def test_worker_timeout_and_purge_with_injected_clock() -> None:
+    clock = FakeClock()
+    s = make(clock, worker_timeout=10, worker_purge_after=60)
+    feed(s, heartbeat("celery@w1", T0, active=3, type_="worker-online"))
+    w = s.workers["celery@w1"]
+    assert s.worker_up(w, clock()) and w.active == 3 and w.version == "5.7.0"
+    clock.advance(11)
+    assert not s.worker_up(w, clock())
+    assert "celery@w1" in s.snapshot().workers  # down, but still reported until purged
+    clock.advance(50)
+    assert "celery@w1" not in s.snapshot().workers  # the scrape stops yielding it at once
+    s.tick()
+    assert s.workers == {} and s.workers_purged == 1
+
+
+def test_worker_offline_marks_down_immediately() -> None:
+    clock = FakeClock()
+    s = make(clock)
+    feed(s, heartbeat("w", T0), heartbeat("w", T0 + 1, type_="worker-offline"))
+    assert not s.worker_up(s.workers["w"], clock())
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("ValueError('boom')", "ValueError"), ("requests.exceptions.HTTPError(...)", "requests.exceptions.HTTPError"),
+     ("", "Unknown"), (None, "Unknown"), ("'quoted'", "Unknown"), ("X" * 500, "X" * 128)],
+)
+def test_exception_class_is_reduced_and_bounded(text, expected) -> None:
+    assert exception_class(text) == expected
+
+
+def test_negative_wait_from_clock_skew_is_clamped() -> None:
+    s = make()
+    feed(s, sent("u", "t", T0 + 10), started("u", T0))
+    h = s.queue_wait[("t", "celery")]
+    assert h.counts[0] == 1 and h.total == 0.0
