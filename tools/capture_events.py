@@ -10,11 +10,13 @@ driver that starts that worker, sends a fixed mix of tasks and records what the 
   (routing key, content_type, content_encoding and the body text).
 
 Only messages from this run are kept (the worker and client node names carry our pid), so a shared
-broker does not pollute the capture. Usage::
+broker does not pollute the capture. Usage (from the repository root)::
 
-    python -m tools.capture_events redis redis://127.0.0.1:6379/15 tests/testdata/events/redis_payloads.jsonl
-    python -m tools.capture_events redis-prefix redis://127.0.0.1:6379/15 tests/testdata/events/redis_prefixed.jsonl
-    python -m tools.capture_events amqp amqp://guest:guest@127.0.0.1:5672// tests/testdata/events/amqp_messages.jsonl
+    python -m tools.capture_events redis redis://127.0.0.1:6379/15 OUT.jsonl
+    python -m tools.capture_events redis-prefix redis://127.0.0.1:6379/15 OUT.jsonl   # global_keyprefix pfx:
+    python -m tools.capture_events amqp amqp://guest:guest@127.0.0.1:5672/%2F OUT.jsonl
+
+See tests/testdata/events/README.md for the files this produced and what they hold.
 """
 
 from __future__ import annotations
