@@ -34,6 +34,8 @@ DURATION_STATES = ("succeeded", "failed", "retried")
 
 _EXC_CLASS = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
 
+MAX_PENDING_ATTEMPTS = 8
+
 DEFAULT_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 DEFAULT_QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
@@ -73,19 +75,49 @@ class Histogram:
 
 
 class TaskRecord:
-    """What we remember about one task uuid between its events."""
+    """What we remember about one task uuid between its events.
 
-    __slots__ = ("active", "eta", "key", "received", "retries", "sent", "started", "touched")
+    ``attempts`` holds the attempts published or received but not yet started, as
+    ``[retries, sent_ts, eta_ts, received_ts]``. Events of consecutive attempts arrive out of order (a
+    retry's task-sent and task-received often overtake the task-started of the attempt that retried,
+    because the parent and child processes publish on different connections), so task-started is matched
+    to the oldest received attempt rather than to whatever came last.
+    """
+
+    __slots__ = ("active", "attempts", "key", "retries", "started", "touched")
 
     def __init__(self, key: tuple[str, str], now: float) -> None:
         self.key = key
-        self.sent: float | None = None
-        self.eta: float | None = None
-        self.received: float | None = None
+        self.attempts: list[list[Any]] = []
         self.started: float | None = None
         self.retries = 0
         self.active = False
         self.touched = now
+
+    def attempt(self, retries: Any) -> list[Any]:
+        n = retries if isinstance(retries, int) and not isinstance(retries, bool) else 0
+        if n > self.retries:
+            self.retries = n
+        for att in self.attempts:
+            if att[0] == n:
+                return att
+        att = [n, None, None, None]
+        self.attempts.append(att)
+        if len(self.attempts) > 1:
+            self.attempts.sort(key=_first)
+            if len(self.attempts) > MAX_PENDING_ATTEMPTS:
+                del self.attempts[0]
+        return att
+
+    def take_started_attempt(self) -> list[Any] | None:
+        for i, att in enumerate(self.attempts):
+            if att[3] is not None:  # the oldest attempt a worker has received
+                return self.attempts.pop(i)
+        return self.attempts.pop(0) if self.attempts else None
+
+
+def _first(att: list[Any]) -> Any:
+    return att[0]
 
 
 @dataclass
@@ -313,13 +345,12 @@ class ClusterState:
             key = self._key_for(ev.get("name"), queue)
             if isinstance(uuid, str):
                 rec = self._new_record(uuid, key, now)
-        if rec is not None:
-            rec.sent = ts
-            rec.eta = parse_eta(ev.get("eta"))
-            retries = ev.get("retries")
-            if isinstance(retries, int):
-                rec.retries = retries
+        else:
             key = rec.key
+        if rec is not None:
+            att = rec.attempt(ev.get("retries"))
+            att[1] = ts
+            att[2] = parse_eta(ev.get("eta"))
         self.counters[key][SENT] += 1
 
     def _lookup(self, ev: Mapping[str, Any], now: float) -> tuple[TaskRecord | None, tuple[str, str]]:
@@ -335,12 +366,10 @@ class ClusterState:
     def _task_received(self, ev: Mapping[str, Any], ts: float) -> None:
         rec, key = self._lookup(ev, self.clock())
         if rec is not None:
-            rec.received = ts
-            retries = ev.get("retries")
-            if isinstance(retries, int):
-                rec.retries = retries
-            if rec.eta is None:
-                rec.eta = parse_eta(ev.get("eta"))
+            att = rec.attempt(ev.get("retries"))
+            att[3] = ts
+            if att[2] is None:
+                att[2] = parse_eta(ev.get("eta"))
         self.counters[key][RECEIVED] += 1
 
     def _task_started(self, ev: Mapping[str, Any], ts: float) -> None:
@@ -348,12 +377,14 @@ class ClusterState:
         self.counters[key][STARTED] += 1
         if rec is None:
             return
-        enqueued = rec.sent if rec.sent is not None else rec.received
-        if enqueued is not None:
-            if rec.eta is not None and rec.eta > enqueued:
-                enqueued = rec.eta
-            self._observe_wait(key, ts - enqueued)
-            rec.sent = rec.received = None  # one wait per attempt
+        att = rec.take_started_attempt()
+        if att is not None:
+            enqueued = att[1] if att[1] is not None else att[3]
+            if enqueued is not None:
+                eta = att[2]
+                if eta is not None and eta > enqueued:
+                    enqueued = eta
+                self._observe_wait(key, ts - enqueued)
         rec.started = ts
         if not rec.active:
             rec.active = True

@@ -191,3 +191,17 @@ def test_negative_wait_from_clock_skew_is_clamped() -> None:
     feed(s, sent("u", "t", T0 + 10), started("u", T0))
     h = s.queue_wait[("t", "celery")]
     assert h.counts[0] == 1 and h.total == 0.0
+
+
+def test_retry_events_overtaking_the_start_of_the_attempt_that_retried() -> None:
+    # Order seen from a real prefork worker (tests/testdata/events/amqp_messages.jsonl): the retry's
+    # task-sent/received (published by the child) overtake the parent's task-started of that attempt.
+    s = make()
+    eta1 = "2023-11-14T22:13:22+00:00"  # T0 + 2
+    feed(s, sent("u", "t", T0), received("u", "t", T0), sent("u", "t", T0 + 1.0, retries=1, eta=eta1),
+         started("u", T0 + 0.5), received("u", "t", T0 + 1.1, retries=1, eta=eta1), retried("u", T0 + 1.2),
+         started("u", T0 + 2.5), succeeded("u", T0 + 3, runtime=0.5))
+    h = s.queue_wait[("t", "celery")]
+    assert sum(h.counts) == 2
+    assert h.total == pytest.approx(0.5 + 0.5)  # attempt 0 waited 0.5 s; attempt 1 waited from its ETA
+    assert s.active[("t", "celery")] == 0 and len(s._tasks) == 0

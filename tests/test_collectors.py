@@ -1,0 +1,113 @@
+"""Collectors on a private CollectorRegistry, checked against golden exposition files.
+
+Regenerate the golden files after an intended change with: UPDATE_GOLDEN=1 python -m pytest tests/test_collectors.py
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.collectors import all_specs
+from exporter.collectors.stream import StreamCollector
+from exporter.collectors.tasks import TaskCollector
+from exporter.collectors.workers import WorkerCollector
+from exporter.events.ingest import Ingest, StreamStatus
+from exporter.state import ClusterState, StateSettings
+from tests._events import (
+    T0,
+    FakeClock,
+    failed,
+    heartbeat,
+    received,
+    redis_envelope,
+    retried,
+    sent,
+    started,
+    succeeded,
+)
+
+GOLDEN = Path(__file__).parent / "testdata"
+
+
+def scenario() -> tuple[CollectorRegistry, ClusterState, StreamStatus]:
+    clock = FakeClock(T0 + 10)
+    state = ClusterState(StateSettings(duration_buckets=(0.5, 1.0, 5.0), queue_wait_buckets=(1.0, 10.0)), clock)
+    status = StreamStatus(clock)
+    status.up()
+    ingest = Ingest(state, clock)
+    ingest.feed_redis([
+        redis_envelope([sent("a", "proj.add", T0, queue="default"), received("a", "proj.add", T0 + 0.5),
+                        started("a", T0 + 0.5), succeeded("a", T0 + 1, runtime=0.4)]),
+        redis_envelope([sent("b", "proj.pay", T0, queue="payments"), started("b", T0 + 2),
+                        retried("b", T0 + 3, "TimeoutError()"), sent("b", "proj.pay", T0 + 3, queue="payments",
+                                                                     retries=1),
+                        received("b", "proj.pay", T0 + 3, retries=1), started("b", T0 + 4),
+                        failed("b", T0 + 6, "TimeoutError('again')")]),
+        redis_envelope([started("c", T0 + 5)]),
+        redis_envelope(heartbeat("celery@w1", T0 + 9, active=1, type_="worker-online"), "worker.online"),
+        redis_envelope(heartbeat("celery@w2", T0 - 100, active=2), "worker.heartbeat"),
+        b"garbage",
+    ])
+    clock.advance(-100)  # w2's heartbeat was seen long ago...
+    state.workers["celery@w2"].heartbeat_seen = T0 - 90
+    clock.advance(100)
+    registry = CollectorRegistry(auto_describe=False)
+    snap = state.take_snapshot
+    registry.register(TaskCollector(snap))
+    registry.register(WorkerCollector(snap))
+    registry.register(StreamCollector(snap, status))
+    return registry, state, status
+
+
+def _check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    # build_info carries the running Python/Celery versions; keep the golden file independent of them.
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("celery_exporter_build_info{"))
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text + "\n")
+    assert path.read_text() == text + "\n", f"{name} drifted; UPDATE_GOLDEN=1 regenerates it"
+
+
+def test_prometheus_text_matches_golden() -> None:
+    registry, _, _ = scenario()
+    _check_golden("events_scenario.prom", generate_latest(registry).decode())
+
+
+def test_openmetrics_matches_golden() -> None:
+    registry, _, _ = scenario()
+    _check_golden("events_scenario.om.txt", generate_openmetrics(registry).decode())
+
+
+def test_exact_values() -> None:
+    registry, _, _ = scenario()
+    v = registry.get_sample_value
+    assert v("celery_task_succeeded_total", {"task_name": "proj.add", "queue": "default"}) == 1
+    assert v("celery_task_failed_total", {"task_name": "proj.pay", "queue": "payments", "exception": "TimeoutError"}) == 1
+    assert v("celery_task_failed_total", {"task_name": "proj.add", "queue": "default", "exception": ""}) == 0
+    assert v("celery_task_retried_total", {"task_name": "proj.pay", "queue": "payments", "exception": "TimeoutError"}) == 1
+    assert v("celery_task_retries_exhausted_total", {"task_name": "proj.pay", "queue": "payments"}) == 1
+    assert v("celery_task_duration_seconds_count", {"task_name": "proj.pay", "queue": "payments", "state": "failed"}) == 1
+    assert v("celery_task_duration_seconds_sum", {"task_name": "proj.pay", "queue": "payments", "state": "retried"}) == 1
+    assert v("celery_task_queue_wait_seconds_count", {"task_name": "proj.pay", "queue": "payments"}) == 2
+    assert v("celery_tasks_active", {"task_name": "unknown", "queue": "celery"}) == 1
+    assert v("celery_worker_up", {"worker": "celery@w1"}) == 1
+    assert v("celery_worker_up", {"worker": "celery@w2"}) == 0
+    assert v("celery_worker_tasks_active", {"worker": "celery@w1"}) == 1
+    assert v("celery_workers", {"state": "down"}) == 1
+    assert v("celery_exporter_events_invalid_total", {"reason": "bad_json"}) == 1
+    assert v("celery_exporter_events_total", {"type": "task-started"}) == 4
+    assert v("celery_exporter_broker_connected") == 1
+
+
+def test_every_served_family_is_declared_and_every_declared_family_served() -> None:
+    registry, _, _ = scenario()
+    served = {f.name for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    declared = {s.family_name for s in all_specs() if not s.name.startswith(("celery_queue", "celery_retry",
+                                                                              "celery_dead", "celery_broker",
+                                                                              "celery_exporter_poll"))}
+    assert served == declared
