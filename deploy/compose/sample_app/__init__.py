@@ -1,0 +1,1 @@
+"""Sample Celery application for the Compose demo stack: tasks that succeed, fail, retry and dead-letter."""
