@@ -24,6 +24,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
+from exporter.exposition import render
 
 log = structlog.get_logger("exporter.http")
 
@@ -133,9 +134,10 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_PATCH = do_POST
 
     def _metrics(self, head: bool) -> None:
-        encoder, content_type = choose_encoder(self.headers.get("Accept") or "")
+        _, content_type = choose_encoder(self.headers.get("Accept") or "")
+        openmetrics = content_type.startswith("application/openmetrics-text")
         try:
-            body = encoder(self.server.registry)
+            body = render(self.server.registry, openmetrics=openmetrics)
         except Exception:
             log.exception("rendering /metrics failed")
             self._send(500, b"error rendering metrics\n", "text/plain; charset=utf-8", head)

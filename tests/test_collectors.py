@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.collectors import all_specs
@@ -17,6 +18,7 @@ from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
 from exporter.events.ingest import Ingest, StreamStatus
+from exporter.exposition import render
 from exporter.state import ClusterState, StateSettings
 from tests._events import (
     T0,
@@ -75,12 +77,38 @@ def _check_golden(name: str, text: str) -> None:
 
 def test_prometheus_text_matches_golden() -> None:
     registry, _, _ = scenario()
-    _check_golden("events_scenario.prom", generate_latest(registry).decode())
+    _check_golden("events_scenario.prom", render(registry).decode())
 
 
 def test_openmetrics_matches_golden() -> None:
     registry, _, _ = scenario()
-    _check_golden("events_scenario.om.txt", generate_openmetrics(registry).decode())
+    _check_golden("events_scenario.om.txt", render(registry, openmetrics=True).decode())
+
+
+def _samples(families) -> set:
+    return {(s.name, tuple(sorted(s.labels.items())), s.value) for f in families for s in f.samples}
+
+
+def test_fast_renderer_agrees_with_client_python() -> None:
+    registry, _, _ = scenario()
+    ours = _samples(text_string_to_metric_families(render(registry).decode()))
+    theirs = _samples(text_string_to_metric_families(generate_latest(registry).decode()))
+    assert ours == theirs and len(ours) > 80
+    ours_om = _samples(parse_openmetrics(render(registry, openmetrics=True).decode()))
+    theirs_om = _samples(parse_openmetrics(generate_openmetrics(registry).decode()))
+    assert ours_om == theirs_om
+
+
+def test_label_values_are_escaped() -> None:
+    clock = FakeClock(T0)
+    state = ClusterState(clock=clock)
+    Ingest(state, clock).feed_redis([redis_envelope([sent("u", 'we"ird\\name\nx', T0)])])
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TaskCollector(state.take_snapshot))
+    (fam,) = [f for f in parse_openmetrics(render(registry, openmetrics=True).decode()) if f.name == "celery_task_sent"]
+    assert fam.samples[0].labels["task_name"] == 'we"ird\\name\nx'
+    assert _samples(text_string_to_metric_families(render(registry).decode())) == _samples(
+        text_string_to_metric_families(generate_latest(registry).decode()))
 
 
 def test_exact_values() -> None:
@@ -106,7 +134,7 @@ def test_exact_values() -> None:
 
 def test_every_served_family_is_declared_and_every_declared_family_served() -> None:
     registry, _, _ = scenario()
-    served = {f.name for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    served = {f.name for f in text_string_to_metric_families(render(registry).decode())}
     declared = {s.family_name for s in all_specs() if not s.name.startswith(("celery_queue", "celery_retry",
                                                                               "celery_dead", "celery_broker",
                                                                               "celery_exporter_poll"))}

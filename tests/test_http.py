@@ -48,7 +48,7 @@ def test_metrics_text_format(server) -> None:
     resp, body = get(srv, "/metrics")
     assert resp.status == 200
     assert resp.getheader("Content-Type").startswith("text/plain; version=0.0.4")
-    assert b'celery_task_sent_total{queue="default",task_name="proj.add"} 1.0' in body
+    assert b'celery_task_sent_total{task_name="proj.add",queue="default"} 1.0' in body
 
 
 def test_openmetrics_by_negotiation_and_gzip(server) -> None:
@@ -59,7 +59,7 @@ def test_openmetrics_by_negotiation_and_gzip(server) -> None:
     assert resp.getheader("Content-Encoding") == "gzip"
     text = gzip.decompress(body)
     assert text.rstrip().endswith(b"# EOF")
-    assert b'celery_task_sent_total{queue="default",task_name="proj.add"} 1.0' in text
+    assert b'celery_task_sent_total{task_name="proj.add",queue="default"} 1.0' in text
 
 
 def test_probes(server) -> None:

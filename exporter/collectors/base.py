@@ -12,12 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import Metric
+
+from exporter.exposition import TableFamily
 
 Kind = Literal["counter", "gauge", "histogram"]
 
@@ -47,36 +44,16 @@ class MetricSpec:
             return (self.name + "_bucket", self.name + "_sum", self.name + "_count", self.name)
         return (self.name,)
 
-    def family(self) -> Metric:
-        """A new, empty metric family for this spec."""
-        labels = list(self.labels)
-        if self.kind == "counter":
-            return CounterMetricFamily(self.family_name, self.help, labels=labels)
-        if self.kind == "gauge":
-            return GaugeMetricFamily(self.name, self.help, labels=labels)
-        return HistogramMetricFamily(self.name, self.help, labels=labels)
+    def family(self, bounds: Sequence[float] = ()) -> TableFamily:
+        """A new, empty metric family for this spec (``bounds``: a histogram's bucket upper bounds)."""
+        return TableFamily(self.family_name, self.help, self.kind, self.labels, bounds)
 
 
 def add_samples(family: Metric, rows: Iterable[tuple[Sequence[str], float]]) -> Metric:
     """Add ``(label values, value)`` rows to a counter or gauge family and return it."""
     for labels, value in rows:
-        family.add_metric(list(labels), value)  # type: ignore[attr-defined]
+        if isinstance(family, TableFamily):
+            family.add(tuple(labels), value)
+        else:
+            family.add_metric(list(labels), value)  # type: ignore[attr-defined]
     return family
-
-
-def cumulative_buckets(
-    bounds: Sequence[float], counts: Sequence[int]
-) -> list[tuple[str, float]]:
-    """Turn per-bucket counts (one per bound plus +Inf) into Prometheus cumulative buckets."""
-    out: list[tuple[str, float]] = []
-    running = 0
-    for bound, count in zip(bounds, counts, strict=False):
-        running += count
-        out.append((_fmt_bound(bound), float(running)))
-    running += counts[len(bounds)]
-    out.append(("+Inf", float(running)))
-    return out
-
-
-def _fmt_bound(bound: float) -> str:
-    return repr(float(bound))

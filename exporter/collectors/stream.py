@@ -78,7 +78,7 @@ _BUILD_LABELS = (__version__, platform.python_version(), _celery_version())
 def stream_families(snap: Snapshot, status: StreamStatus) -> Iterator[Metric]:
     """Pure: the exporter's self-metrics from a snapshot and the stream status."""
     build = BUILD_SPEC.family()
-    build.add_metric(list(_BUILD_LABELS), 1.0)  # type: ignore[attr-defined]
+    build.add(_BUILD_LABELS, 1.0)
     yield build
     for spec, table in (
         (EVENTS_SPEC, snap.events_by_type),
@@ -88,7 +88,7 @@ def stream_families(snap: Snapshot, status: StreamStatus) -> Iterator[Metric]:
     ):
         fam = spec.family()
         for label, value in sorted(table.items()):
-            fam.add_metric([label], value)  # type: ignore[attr-defined]
+            fam.add((label,), value)
         yield fam
     for spec, value in (
         (CONNECTED_SPEC, 1.0 if status.connected else 0.0),
@@ -97,11 +97,11 @@ def stream_families(snap: Snapshot, status: StreamStatus) -> Iterator[Metric]:
         (PURGED_SPEC, snap.workers_purged),
     ):
         fam = spec.family()
-        fam.add_metric([], value)  # type: ignore[attr-defined]
+        fam.add((), value)
         yield fam
     if snap.last_event_ts is not None:
         fam = LAST_EVENT_SPEC.family()
-        fam.add_metric([], snap.last_event_ts)  # type: ignore[attr-defined]
+        fam.add((), snap.last_event_ts)
         yield fam
 
 

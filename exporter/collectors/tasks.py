@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from exporter.collectors.base import MetricSpec, cumulative_buckets
+from exporter.collectors.base import MetricSpec
 from exporter.state import (
     DURATION_STATES,
     EXHAUSTED,
@@ -106,30 +106,24 @@ def task_families(snap: Snapshot) -> Iterator[Metric]:
     for spec, index in _PLAIN_COUNTERS:
         fam = spec.family()
         for key, counts in snap.counters.items():
-            fam.add_metric(key, counts[index])  # type: ignore[attr-defined]
+            fam.add(key, counts[index])
         yield fam
     for spec, table in ((FAILED_SPEC, snap.failed), (RETRIED_SPEC, snap.retried)):
         fam = spec.family()
         for lkey, value in table.items():
-            fam.add_metric(lkey, value)  # type: ignore[attr-defined]
+            fam.add(lkey, value)
         yield fam
-    fam = DURATION_SPEC.family()
+    fam = DURATION_SPEC.family(snap.duration_buckets)
     for (name, queue, state), hist in snap.durations.items():
-        fam.add_metric(  # type: ignore[attr-defined]
-            [name, queue, DURATION_STATES[state]],
-            cumulative_buckets(snap.duration_buckets, hist.counts),
-            hist.total,
-        )
+        fam.add_histogram((name, queue, DURATION_STATES[state]), hist.counts, hist.total)
     yield fam
-    fam = QUEUE_WAIT_SPEC.family()
+    fam = QUEUE_WAIT_SPEC.family(snap.queue_wait_buckets)
     for key, hist in snap.queue_wait.items():
-        fam.add_metric(  # type: ignore[attr-defined]
-            key, cumulative_buckets(snap.queue_wait_buckets, hist.counts), hist.total
-        )
+        fam.add_histogram(key, hist.counts, hist.total)
     yield fam
     fam = ACTIVE_SPEC.family()
     for key, value in snap.active.items():
-        fam.add_metric(key, value)  # type: ignore[attr-defined]
+        fam.add(key, value)
     yield fam
 
 

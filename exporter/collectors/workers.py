@@ -44,13 +44,13 @@ def worker_families(snap: Snapshot) -> Iterator[Metric]:
     for hostname, w in sorted(snap.workers.items()):
         is_up = w.online and snap.now - w.heartbeat_seen <= snap.worker_timeout
         n_up += is_up
-        up.add_metric([hostname], 1.0 if is_up else 0.0)  # type: ignore[attr-defined]
-        active.add_metric([hostname], w.active if is_up else 0.0)  # type: ignore[attr-defined]
-        heartbeat.add_metric([hostname], w.heartbeat_ts)  # type: ignore[attr-defined]
-        info.add_metric([hostname, w.version, w.system], 1.0)  # type: ignore[attr-defined]
+        up.add((hostname,), 1.0 if is_up else 0.0)
+        active.add((hostname,), w.active if is_up else 0.0)
+        heartbeat.add((hostname,), w.heartbeat_ts)
+        info.add((hostname, w.version, w.system), 1.0)
     total = WORKERS_SPEC.family()
-    total.add_metric(["up"], n_up)  # type: ignore[attr-defined]
-    total.add_metric(["down"], len(snap.workers) - n_up)  # type: ignore[attr-defined]
+    total.add(("up",), n_up)
+    total.add(("down",), len(snap.workers) - n_up)
     yield from (up, active, heartbeat, info, total)
 
 

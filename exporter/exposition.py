@@ -1,0 +1,171 @@
+"""Fast exposition for the exporter's own metric families.
+
+client_python's ``generate_latest`` spends ~8 µs a sample on label sorting, validation and escaping; at
+the scale target (200 task names, ~12,000 samples) that is over 100 ms a scrape, more while the event
+loop holds the GIL. ``TableFamily`` keeps rows as plain tuples and renders each distinct label set's text
+once (cached), so a scrape costs well under a microsecond a sample. Families from other collectors
+(process metrics, pollers) are rendered by client_python itself, so the output is one valid document.
+
+``TableFamily`` is still a ``prometheus_client`` ``Metric``: its ``samples`` are built lazily for code
+that wants them (``CollectorRegistry.get_sample_value``, client_python's own encoders), and a test renders
+the same registry both ways and compares the parsed results.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from prometheus_client.core import Metric
+from prometheus_client.exposition import generate_latest as _text_latest
+from prometheus_client.openmetrics.exposition import generate_latest as _om_latest
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
+
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+_LABEL_CACHE: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+_LABEL_CACHE_MAX = 200_000
+
+
+def _escape_value(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
+
+
+def label_text(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    """``a="x",b="y"`` for one label set, cached: label sets repeat on every scrape."""
+    key = (names, values)
+    text = _LABEL_CACHE.get(key)
+    if text is None:
+        if len(_LABEL_CACHE) >= _LABEL_CACHE_MAX:
+            _LABEL_CACHE.clear()
+        text = ",".join(f'{n}="{_escape_value(v)}"' for n, v in zip(names, values, strict=True))
+        _LABEL_CACHE[key] = text
+    return text
+
+
+def _num(value: float) -> str:
+    if value.__class__ is int:
+        return f"{value}.0" if -(2**53) < value < 2**53 else floatToGoString(value)  # type: ignore[arg-type]
+    if math.isfinite(value):
+        return repr(float(value))
+    return floatToGoString(value)
+
+
+class TableFamily(Metric):
+    """A counter, gauge or histogram family stored as rows of label-value tuples."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        typ: str,
+        labelnames: Sequence[str],
+        bounds: Sequence[float] = (),
+    ) -> None:
+        super().__init__(name, documentation, typ)
+        self.labelnames = tuple(labelnames)
+        self.rows: list[tuple[tuple[str, ...], Any, float]] = []
+        self.bounds = tuple(bounds)
+        self._samples: list[Sample] | None = None
+
+    # Metric.__init__ assigns self.samples = []; keep that assignment harmless and build lazily.
+    @property  # type: ignore[override]
+    def samples(self) -> list[Sample]:
+        if self._samples is None:
+            self._samples = list(self._build_samples())
+        return self._samples
+
+    @samples.setter
+    def samples(self, value: list[Sample]) -> None:
+        self._samples = value or None
+
+    def add(self, values: Sequence[str], value: float) -> None:
+        self.rows.append((tuple(values), value, 0.0))
+        self._samples = None
+
+    def add_metric(self, labels: Sequence[str], value: float, timestamp: Any = None) -> None:
+        """client_python's spelling, for counters and gauges."""
+        self.add(labels, value)
+
+    def add_histogram(self, values: Sequence[str], counts: Sequence[int], total: float) -> None:
+        """``counts`` are per-bucket (not cumulative), one per bound plus the +Inf bucket."""
+        self.rows.append((tuple(values), counts, total))
+        self._samples = None
+
+    def _build_samples(self) -> Iterable[Sample]:
+        names = self.labelnames
+        if self.type == "histogram":
+            les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+            for values, counts, total in self.rows:
+                labels = dict(zip(names, values, strict=True))
+                running = 0
+                for le, count in zip(les, counts, strict=True):
+                    running += count
+                    yield Sample(self.name + "_bucket", {**labels, "le": le}, float(running))
+                yield Sample(self.name + "_count", labels, float(running))
+                yield Sample(self.name + "_sum", labels, total)
+            return
+        suffix = "_total" if self.type == "counter" else ""
+        for values, value, _ in self.rows:
+            yield Sample(self.name + suffix, dict(zip(names, values, strict=True)), float(value))
+
+    def render(self, out: list[str], openmetrics: bool) -> None:
+        name, names = self.name, self.labelnames
+        help_text = self.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        if openmetrics:
+            help_text = help_text.replace('"', r"\"")
+            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {self.type}\n")
+        else:
+            shown = name + "_total" if self.type == "counter" else name
+            out.append(f"# HELP {shown} {help_text}\n# TYPE {shown} {self.type}\n")
+        append = out.append
+        if self.type == "histogram":
+            les = [f'le="{floatToGoString(b)}"' for b in self.bounds] + ['le="+Inf"']
+            bucket, count_name, sum_name = name + "_bucket{", name + "_count", name + "_sum"
+            for values, counts, total in self.rows:
+                lt = label_text(names, values)
+                sep = "," if lt else ""
+                running = 0
+                for le, count in zip(les, counts, strict=True):
+                    running += count
+                    append(f"{bucket}{lt}{sep}{le}}} {running}.0\n")
+                braces = "{" + lt + "}" if lt else ""
+                append(f"{count_name}{braces} {running}.0\n{sum_name}{braces} {_num(total)}\n")
+            return
+        sample = name + "_total" if self.type == "counter" else name
+        for values, value, _ in self.rows:
+            if values:
+                append(f"{sample}{{{label_text(names, values)}}} {_num(value)}\n")
+            else:
+                append(f"{sample} {_num(value)}\n")
+
+
+class _One:
+    """A registry-like wrapper so client_python can render a single foreign family."""
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+
+    def collect(self) -> Iterable[Metric]:
+        return (self.metric,)
+
+
+def render(registry: Any, openmetrics: bool = False) -> bytes:
+    """Render every family of ``registry``: TableFamily fast, anything else through client_python."""
+    out: list[str] = []
+    for family in registry.collect():
+        if isinstance(family, TableFamily):
+            family.render(out, openmetrics)
+        elif openmetrics:
+            text = _om_latest(_One(family)).decode()
+            out.append(text[: -len("# EOF\n")] if text.endswith("# EOF\n") else text)
+        else:
+            out.append(_text_latest(_One(family)).decode())
+    if openmetrics:
+        out.append("# EOF\n")
+    return "".join(out).encode()
