@@ -4,7 +4,8 @@
     python -m exporter.docs          # rewrite the generated parts
     python -m exporter.docs --check  # exit 1 if any of them drifted (tests/test_docs.py does this)
 
-Generated parts of README.md sit between ``<!-- BEGIN GENERATED: name -->`` and ``<!-- END GENERATED: name -->``.
+Generated parts of README.md sit between ``<!-- BEGIN GENERATED: name -->`` and
+``<!-- END GENERATED: name -->``.
 """
 
 from __future__ import annotations
@@ -42,11 +43,12 @@ def metrics_table() -> str:
 
 def config_table() -> str:
     rows = ["| flag | environment variable | YAML key | default | meaning |", "|---|---|---|---|---|"]
-    rows.append("| `--config` | `CELERY_EXPORTER_CONFIG` | - | (none) | YAML file with any of the keys below. |")
+    rows.append(
+        "| `--config` | `CELERY_EXPORTER_CONFIG` | - | (none) | YAML file with any of the keys below. |"
+    )
     for opt in OPTIONS:
-        rows.append(
-            f"| `{opt.flag}` | `{opt.env}` | `{opt.name}` | `{_cell(_default(opt.default))}` | {_cell(opt.help)} |"
-        )
+        default = _cell(_default(opt.default))
+        rows.append(f"| `{opt.flag}` | `{opt.env}` | `{opt.name}` | `{default}` | {_cell(opt.help)} |")
     return "\n".join(rows)
 
 
