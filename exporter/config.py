@@ -220,7 +220,8 @@ OPTIONS: tuple[Option, ...] = (
            "GLOBS"),
     Option("retry_queues", _str_list, (),
            "Queues (names or globs) that are retry/delay queues; overrides discovery.", "GLOBS"),
-    Option("dead_letter_queues", _str_list, ("dlq:*", "celery:dead_letter_queue"),
+    Option("dead_letter_queues", _str_list,
+           ("dlq:*", "celery:dead_letter_queue", "dlq", "*.dlq", "dead_letter*"),
            "Queues or Redis keys (names or globs) that are dead-letter queues; overrides discovery.",
            "GLOBS"),
     Option("exclude_queues", _str_list, (), "Queues (names or globs) never reported.", "GLOBS"),
@@ -267,7 +268,9 @@ class Config:
     poll_timeout: float = 4.0
     queues: tuple[str, ...] = ()
     retry_queues: tuple[str, ...] = ()
-    dead_letter_queues: tuple[str, ...] = ("dlq:*", "celery:dead_letter_queue")
+    dead_letter_queues: tuple[str, ...] = (
+        "dlq:*", "celery:dead_letter_queue", "dlq", "*.dlq", "dead_letter*"
+    )
     exclude_queues: tuple[str, ...] = ()
     max_scan_keys: int = 10_000
     dlq_timestamp_field: str = "timestamp"

@@ -1,14 +1,29 @@
 """Broker-polled queue metrics (queue depth, unacked, consumers, retry queues, DLQs) and poller
 self-metrics. The values come from the background pollers in ``exporter.brokers``; the collector only
-reads their last results.
+reads their last results (a scrape never talks to a broker).
+
+The oldest-DLQ-message age is computed at scrape time from the stored timestamp and the injected clock,
+so it keeps growing between polls.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
 from exporter.collectors.base import MetricSpec
 
+if TYPE_CHECKING:
+    from exporter.brokers.scheduler import SourceView
+
 Q = ("queue",)
-_POLLED = "Polled from the broker every --poll-interval seconds (default 5); the last good value is served."
+_POLLED = (
+    "Polled from the broker every --poll-interval seconds (default 5); after a failed poll the last good "
+    "value is served for up to 12 intervals."
+)
 
 QUEUE_LENGTH_SPEC = MetricSpec(
     "celery_queue_length", "gauge",
@@ -52,3 +67,55 @@ METRICS = (
     QUEUE_LENGTH_SPEC, UNACKED_SPEC, CONSUMERS_SPEC, RETRY_LENGTH_SPEC, DLQ_LENGTH_SPEC, DLQ_AGE_SPEC,
     BROKER_UNACKED_SPEC, POLL_SUCCESS_SPEC, POLL_DURATION_SPEC, POLL_ERRORS_SPEC,
 )
+
+
+def _label(name: str) -> str:
+    # Redis key names need not be UTF-8 (they are decoded with surrogateescape); labels must be.
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def queue_families(views: Sequence[SourceView], now: float) -> Iterator[Metric]:
+    """Pure: metric families from each source's last good poll result and poll status."""
+    length, unacked, consumers, retry, dlq, age = (
+        s.family() for s in (QUEUE_LENGTH_SPEC, UNACKED_SPEC, CONSUMERS_SPEC, RETRY_LENGTH_SPEC,
+                             DLQ_LENGTH_SPEC, DLQ_AGE_SPEC)
+    )
+    broker_unacked = BROKER_UNACKED_SPEC.family()
+    success, duration, errors = (
+        s.family() for s in (POLL_SUCCESS_SPEC, POLL_DURATION_SPEC, POLL_ERRORS_SPEC)
+    )
+    for view in sorted(views, key=lambda v: v.source):
+        if view.success is not None:
+            success.add_metric([view.source], 1.0 if view.success else 0.0)  # type: ignore[attr-defined]
+            duration.add_metric([view.source], view.duration)  # type: ignore[attr-defined]
+        errors.add_metric([view.source], view.errors)  # type: ignore[attr-defined]
+        r = view.result
+        if r is None:
+            continue
+        for name, depth in sorted(r.queues.items()):
+            label = [_label(name)]
+            length.add_metric(label, depth.ready)  # type: ignore[attr-defined]
+            if depth.unacked is not None:
+                unacked.add_metric(label, depth.unacked)  # type: ignore[attr-defined]
+            if depth.consumers is not None:
+                consumers.add_metric(label, depth.consumers)  # type: ignore[attr-defined]
+        for name, value in sorted(r.retry.items()):
+            retry.add_metric([_label(name)], value)  # type: ignore[attr-defined]
+        for name, value in sorted(r.dead_letter.items()):
+            dlq.add_metric([_label(name)], value)  # type: ignore[attr-defined]
+        for name, ts in sorted(r.dead_letter_oldest.items()):
+            age.add_metric([_label(name)], max(0.0, now - ts))  # type: ignore[attr-defined]
+        if r.broker_unacked is not None:
+            broker_unacked.add_metric([], r.broker_unacked)  # type: ignore[attr-defined]
+    yield from (length, unacked, consumers, retry, dlq, age, broker_unacked, success, duration, errors)
+
+
+class QueueCollector(Collector):
+    """Serves the pollers' last results; ``views`` is ``PollStore.views``."""
+
+    def __init__(self, views: Callable[[], Sequence[SourceView]], clock: Callable[[], float]) -> None:
+        self._views = views
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        yield from queue_families(self._views(), self._clock())

@@ -1,0 +1,198 @@
+"""What a broker poll produces (``PollResult``) and the pure rules every poller shares: which queue names
+are Celery internals, how config globs classify a queue, how a DLQ entry's timestamp is read, how the
+number of queue series is capped, and how an error message is stripped of credentials before logging.
+
+Nothing here does I/O; ``redis.py`` and ``rabbitmq.py`` fetch, these functions decide.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from exporter.config import redact_url
+from exporter.state import OVERFLOW_LABEL
+
+Kind = Literal["task", "retry", "dlq"]
+
+# Celery's own queues are not task queues: the event queues (celeryev.<uuid>), the broadcast-control
+# queues (<node>.celery.pidbox) and their reply queues (<id>.reply.celery.pidbox), server-named queues,
+# and kombu's bookkeeping keys on Redis.
+INTERNAL_GLOBS: tuple[str, ...] = ("celeryev.*", "*.pidbox", "amq.gen-*", "_kombu.*")
+INTERNAL_EXCHANGES = frozenset({"celeryev", "celery.pidbox", "reply.celery.pidbox"})
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """A task queue: ready messages, and where the broker knows them, unacked messages and consumers."""
+
+    ready: float
+    unacked: float | None = None
+    consumers: float | None = None
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """One successful poll of one source. ``dead_letter_oldest`` holds Unix timestamps (not ages), so the
+    age keeps growing between polls and is computed at scrape time from the injected clock."""
+
+    queues: Mapping[str, QueueDepth] = field(default_factory=dict)
+    retry: Mapping[str, float] = field(default_factory=dict)
+    dead_letter: Mapping[str, float] = field(default_factory=dict)
+    dead_letter_oldest: Mapping[str, float] = field(default_factory=dict)
+    broker_unacked: float | None = None
+
+    def names(self) -> set[str]:
+        return set(self.queues) | set(self.retry) | set(self.dead_letter)
+
+
+def is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def matches(name: str, globs: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Config-driven naming rules: explicit globs override discovery, exclusions always win."""
+
+    retry_globs: tuple[str, ...] = ()
+    dlq_globs: tuple[str, ...] = ()
+    exclude_globs: tuple[str, ...] = ()
+    internal_names: frozenset[str] = frozenset()
+
+    def excluded(self, name: str) -> bool:
+        return (
+            not name
+            or name in self.internal_names
+            or matches(name, INTERNAL_GLOBS)
+            or matches(name, self.exclude_globs)
+        )
+
+    def configured_kind(self, name: str) -> Kind | None:
+        """The kind the config gives this name (retry before DLQ), or None to leave it to discovery."""
+        if matches(name, self.retry_globs):
+            return "retry"
+        if matches(name, self.dlq_globs):
+            return "dlq"
+        return None
+
+
+def exact_names(patterns: Iterable[str]) -> list[str]:
+    """The entries of a names-or-globs list that are plain names (pollable without listing the broker)."""
+    return [p for p in patterns if p and not is_glob(p)]
+
+
+# ------------------------------------------------------------------------------------------- timestamps
+_MS_THRESHOLD = 1e11  # epoch seconds reach 1e11 in the year 5138; anything above is milliseconds
+
+
+def parse_timestamp(value: Any) -> float | None:
+    """A DLQ entry's enqueue time as a Unix timestamp: ISO-8601 (naive means UTC, as ``utcnow()``
+    writes it) or an epoch number in seconds or milliseconds, as a number or a numeric string."""
+    if isinstance(value, bool) or value is None:
+        return None
+    ts: float
+    if isinstance(value, (int, float)):
+        ts = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            ts = float(text)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(text)
+            except ValueError:
+                return None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            ts = parsed.timestamp()
+    else:
+        return None
+    if not math.isfinite(ts) or ts <= 0:
+        return None
+    return ts / 1000.0 if ts > _MS_THRESHOLD else ts
+
+
+def entry_timestamp(raw: bytes | str | None, field_name: str) -> float | None:
+    """The timestamp field of one JSON DLQ entry (``a.b`` reaches into nested objects), or None."""
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    for part in field_name.split("."):
+        if not isinstance(doc, dict) or part not in doc:
+            return None
+        doc = doc[part]
+    return parse_timestamp(doc)
+
+
+# ------------------------------------------------------------------------------------------- the cap
+def cap_queues(result: PollResult, max_queues: int, pinned: Sequence[str] = ()) -> PollResult:
+    """Keep at most ``max_queues`` distinct queue names; the rest fold into ``__overflow__`` (lengths
+    and counts summed, the oldest timestamp kept). ``pinned`` names (the default queue, configured
+    names) are kept first, then the rest in name order, so the HPA's queue never folds away."""
+    names = result.names()
+    if len(names) <= max_queues:
+        return result
+    order = [n for n in dict.fromkeys(pinned) if n in names]
+    order += sorted(names.difference(order))
+    keep = set(order[:max_queues])
+
+    queues: dict[str, QueueDepth] = {}
+    folded: list[QueueDepth] = []
+    for name, depth in result.queues.items():
+        if name in keep:
+            queues[name] = depth
+        else:
+            folded.append(depth)
+    if folded:
+        queues[OVERFLOW_LABEL] = QueueDepth(
+            ready=sum(d.ready for d in folded),
+            unacked=_sum_opt(d.unacked for d in folded),
+            consumers=_sum_opt(d.consumers for d in folded),
+        )
+    retry = _fold(result.retry, keep)
+    dlq = _fold(result.dead_letter, keep)
+    oldest = {n: ts for n, ts in result.dead_letter_oldest.items() if n in keep}
+    dropped = [ts for n, ts in result.dead_letter_oldest.items() if n not in keep]
+    if dropped:
+        oldest[OVERFLOW_LABEL] = min(dropped)
+    return PollResult(queues, retry, dlq, oldest, result.broker_unacked)
+
+
+def _fold(values: Mapping[str, float], keep: set[str]) -> dict[str, float]:
+    out = {n: v for n, v in values.items() if n in keep}
+    rest = [v for n, v in values.items() if n not in keep]
+    if rest:
+        out[OVERFLOW_LABEL] = float(sum(rest))
+    return out
+
+
+def _sum_opt(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(sum(present)) if present else None
+
+
+# ------------------------------------------------------------------------------------------- errors
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>]+")
+
+
+def describe_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
+    """``Type: message`` with every URL's password redacted and any known secret masked."""
+    text = f"{type(exc).__name__}: {exc}"
+    text = _URL.sub(lambda m: redact_url(m.group(0)), text)
+    for secret in secrets:
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text[:500]

@@ -1,0 +1,201 @@
+"""Runs the broker pollers in the background, each poll under a hard deadline, and keeps what the
+collector serves: per source the last good ``PollResult`` and the poll self-metrics.
+
+A poll runs in a short-lived daemon thread; the scheduler waits for it at most ``poll_timeout``. A poll
+that overruns is counted as failed and the scheduler does not start another for that source until it has
+finished (a broker client is never used from two threads at once). A failed poll leaves the last good
+result in place: it is served for up to ``stale_after`` seconds (12 poll intervals by default, one minute
+at the default interval) so a blip does not make the HPA's series vanish, then dropped, so an outage
+shows as absent series (and ``celery_exporter_poll_success 0``) rather than as a frozen, plausible value.
+The scrape path only copies references under a lock; it never touches a broker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from exporter.brokers.model import PollResult, describe_error
+
+log = structlog.get_logger("exporter.brokers")
+
+STALE_POLLS = 12
+
+
+class Poller(Protocol):
+    """One source of queue metrics. ``poll`` does the I/O and returns a result or raises."""
+
+    source: str
+
+    def poll(self, deadline: float) -> PollResult: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SourceView:
+    """What a scrape sees of one source."""
+
+    source: str
+    success: bool | None  # None until the first poll has finished
+    duration: float
+    errors: int
+    result: PollResult | None  # None before the first success, or once the last one went stale
+
+
+class PollStore:
+    """Per-source poll outcomes. The scheduler thread writes, scrapes read ``views()``."""
+
+    def __init__(self, sources: Sequence[str], stale_after: float,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.stale_after = stale_after
+        self.monotonic = monotonic
+        self._lock = threading.Lock()
+        self._success: dict[str, bool | None] = dict.fromkeys(sources)
+        self._duration: dict[str, float] = dict.fromkeys(sources, 0.0)
+        self._errors: dict[str, int] = dict.fromkeys(sources, 0)
+        self._results: dict[str, tuple[float, PollResult]] = {}
+
+    def record_success(self, source: str, result: PollResult, duration: float) -> None:
+        with self._lock:
+            self._success[source] = True
+            self._duration[source] = duration
+            self._results[source] = (self.monotonic(), result)
+
+    def record_failure(self, source: str, duration: float) -> None:
+        with self._lock:
+            self._success[source] = False
+            self._duration[source] = duration
+            self._errors[source] += 1
+
+    def views(self) -> list[SourceView]:
+        now = self.monotonic()
+        with self._lock:
+            out = []
+            for source, success in self._success.items():
+                held = self._results.get(source)
+                result = held[1] if held and now - held[0] <= self.stale_after else None
+                out.append(SourceView(source, success, self._duration[source], self._errors[source], result))
+            return out
+
+
+class RateLimitedLog:
+    """At most one warning per ``interval`` seconds per key, counting what it held back."""
+
+    def __init__(self, interval: float = 60.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.monotonic = monotonic
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, key: str, event: str, **kw: Any) -> bool:
+        now = self.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        log.warning(event, suppressed_since_last=self._held.pop(key, 0), **kw)
+        return True
+
+    def reset(self, key: str) -> None:
+        self._last.pop(key, None)
+        self._held.pop(key, None)
+
+
+class SourceRunner:
+    """Runs one poller's polls under a deadline and records each outcome in the store."""
+
+    def __init__(self, poller: Poller, store: PollStore, timeout: float, secrets: Sequence[str] = (),
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.poller = poller
+        self.store = store
+        self.timeout = timeout
+        self.secrets = tuple(secrets)
+        self.monotonic = monotonic
+        self.log = RateLimitedLog(monotonic=monotonic)
+        self._inflight: threading.Thread | None = None
+        self._inflight_since = 0.0
+        self._failing = False
+
+    def tick(self) -> bool:
+        """Poll once (or account for an overrunning poll); True when the poll succeeded."""
+        source = self.poller.source
+        if self._inflight is not None:
+            if self._inflight.is_alive():
+                self._fail(self.monotonic() - self._inflight_since,
+                           f"the previous poll is still running after {self.timeout:g}s")
+                return False
+            self._inflight = None
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        started = self.monotonic()
+        deadline = started + self.timeout
+
+        def target() -> None:
+            try:
+                box["result"] = self.poller.poll(deadline)
+            except BaseException as exc:  # reported by the scheduler thread, never raised into it
+                box["error"] = exc
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=target, name=f"poll-{source}", daemon=True)
+        thread.start()
+        finished = done.wait(self.timeout)
+        duration = self.monotonic() - started
+        if not finished:
+            self._inflight, self._inflight_since = thread, started
+            self._fail(duration, f"poll timed out after {self.timeout:g}s")
+            return False
+        if "error" in box:
+            self._fail(duration, describe_error(box["error"], self.secrets))
+            return False
+        self.store.record_success(source, box["result"], duration)
+        if self._failing:
+            self._failing = False
+            self.log.reset(source)
+            log.info("broker poll recovered", source=source)
+        return True
+
+    def _fail(self, duration: float, error: str) -> None:
+        self._failing = True
+        self.store.record_failure(self.poller.source, duration)
+        self.log.warning(self.poller.source, "broker poll failed", source=self.poller.source, error=error)
+
+
+class Polling:
+    """The background polling loop plus the collectors that serve its results."""
+
+    def __init__(self, runners: Sequence[SourceRunner], interval: float, collectors: list[Any]) -> None:
+        self.runners = list(runners)
+        self.interval = interval
+        self.collectors = collectors
+
+    def poll_once(self) -> None:
+        for runner in self.runners:
+            runner.tick()
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll every ``interval`` seconds until ``stop`` is set; never raises for a broker error."""
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                self.poll_once()
+                stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for runner in self.runners:
+            if runner._inflight is not None and runner._inflight.is_alive():
+                continue  # its thread still uses the client; the daemon thread dies with the process
+            try:
+                runner.poller.close()
+            except Exception as exc:  # closing a dead connection may fail; nothing to do about it
+                log.debug("closing a poller failed", source=runner.poller.source, error=repr(exc))
