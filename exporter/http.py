@@ -107,7 +107,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self, head: bool = False) -> None:
         length = self.headers.get("Content-Length")
-        if length not in (None, "0"):
+        if length not in (None, "0") or self.headers.get("Transfer-Encoding"):
+            # The body is never read, so the connection must end here: otherwise its bytes would be
+            # parsed as the next request on this connection (request smuggling).
+            self.close_connection = True
             self._send(413, b"request bodies are not accepted\n", "text/plain; charset=utf-8", head)
             return
         if self.server.authorize is not None and not self.server.authorize(self.headers.get("Authorization")):
@@ -129,6 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"not found\n", "text/plain; charset=utf-8", head)
 
     def do_POST(self) -> None:
+        self.close_connection = True  # the body, if any, is unread: see do_GET
         self._send(405, b"method not allowed\n", "text/plain; charset=utf-8", False)
 
     do_PUT = do_DELETE = do_PATCH = do_POST
