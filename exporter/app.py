@@ -79,7 +79,7 @@ class App:
         self.polling = build_polling(config, self.state.queues_seen)
         for collector in self.polling.collectors:
             self.registry.register(collector)
-        ssl_context, authorize = self._web_security()
+        ssl_context, authorize, headers = self._web_security()
         self.http = MetricsServer(
             config.listen_address,
             config.port,
@@ -87,16 +87,17 @@ class App:
             Health(self._alive, self._ready, self._index_info),
             ssl_context=ssl_context,
             authorize=authorize,
+            headers=headers,
         )
         self._threads: list[threading.Thread] = []
 
-    def _web_security(self) -> tuple[Any, Any]:
+    def _web_security(self) -> tuple[Any, Any, Any]:
         if not self.config.web_config_file:
-            return None, None
+            return None, None, None
         from exporter.webconfig import load_web_config
 
         web = load_web_config(self.config.web_config_file)
-        return web.ssl_context(), web.authorizer()
+        return web.ssl_context(), web.authorizer(), web.headers
 
     # ------------------------------------------------------------------ probes
     def _alive(self) -> tuple[bool, str]:

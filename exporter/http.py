@@ -15,7 +15,7 @@ import html
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -61,6 +61,7 @@ class _Server(ThreadingHTTPServer):
     registry: CollectorRegistry
     health: Health
     authorize: Callable[[str | None], bool] | None
+    extra_headers: tuple[tuple[str, str], ...]
     slots: threading.BoundedSemaphore
     ssl_context: ssl.SSLContext | None
 
@@ -98,6 +99,11 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = f"celery-exporter/{__version__}"
     sys_version = ""
+
+    def end_headers(self) -> None:
+        for name, value in self.server.extra_headers:  # http_server_config.headers, on every response
+            self.send_header(name, value)
+        super().end_headers()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http request", client=self.client_address[0], line=format % args)
@@ -193,6 +199,7 @@ class MetricsServer:
         health: Health,
         ssl_context: ssl.SSLContext | None = None,
         authorize: Callable[[str | None], bool] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         server_cls = _Server
         if ":" in address:  # IPv6 literal
@@ -201,6 +208,7 @@ class MetricsServer:
         self._server.registry = registry
         self._server.health = health
         self._server.authorize = authorize
+        self._server.extra_headers = tuple((headers or {}).items())
         self._server.ssl_context = ssl_context
         self._server.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
