@@ -55,10 +55,11 @@ class RedisLayout:
             internal_keys=frozenset(keys),
         )
 
-    def sub_keys(self, queue: str, extra_steps: Iterable[int] = ()) -> list[str]:
-        """Unprefixed list keys of a queue: the bare name (step 0) and one per non-zero step."""
+    def sub_keys(self, queue: str, extra_steps: Iterable[int] = ()) -> list[tuple[int, str]]:
+        """``(step, unprefixed key)`` of each list of a queue: the bare name for step 0, then one per
+        non-zero step (configured or found)."""
         steps = sorted({s for s in (*self.priority_steps, *extra_steps) if s})
-        return [queue] + [f"{queue}{self.sep}{s}" for s in steps]
+        return [(0, queue)] + [(s, f"{queue}{self.sep}{s}") for s in steps]
 
 
 @dataclass(frozen=True)
@@ -189,10 +190,10 @@ def make_plan(index: KeyIndex, first: Sequence[Any], settings: RedisSettings, se
                 slots.append((len(cmds), "zoldest"))
                 cmds.append(("ZRANGE", layout.prefix + name, 0, 0, "WITHSCORES"))
         else:
-            for key in layout.sub_keys(name, (*found, *guess_steps)):
+            for step, key in layout.sub_keys(name, (*found, *guess_steps)):
                 slots.append((len(cmds), "llen"))
                 cmds.append(("LLEN", layout.prefix + key))
-                if kind == "dlq" and (key != name or rtype != "none"):
+                if kind == "dlq" and (step in found if step else rtype != "none"):
                     # LPUSH lists keep the oldest entry at the tail, RPUSH lists at the head: read both.
                     slots += [(len(cmds), "head"), (len(cmds) + 1, "tail")]
                     cmds += [("LINDEX", layout.prefix + key, 0), ("LINDEX", layout.prefix + key, -1)]

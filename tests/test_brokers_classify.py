@@ -1,0 +1,141 @@
+"""RabbitMQ queue classification on literal management-API rows: the seed topologies, policies instead
+of arguments, expiring work queues, Celery-countdown-style delay queues, config overrides, exclusions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exporter.brokers import rules_for
+from exporter.brokers.model import PollResult, QueueDepth, Rules
+from exporter.brokers.rabbitmq_classify import amqp_result, classify, management_result
+from exporter.config import Config
+
+RULES = rules_for(Config("amqp://"))
+
+
+def q(name: str, args: dict[str, Any] | None = None, policy: Any = None, ready: int = 0, unacked: int = 0,
+      consumers: int = 0, head: int | None = None) -> dict[str, Any]:
+    return {"name": name, "arguments": args or {}, "effective_policy_definition": policy or {},
+            "messages_ready": ready, "messages_unacknowledged": unacked, "consumers": consumers,
+            "head_message_timestamp": head}
+
+
+def b(source: str, queue: str, rk: str = "") -> dict[str, Any]:
+    return {"source": source, "destination": queue, "destination_type": "queue", "routing_key": rk}
+
+
+def default_bindings(*names: str) -> list[dict[str, Any]]:
+    return [b("", n, n) for n in names]  # the default exchange binds every queue by name
+
+
+# shared/seeds/000: task_queue dead-letters into retry_exchange; retry_2s/4s/8s hold messages for their TTL
+# and dead-letter them back to task_exchange; the final dlq has no DLX pointing at it.
+# shared/seeds/004: the default queue dead-letters into dlx, which routes to dead_letters.
+SEED_QUEUES = [
+    q("task_queue", {"x-dead-letter-exchange": "retry_exchange"}, ready=2, unacked=1, consumers=1),
+    q("retry_2s", {"x-message-ttl": 2000, "x-dead-letter-exchange": "task_exchange"}, ready=2),
+    q("retry_4s", {"x-message-ttl": 4000, "x-dead-letter-exchange": "task_exchange"}, ready=1),
+    q("retry_8s", {"x-message-ttl": 8000, "x-dead-letter-exchange": "task_exchange"}),
+    q("dlq", ready=1, head=1709294400),
+    q("default", {"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "dead_letter"}),
+    q("dead_letters", ready=3),
+    q("celeryev.0b1c", {"x-message-ttl": 5000}),
+    q("celery@w1.celery.pidbox"),
+    q("3f2a.reply.celery.pidbox"),
+    q("amq.gen-AbCd"),
+    q("celeryev.celery-exporter.4242.ab12", {"x-message-ttl": 60000}),
+]
+SEED_BINDINGS = [
+    b("task_exchange", "task_queue", "task_queue"),
+    b("retry_exchange", "retry_2s", "task_queue"),
+    b("dlx", "dead_letters", "dead_letter"),
+    b("celeryev", "celeryev.0b1c", "#"),
+    *default_bindings(*(r["name"] for r in SEED_QUEUES)),
+]
+
+
+def test_seed_topology_is_classified_without_configuration() -> None:
+    assert classify(SEED_QUEUES, SEED_BINDINGS, RULES) == {
+        "task_queue": "task", "default": "task",
+        "retry_2s": "retry", "retry_4s": "retry", "retry_8s": "retry",
+        "dlq": "dlq", "dead_letters": "dlq",
+    }
+
+
+def test_seed_topology_result_values() -> None:
+    assert management_result(SEED_QUEUES, SEED_BINDINGS, RULES) == PollResult(
+        queues={"task_queue": QueueDepth(2.0, 1.0, 1.0), "default": QueueDepth(0.0, 0.0, 0.0)},
+        retry={"retry_2s": 2.0, "retry_4s": 1.0, "retry_8s": 0.0},
+        dead_letter={"dlq": 1.0, "dead_letters": 3.0},
+        dead_letter_oldest={"dlq": 1709294400.0},
+    )
+
+
+def test_a_dead_letter_queue_is_found_by_its_bindings_whatever_its_name() -> None:
+    queues = [q("orders", {"x-dead-letter-exchange": "parking"}), q("orders_parked")]
+    bindings = [b("parking", "orders_parked", "orders")]
+    assert classify(queues, bindings, RULES) == {"orders": "task", "orders_parked": "dlq"}
+
+
+def test_policies_count_like_arguments() -> None:
+    """The seed sets TTL and DLX with `rabbitmqctl set_policy`; arguments win over a policy's DLX."""
+    everything = {"dead-letter-exchange": "retry_exchange"}  # set_policy retry ".*" ...
+    queues = [
+        q("task_queue", policy=everything),
+        q("retry_2s_queue", policy={"message-ttl": 2000, "dead-letter-exchange": "task_exchange"}),
+        q("retry_4s_queue", {"x-dead-letter-exchange": "task_exchange"}, policy={"message-ttl": 4000}),
+        q("parked", policy=everything),
+    ]
+    bindings = [b("task_exchange", "task_queue"), b("retry_exchange", "retry_2s_queue"),
+                b("retry_exchange", "retry_4s_queue")]
+    assert classify(queues, bindings, RULES) == {
+        "task_queue": "task", "retry_2s_queue": "retry", "retry_4s_queue": "retry", "parked": "task"}
+    # An older server sends [] for "no policy".
+    assert classify([q("x", policy=[])], [], RULES) == {"x": "task"}
+
+
+def test_a_work_queue_whose_messages_expire_into_a_dlq_is_not_a_retry_queue() -> None:
+    queues = [q("jobs", {"x-message-ttl": 60000, "x-dead-letter-exchange": "dlx"}), q("dead_letters")]
+    assert classify(queues, [b("dlx", "dead_letters")], RULES) == {"jobs": "task", "dead_letters": "dlq"}
+
+
+def test_a_delay_queue_feeding_a_plain_celery_queue_is_a_retry_queue() -> None:
+    queues = [q("celery"), q("delay_30s", {"x-message-ttl": 30000, "x-dead-letter-exchange": "celery"})]
+    bindings = [b("celery", "celery", "celery")]
+    assert classify(queues, bindings, RULES) == {"celery": "task", "delay_30s": "retry"}
+    # Through the default exchange, naming the queue with the dead-letter routing key:
+    queues = [q("celery"), q("later", {"x-message-ttl": 5, "x-dead-letter-exchange": "",
+                                       "x-dead-letter-routing-key": "celery"})]
+    assert classify(queues, [], RULES) == {"celery": "task", "later": "retry"}
+
+
+def test_ttl_and_dlx_to_an_exchange_with_no_visible_binding_is_a_retry_queue() -> None:
+    queues = [q("retry_2s", {"x-message-ttl": 2000, "x-dead-letter-exchange": "task_exchange"})]
+    assert classify(queues, [], RULES) == {"retry_2s": "retry"}
+
+
+def test_config_globs_override_discovery_and_exclusions_win() -> None:
+    rules = rules_for(Config("amqp://", retry_queues=("dead_letters",), dead_letter_queues=("retry_8s",),
+                             exclude_queues=("default",)))
+    kinds = classify(SEED_QUEUES, SEED_BINDINGS, rules)
+    assert kinds["dead_letters"] == "retry"
+    assert kinds["retry_8s"] == "dlq"
+    assert "default" not in kinds
+    # Without the defaults' name globs, the seed's unbound dlq is a plain task queue.
+    assert kinds["dlq"] == "task"
+
+
+def test_queues_without_published_counts_are_left_out() -> None:
+    fresh = {"name": "just_declared", "arguments": {}}
+    assert management_result([fresh], [], RULES) == PollResult()
+
+
+def test_amqp_result_classifies_by_name_only() -> None:
+    rules = Rules(retry_globs=("retry_*",), dlq_globs=("dlq", "dead_letter*"))
+    counts = {"task_queue": (2, 1), "retry_2s": (2, 0), "dlq": (1, 0), "dead_letters": (3, 0), "gone": None,
+              "celeryev.x": (9, 1)}
+    assert amqp_result(counts, rules) == PollResult(
+        queues={"task_queue": QueueDepth(2.0, None, 1.0)},
+        retry={"retry_2s": 2.0},
+        dead_letter={"dlq": 1.0, "dead_letters": 3.0},
+    )
