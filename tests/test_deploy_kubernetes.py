@@ -8,12 +8,20 @@ the queue length."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+import requests
 import yaml
 
 from exporter import http
@@ -21,6 +29,7 @@ from exporter.config import OPTIONS, load_config
 from tests._deploy_helpers import (
     CRD_SCHEMAS,
     K8S,
+    REPO,
     exported_series,
     is_pinned,
     kustomize,
@@ -346,3 +355,109 @@ def test_two_exporter_replicas_do_not_double_the_queue_length(
     path.write_text(yaml.safe_dump(tests), encoding="utf-8")
     result = run_tool([tool, "test", "rules", str(path)])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------------------------------ end to end
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for(what: str, check: Callable[[], Any], deadline: float) -> Any:
+    while True:
+        try:
+            value = check()
+        except (requests.RequestException, ValueError, KeyError, IndexError):
+            value = None
+        if value is not None:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_autoscaler_queries_read_the_real_queue_length_through_prometheus(
+    adapter_rule: dict[str, Any], hpa: dict[str, Any], scaled_object: dict[str, Any], tmp_path: Path
+) -> None:
+    """Two exporter replicas configured as the Deployment is, on the real Redis, scraped by a real
+    Prometheus: the adapter's rendered query and KEDA's query both return the queue's true depth."""
+    import redis
+    from kombu import Connection, Exchange, Producer, Queue
+
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("prometheus is not installed")
+    broker = "redis://127.0.0.1:6379/12"
+    client = redis.Redis.from_url(broker)
+    created = ("default", "_kombu.binding.default", "_kombu.binding_permanent.default")
+    client.delete(*created)
+    depth = 7
+    with Connection(broker) as conn:
+        queue = Queue("default", Exchange("default", type="direct"), routing_key="default")
+        producer = Producer(conn.default_channel)
+        for i in range(depth):
+            producer.publish({"n": i}, exchange=queue.exchange, routing_key="default", declare=[queue])
+
+    container = _container(_one(_docs(K8S / "base" / "deployment.yaml"), "Deployment"), "celery-exporter")
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env.update(CELERY_EXPORTER_BROKER_URL=broker, CELERY_EXPORTER_LISTEN_ADDRESS="127.0.0.1",
+               CELERY_EXPORTER_POLL_INTERVAL="1")
+    ports = [_free_port(), _free_port()]
+    prom_port = _free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{
+            "job_name": "celery-exporter",
+            "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports],
+                                "labels": {"namespace": "celery"}}],  # what a ServiceMonitor adds
+        }],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "exporter"], cwd=REPO,
+                env={**os.environ, **env, "CELERY_EXPORTER_PORT": str(port)},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(
+            [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 60
+        for port in ports:  # the probes of the manifest, against the real daemon
+            for path in (container["livenessProbe"]["httpGet"]["path"], container["readinessProbe"]["httpGet"]["path"]):
+                _wait_for(f"{path} on {port}", lambda p=path, q=port: requests.get(
+                    f"http://127.0.0.1:{q}{p}", timeout=2).ok or None, deadline)
+
+        def query(expr: str) -> Callable[[], list[dict[str, Any]] | None]:
+            def run() -> list[dict[str, Any]] | None:
+                answer = requests.get(f"http://127.0.0.1:{prom_port}/api/v1/query", params={"query": expr},
+                                      timeout=5).json()["data"]["result"]
+                # Both replicas must be scraped with the depth before the answer means anything.
+                scraped = requests.get(f"http://127.0.0.1:{prom_port}/api/v1/query", timeout=5, params={
+                    "query": f'count(celery_queue_length{{queue="default"}} == {depth})'}).json()["data"]["result"]
+                if not scraped or scraped[0]["value"][1] != "2":
+                    return None
+                return answer
+
+            return run
+
+        adapter_answer = _wait_for("the adapter query", query(_render_adapter_query(adapter_rule, hpa, "celery")),
+                                   deadline)
+        assert [(r["metric"], float(r["value"][1])) for r in adapter_answer] == [({"queue": "default"}, depth)]
+        keda_answer = _wait_for("the KEDA query", query(scaled_object["spec"]["triggers"][0]["metadata"]["query"]),
+                                deadline)
+        assert [float(r["value"][1]) for r in keda_answer] == [depth]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        client.delete(*created)
