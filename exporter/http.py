@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import gzip
 import html
+import io
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -94,11 +96,45 @@ class _Server(ThreadingHTTPServer):
         log.debug("request handling failed", client=client_address[0], exc_info=True)
 
 
+class _DeadlineReader(io.RawIOBase):
+    """Socket reads that share one deadline: a per-read time-out alone lets a client trickle a request
+    one byte at a time and keep its connection slot forever (slowloris)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.deadline = time.monotonic() + REQUEST_TIMEOUT
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self.sock.settimeout(min(left, REQUEST_TIMEOUT))
+        try:
+            return self.sock.recv_into(buffer)
+        finally:
+            self.sock.settimeout(REQUEST_TIMEOUT)  # writes keep the full per-operation time-out
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
     server_version = f"celery-exporter/{__version__}"
     sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the plain makefile() reader; it holds a reference that delays the socket close
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # The request line and headers (and, on a kept-alive connection, the wait for them) must all
+        # arrive within REQUEST_TIMEOUT of each other.
+        self._reader.deadline = time.monotonic() + REQUEST_TIMEOUT
+        super().handle_one_request()
 
     def end_headers(self) -> None:
         for name, value in self.server.extra_headers:  # http_server_config.headers, on every response
