@@ -414,3 +414,32 @@ def test_cli_exits_2_on_a_bad_web_config(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "tls_server_config.cert_file" in proc.stderr and bad in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_trickling_client_is_cut_off_at_the_request_deadline(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slowloris: one header byte at a time, each well inside the per-read time-out, never finishing.
+    # The whole request must arrive within REQUEST_TIMEOUT, or the connection (and its slot) is taken back.
+    monkeypatch.setattr(http_mod, "REQUEST_TIMEOUT", 1.0)
+    srv = serve()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+        closed = False
+        for _ in range(30):  # 30 x 0.25 s: far beyond the 1 s deadline
+            try:
+                s.sendall(b"a")
+                s.settimeout(0.25)
+                if s.recv(1024) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:  # reset by the server
+                closed = True
+                break
+            else:  # the server answered (408/400) and will close
+                closed = True
+                break
+        assert closed, "the server kept a never-ending request open"
+    assert plain_get(srv.port) == 200
