@@ -7,6 +7,7 @@ the queue length."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -136,7 +137,7 @@ def test_images_are_pinned_and_the_exporter_tag_is_the_project_version() -> None
 
 # ---------------------------------------------------------------------------------- the exporter pods
 def _exporter_containers() -> list[tuple[str, dict[str, Any]]]:
-    out = []
+    out: list[tuple[str, dict[str, Any]]] = []
     for path in MANIFEST_FILES:
         for doc in _docs(path):
             if doc["kind"] == "Deployment":
@@ -376,6 +377,10 @@ def _wait_for(what: str, check: Callable[[], Any], deadline: float) -> Any:
         time.sleep(0.3)
 
 
+def _answers_ok(url: str) -> bool | None:
+    return requests.get(url, timeout=2).ok or None
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_autoscaler_queries_read_the_real_queue_length_through_prometheus(
@@ -427,10 +432,10 @@ def test_autoscaler_queries_read_the_real_queue_length_through_prometheus(
              f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + 60
-        for port in ports:  # the probes of the manifest, against the real daemon
-            for path in (container["livenessProbe"]["httpGet"]["path"], container["readinessProbe"]["httpGet"]["path"]):
-                _wait_for(f"{path} on {port}", lambda p=path, q=port: requests.get(
-                    f"http://127.0.0.1:{q}{p}", timeout=2).ok or None, deadline)
+        probes = [container[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe")]
+        for url in (f"http://127.0.0.1:{port}{path}" for port in ports for path in probes):
+            # the manifest's probes, against the real daemons
+            _wait_for(url, functools.partial(_answers_ok, url), deadline)
 
         def query(expr: str) -> Callable[[], list[dict[str, Any]] | None]:
             def run() -> list[dict[str, Any]] | None:
