@@ -124,7 +124,8 @@ def private_redis() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     assert binary, "redis-server is not installed"
     port = free_port()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--enable-debug-command", "local"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

@@ -95,7 +95,7 @@ def test_one_poll_is_two_pipelines_and_reads_every_sub_queue() -> None:
     wrongtype = redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
     replies2 = [
         4, 1, 0, 2, 3,
-        2, [b"{}", b"1709294000.5"],
+        2, [[b"{}", 1709294000.5]],
         3, newer, entry, 0, 0, 1, entry, entry,
         0, 0, 0, 0,
         0, 0, 1, 0, 0,

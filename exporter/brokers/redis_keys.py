@@ -224,8 +224,8 @@ def redis_result(
                 ts = entry_timestamp(reply, timestamp_field)
                 if ts is not None:
                     stamps.append(ts)
-            elif what == "zoldest" and isinstance(reply, list) and len(reply) >= 2:
-                ts = parse_timestamp(_text(reply[1]))
+            elif what == "zoldest":
+                ts = _oldest_score(reply)
                 if ts is not None:
                     stamps.append(ts)
         if length or rtype in ("list", "zset"):
@@ -239,6 +239,15 @@ def redis_result(
             if stamps and length:
                 oldest[name] = min(stamps)
     return PollResult(queues, retry, dlq, oldest, plan.broker_unacked), existing
+
+
+def _oldest_score(reply: Any) -> float | None:
+    """The score of ``ZRANGE key 0 0 WITHSCORES``: ``[member, score]`` raw, or ``[[member, score]]`` as
+    redis-py parses it."""
+    if not isinstance(reply, (list, tuple)) or not reply:
+        return None
+    pair = reply[0] if isinstance(reply[0], (list, tuple)) else reply
+    return parse_timestamp(_text(pair[1])) if len(pair) >= 2 else None
 
 
 def _text(value: Any) -> str:

@@ -1,0 +1,212 @@
+"""The Redis poller against the real Redis: Celery's priority sub-queues, the seeds' DLQ list and sorted
+set (oldest age under a fake clock), global_keyprefix, kombu's unacked hash, and a broker that hangs or
+goes away while the event metrics keep being served."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+import redis
+from celery import Celery
+from kombu import Connection
+
+from exporter.brokers import build_polling
+from exporter.collectors.tasks import TaskCollector
+from exporter.config import Config
+from exporter.state import ClusterState, StateSettings
+from tests._broker_helpers import REDIS_URL, FakeClock, by_queue, private_redis, registry_of, samples, unique
+from tests._events import sent
+
+pytestmark = pytest.mark.integration
+T = 1_700_000_000.0
+SEP = "\x06\x16"
+TASK = "tests.polling.add"
+
+
+@pytest.fixture
+def rdb() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.ping()
+    created: list[str] = []
+    client.created = created  # type: ignore[attr-defined]
+    yield client
+    for pattern in created:
+        for key in list(client.scan_iter(match=pattern, count=1000)):
+            client.delete(key)
+    client.close()
+
+
+def producer_app(queue: str, options: dict[str, object], broker: str = REDIS_URL) -> Celery:
+    app = Celery(unique("poll-test"), broker=broker, set_as_current=False)
+    app.conf.broker_transport_options = options
+    app.conf.task_default_queue = queue
+
+    @app.task(name=f"{app.main}.add")
+    def add(x: int, y: int) -> int:  # never runs: no worker is started, the messages stay queued
+        return x + y
+
+    return app
+
+
+def poll(config: Config, clock: FakeClock, seen: tuple[str, ...] = ()) -> dict:
+    polling = build_polling(config, lambda: seen, clock=clock)
+    try:
+        polling.poll_once()
+        return samples(registry_of(polling.collectors))
+    finally:
+        polling.close()
+
+
+def test_celery_priorities_spread_over_sub_queues_are_all_counted(rdb: redis.Redis) -> None:
+    queue = unique("prio")
+    rdb.created += [f"{queue}*", f"_kombu.binding.{queue}"]  # type: ignore[attr-defined]
+    # The producer uses ten priority steps; the exporter is told nothing, so it knows kombu's 0,3,6,9.
+    app = producer_app(queue, {"priority_steps": list(range(10)), "queue_order_strategy": "priority"})
+    with app.connection_for_write() as conn:
+        for priority in (0, 1, 2, 5, 5, 9, 9, 9, 7):
+            app.tasks[f"{app.main}.add"].apply_async((1, 2), priority=priority, connection=conn)
+    keys = sorted(k.decode() for k in rdb.scan_iter(match=f"{queue}*"))
+    assert keys == [queue] + [f"{queue}{SEP}{p}" for p in (1, 2, 5, 7, 9)]
+    assert rdb.llen(queue) == 1  # what a plain LLEN would report
+
+    got = poll(Config(REDIS_URL), FakeClock(T))
+    assert by_queue(got, "celery_queue_length")[queue] == 9.0
+    assert got[("celery_exporter_poll_success", (("source", "redis"),))] == 1.0
+    assert got[("celery_exporter_poll_errors_total", (("source", "redis"),))] == 0.0
+    assert queue not in by_queue(got, "celery_queue_messages_unacked")  # Redis: per-queue unacked unknown
+
+
+def test_seed_dead_letter_list_and_sorted_set_with_oldest_age(rdb: redis.Redis) -> None:
+    task = f"tests.{unique('dlq')}.pay"
+    list_key, zset_key = f"dlq:{task}", "celery:dead_letter_queue"
+    rdb.created += [list_key, zset_key]  # type: ignore[attr-defined]
+    rdb.delete(zset_key)
+    # shared/seeds/002 move_to_dlq: LPUSH a JSON entry with an ISO-8601 UTC "timestamp".
+    for age in (300, 200, 100):
+        entry = {"task_name": task, "task_id": unique("id"), "args": {}, "error": "boom", "retries": 3,
+                 "timestamp": datetime.fromtimestamp(T - age, UTC).isoformat()}
+        rdb.lpush(list_key, json.dumps(entry))
+    # shared/seeds/001 move_to_dlq: ZADD the entry scored by its failure time.
+    for age in (500, 50):
+        entry = {"task_name": task, "task_id": unique("id"), "failed_at": "x"}
+        rdb.zadd(zset_key, {json.dumps(entry): T - age})
+
+    clock = FakeClock(T)
+    config = Config(REDIS_URL)  # the defaults find both conventions
+    polling = build_polling(config, lambda: (), clock=clock)
+    registry = registry_of(polling.collectors)
+    try:
+        polling.poll_once()
+        got = samples(registry)
+        assert by_queue(got, "celery_dead_letter_queue_length")[list_key] == 3.0
+        assert by_queue(got, "celery_dead_letter_queue_length")[zset_key] == 2.0
+        ages = by_queue(got, "celery_dead_letter_queue_oldest_message_age_seconds")
+        assert (ages[list_key], ages[zset_key]) == (300.0, 500.0)
+        assert list_key not in by_queue(got, "celery_queue_length")
+
+        clock.now += 60  # the age grows at scrape time, between polls
+        ages = by_queue(samples(registry), "celery_dead_letter_queue_oldest_message_age_seconds")
+        assert (ages[list_key], ages[zset_key]) == (360.0, 560.0)
+
+        # seeds/002 process_dlq drains with RPOP: the oldest leaves first; Redis deletes the empty list.
+        rdb.rpop(list_key)
+        polling.poll_once()
+        got = samples(registry)
+        assert by_queue(got, "celery_dead_letter_queue_length")[list_key] == 2.0
+        assert by_queue(got, "celery_dead_letter_queue_oldest_message_age_seconds")[list_key] == 260.0
+        rdb.rpop(list_key, 2)
+        assert not rdb.exists(list_key)
+        polling.poll_once()
+        got = samples(registry)
+        assert by_queue(got, "celery_dead_letter_queue_length")[list_key] == 0.0
+        assert list_key not in by_queue(got, "celery_dead_letter_queue_oldest_message_age_seconds")
+    finally:
+        polling.close()
+
+
+def test_global_keyprefix_the_hpa_queue_and_the_unacked_hash(rdb: redis.Redis) -> None:
+    prefix = unique("app") + ":"
+    rdb.created.append(f"{prefix}*")  # type: ignore[attr-defined]
+    options = {"global_keyprefix": prefix}
+    app = producer_app("default", options)
+    with app.connection_for_write() as conn:
+        for priority in (0, 0, 9):
+            app.tasks[f"{app.main}.add"].apply_async((1, 2), priority=priority, connection=conn)
+    # A kombu consumer takes one message and does not ack it: kombu keeps it in the "unacked" hash.
+    with Connection(REDIS_URL, transport_options=options) as conn:
+        jobs = conn.SimpleQueue("jobs")
+        for i in range(3):
+            jobs.put({"n": i})
+        held = jobs.get(timeout=5)
+        assert held.payload == {"n": 0}
+        assert rdb.hlen(f"{prefix}unacked") == 1
+        # Without the prefix the exporter sees none of it; with it, exactly these queues.
+        got = poll(Config(REDIS_URL, broker_transport_options=options, default_queue="default"),
+                   FakeClock(T))
+        jobs.close()
+    lengths = by_queue(got, "celery_queue_length")
+    assert lengths == {"default": 3.0, "jobs": 2.0}
+    assert got[("celery_broker_unacked_messages", ())] == 1.0
+    assert "unacked" not in lengths and "unacked_index" not in lengths
+
+
+def test_a_broker_that_hangs_or_goes_away_fails_its_poll_alone() -> None:
+    clock = FakeClock(T)
+    state = ClusterState(StateSettings(), clock)
+    with state.lock:
+        state.apply(sent("u1", "tests.polling.add", T - 1, queue="emails"))
+    with private_redis() as (port, proc):
+        client = redis.Redis(port=port)
+        client.sadd("_kombu.binding.emails", f"emails{SEP}{SEP}emails")
+        client.lpush("emails", "m1", "m2")
+        config = Config(f"redis://127.0.0.1:{port}/0", poll_timeout=0.5, poll_interval=1.0)
+        polling = build_polling(config, state.queues_seen, clock=clock)
+        registry = registry_of([*polling.collectors, TaskCollector(state.take_snapshot)])
+        src = (("source", "redis"),)
+        try:
+            polling.poll_once()
+            got = samples(registry)
+            assert by_queue(got, "celery_queue_length") == {"celery": 0.0, "emails": 2.0}
+
+            # The server stops answering in the middle of the next poll: the poll times out.
+            sleeper = threading.Thread(target=_debug_sleep, args=(port, 2.0))
+            sleeper.start()
+            time.sleep(0.2)
+            polling.poll_once()
+            got = samples(registry)
+            assert got[("celery_exporter_poll_success", src)] == 0.0
+            assert got[("celery_exporter_poll_errors_total", src)] == 1.0
+            assert by_queue(got, "celery_queue_length")["emails"] == 2.0  # last good value, not stale yet
+            assert _task_sent(got) == 1.0  # the event metrics are untouched
+            sleeper.join(timeout=10)
+            while polling.runners[0]._inflight is not None and polling.runners[0]._inflight.is_alive():
+                time.sleep(0.05)  # bounded: the hung poll's socket timeout is 0.5 s
+
+            polling.poll_once()  # recovered
+            assert samples(registry)[("celery_exporter_poll_success", src)] == 1.0
+
+            proc.kill()
+            proc.wait(timeout=10)
+            polling.poll_once()
+            got = samples(registry)
+            assert got[("celery_exporter_poll_success", src)] == 0.0
+            assert got[("celery_exporter_poll_errors_total", src)] == 2.0
+            assert _task_sent(got) == 1.0
+        finally:
+            polling.close()
+
+
+def _debug_sleep(port: int, seconds: float) -> None:
+    subprocess.run(["redis-cli", "-p", str(port), "DEBUG", "SLEEP", str(seconds)], timeout=seconds + 10,
+                   check=False, capture_output=True)
+
+
+def _task_sent(got: dict) -> float:
+    return sum(v for (n, labels), v in got.items()
+               if n == "celery_task_sent_total" and dict(labels).get("task_name") == "tests.polling.add")
