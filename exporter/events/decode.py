@@ -161,7 +161,11 @@ def _one(ev: Any, now: float, here_offset: float | None, out: Decoded) -> None:
         if isinstance(ts, bool) or not isinstance(ts, (int, float)):
             out.invalid.append(BAD_TIMESTAMP)
             return
-        ts = float(ts)
+        try:
+            ts = float(ts)
+        except OverflowError:  # a JSON integer beyond float range
+            out.invalid.append(BAD_TIMESTAMP)
+            return
     offset = ev.get("utcoffset")
     if offset is not None and isinstance(offset, (int, float)) and not isinstance(offset, bool):
         # Celery's own EventReceiver makes this adjustment (celery.utils.time.adjust_timestamp), so a
