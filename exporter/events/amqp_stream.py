@@ -1,0 +1,177 @@
+"""The RabbitMQ reader: pika, the exporter's own queue on Celery's ``celeryev`` topic exchange, batches.
+
+Celery publishes events to the topic exchange ``celeryev`` (``celery.events.event.event_exchange``:
+``Exchange('celeryev', type='topic')``, i.e. durable, not auto-delete) with the event type as routing key
+(``task.multi``, ``worker.heartbeat``...). Nothing is delivered unless a queue is bound, so we bind our own
+with ``#``. Unlike Celery's receiver (an auto-delete queue with a 5 s message TTL, gone the moment the
+connection blips), ours is built to survive a reconnect:
+
+* name ``<event_queue_prefix>.<host>.<pid>.<random>``, fixed for the life of the process, so a reconnect
+  finds the same queue and what was published meanwhile;
+* not auto-delete, not exclusive, and durable (RabbitMQ 4 deprecates transient non-exclusive queues);
+  ``x-queue-type=classic`` so a vhost defaulting to quorum queues does not make it a heavy quorum queue;
+* ``x-expires`` = ``event_queue_expires``: RabbitMQ deletes it once we have been gone that long;
+* ``x-message-ttl`` = ``event_queue_ttl`` (omitted when 0): a backlog cannot grow without bound.
+
+Messages are consumed with ``basic.qos(prefetch_count=event_prefetch)``; everything one
+``process_data_events`` call delivers is decoded as one batch by ``Ingest.feed_amqp`` and acknowledged
+with a single ``basic.ack(multiple=True)``. Bodies that are not JSON are counted and acked, never
+requeued. Heartbeats (30 s) and TCP keepalive notice a dead peer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pika
+import pika.exceptions
+from kombu.utils.url import url_to_parts
+
+from exporter.config import Config
+from exporter.events.backoff import Backoff
+from exporter.events.ingest import Ingest, StreamStatus
+from exporter.events.streams import TICK, Supervisor
+
+EXCHANGE = "celeryev"
+CONNECT_TIMEOUT = 5.0
+HEARTBEAT = 30
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+def connection_parameters(url: str, client_name: str) -> list[pika.ConnectionParameters]:
+    """pika parameters for an ``amqp(s)://`` or ``pyamqp://`` URL (or a ``;`` failover list), with
+    kombu's reading of it: ``/`` or ``//`` or ``/%2F`` is the vhost ``/``, ``/name`` is ``name``, and
+    guest/guest when no credentials are given."""
+    out = []
+    for one in (u.strip() for u in url.split(";") if u.strip()):
+        scheme, host, port, user, password, path, query = url_to_parts(one)
+        use_tls = scheme == "amqps" or str(query.get("ssl", "")).lower() in _TRUE
+        ssl_options = None
+        if use_tls:
+            ctx = ssl.create_default_context(cafile=query.get("ssl_ca_certs"))
+            if query.get("ssl_certfile"):
+                ctx.load_cert_chain(query["ssl_certfile"], query.get("ssl_keyfile"))
+            if str(query.get("ssl_cert_reqs", "")).lower() in {"cert_none", "none"}:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            ssl_options = pika.SSLOptions(ctx, server_hostname=host or "localhost")
+        out.append(pika.ConnectionParameters(
+            host=host or "localhost",
+            port=port or (5671 if use_tls else 5672),
+            virtual_host=path or "/",
+            credentials=pika.PlainCredentials(user or "guest", password or "guest"),
+            heartbeat=HEARTBEAT,
+            ssl_options=ssl_options,
+            connection_attempts=1,  # the Supervisor retries, with backoff
+            socket_timeout=CONNECT_TIMEOUT,
+            stack_timeout=CONNECT_TIMEOUT * 3,
+            blocked_connection_timeout=None,  # we never publish, so flow control cannot block us
+            tcp_options={"TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3},
+            client_properties={"connection_name": client_name, "product": "celery-exporter"},
+        ))
+    return out
+
+
+def queue_arguments(ttl: float, expires: float) -> dict[str, Any]:
+    """``queue.declare`` arguments: RabbitMQ wants whole milliseconds; a TTL of 0 means none."""
+    args: dict[str, Any] = {"x-queue-type": "classic", "x-expires": max(1, round(expires * 1000))}
+    if ttl > 0:
+        args["x-message-ttl"] = max(1, round(ttl * 1000))
+    return args
+
+
+def node_id() -> str:
+    host = socket.gethostname().split(".", 1)[0][:64] or "host"
+    return f"{host}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
+class AmqpEventStream:
+    """Consumer of the ``celeryev`` exchange over AMQP 0-9-1; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        ingest: Ingest,
+        status: StreamStatus,
+        queue_prefix: str = "celeryev.celery-exporter",
+        queue_ttl: float = 60.0,
+        queue_expires: float = 300.0,
+        prefetch: int = 2_000,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.ingest = ingest
+        self.status = status
+        self.queue = f"{queue_prefix}.{node_id()}"[:255]
+        self.arguments = queue_arguments(queue_ttl, queue_expires)
+        self.prefetch = prefetch
+        self.client_name = f"celery-exporter events {self.queue}"
+        self.parameters = connection_parameters(url, self.client_name)
+        self.supervisor = Supervisor("amqp", url, ingest, status, backoff,
+                                     context={"queue": self.queue, "prefetch": prefetch})
+        self._pending: list[tuple[bytes, str | None, str | None]] = []
+        self._last_tag = 0
+
+    @classmethod
+    def from_config(cls, config: Config, ingest: Ingest, status: StreamStatus) -> AmqpEventStream:
+        return cls(config.broker_url, ingest, status, queue_prefix=config.event_queue_prefix,
+                   queue_ttl=config.event_queue_ttl, queue_expires=config.event_queue_expires,
+                   prefetch=config.event_prefetch)
+
+    def run(self, stop: threading.Event) -> None:
+        self.supervisor.run(self.session, stop)
+
+    def session(self, stop: threading.Event, on_up: Callable[[], None]) -> None:
+        conn = pika.BlockingConnection(self.parameters)
+        try:
+            channel = self._declare(conn)
+            channel.basic_qos(prefetch_count=self.prefetch)
+            self._pending = []
+            channel.basic_consume(self.queue, self._on_message, auto_ack=False)
+            on_up()
+            self._consume(conn, channel, stop)
+        finally:
+            # Unacked deliveries go back to our queue when the connection closes.
+            if conn.is_open:
+                with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                    conn.close()
+
+    def _declare(self, conn: pika.BlockingConnection) -> Any:
+        channel = conn.channel()
+        try:
+            # Passive first: an exchange Celery already declared is used as it is, whatever its flags.
+            channel.exchange_declare(EXCHANGE, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+            channel = conn.channel()  # the failed passive declare closed the channel
+            channel.exchange_declare(EXCHANGE, exchange_type="topic", durable=True, auto_delete=False)
+        channel.queue_declare(self.queue, durable=True, exclusive=False, auto_delete=False,
+                              arguments=self.arguments)
+        channel.queue_bind(self.queue, EXCHANGE, routing_key="#")
+        return channel
+
+    def _on_message(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        self._pending.append((body, properties.content_type, properties.content_encoding))
+        self._last_tag = method.delivery_tag
+
+    def _consume(self, conn: pika.BlockingConnection, channel: Any, stop: threading.Event) -> None:
+        process = conn.process_data_events
+        feed = self.ingest.feed_amqp
+        ack = channel.basic_ack
+        beat = self.status.beat
+        idle = self.ingest.idle
+        while not stop.is_set():
+            process(time_limit=TICK)
+            if self._pending:
+                batch, self._pending = self._pending, []
+                feed(batch)
+                ack(self._last_tag, multiple=True)
+            beat()
+            idle()

@@ -1,0 +1,196 @@
+"""The fast path for Redis brokers: one raw PSUBSCRIBE connection on the channels kombu publishes
+Celery's ``celeryev`` exchange on, read in batches straight into ``Ingest.feed_redis``.
+
+kombu's Redis transport (``kombu/transport/redis.py``) has no exchanges: a message to a fanout or topic
+exchange is PUBLISHed on ``<global_keyprefix><keyprefix_fanout><exchange>/<routing key>``, where
+``keyprefix_fanout`` is ``/{db}.`` formatted with the database number (``fanout_prefix=True``, the default;
+a string ``fanout_prefix`` replaces it, ``False`` drops it), the ``/<routing key>`` part is there only
+with ``fanout_patterns=True`` (the default), and ``global_keyprefix`` is prepended to PUBLISH and
+PSUBSCRIBE channels by kombu's Prefixed client. Celery's EventReceiver binds with ``#``, which kombu turns
+into the glob ``*``. So with defaults on db 0 we PSUBSCRIBE ``/0.celeryev/*`` and receive
+``/0.celeryev/task.multi`` and friends, exactly what Celery's own receiver gets.
+
+No kombu or redis-py PubSub objects: responses are read off one redis-py Connection (hiredis parser),
+everything readable is drained into one batch, and the batch is fed under one lock acquisition. The loop
+wakes every ``TICK`` without traffic to beat, run ``ingest.idle()`` and notice ``stop``; after
+``health_interval`` seconds of silence it PINGs the subscription and treats a missing PONG as a dead
+connection (TCP keepalive covers the rest).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from exporter.config import Config, ConfigError
+from exporter.events.backoff import Backoff
+from exporter.events.ingest import Ingest, StreamStatus
+from exporter.events.streams import TICK, Supervisor
+
+EXCHANGE = "celeryev"
+MAX_BATCH = 2_000  # responses per batch: bounds the time the state lock is held
+CONNECT_TIMEOUT = 2.0
+READ_TIMEOUT = 10.0  # for the rest of a response whose first bytes have arrived
+CLIENT_NAME = "celery-exporter-events"
+
+
+def event_channel_pattern(db: int, transport_options: Mapping[str, Any]) -> str:
+    """The PSUBSCRIBE pattern matching what kombu publishes the ``celeryev`` exchange on."""
+    fanout_prefix = transport_options.get("fanout_prefix", True)
+    if isinstance(fanout_prefix, str):
+        prefix = fanout_prefix.format(db=db)
+    elif fanout_prefix:
+        prefix = f"/{db}."
+    else:
+        prefix = ""
+    pattern = f"{transport_options.get('global_keyprefix', '') or ''}{prefix}{EXCHANGE}"
+    if transport_options.get("fanout_patterns", True):
+        pattern += "/*"
+    return pattern
+
+
+def _keepalive_options() -> dict[int, int]:
+    opts = {}
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):  # Linux names; other platforms keep their defaults
+            opts[getattr(socket, name)] = value
+    return opts
+
+
+def _connection_kwargs() -> dict[str, Any]:
+    return {
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": READ_TIMEOUT,
+        "socket_keepalive": True,
+        "socket_keepalive_options": _keepalive_options(),
+        "retry": Retry(NoBackoff(), 0),  # the Supervisor owns retrying, with its own backoff
+        "client_name": CLIENT_NAME,
+        "protocol": 2,  # pub/sub replies as plain lists
+        "socket_read_size": 1 << 16,
+    }
+
+
+def build_pool(url: str, transport_options: Mapping[str, Any]) -> tuple[redis.ConnectionPool, int]:
+    """A connection pool for ``redis://``/``rediss://``/``sentinel://`` URLs, and the db number."""
+    first = url.split(";", 1)[0].strip()
+    if urlsplit(first).scheme.lower() != "sentinel":
+        pool = redis.ConnectionPool.from_url(first, **_connection_kwargs())
+        return pool, int(pool.connection_kwargs.get("db", 0) or 0)
+    # kombu's form: sentinel://[:password@]host:port[/db];sentinel://host2:port2;...
+    master_name = transport_options.get("master_name")
+    if not master_name:
+        raise ConfigError("broker_transport_options", "configuration",
+                          "a sentinel:// broker URL needs the master_name transport option")
+    sentinels, password, username, db = [], None, None, 0
+    for i, one in enumerate(u.strip() for u in url.split(";") if u.strip()):
+        parts = urlsplit(one)
+        sentinels.append((parts.hostname or "localhost", parts.port or 26379))
+        if i == 0:
+            password = unquote(parts.password) if parts.password else None
+            username = unquote(parts.username) if parts.username else None
+            path = parts.path.strip("/")
+            db = int(path) if path.isdigit() else 0
+    kwargs = _connection_kwargs()
+    sentinel_kwargs = dict(transport_options.get("sentinel_kwargs") or {})
+    sentinel_kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
+    sentinel_kwargs.setdefault("socket_timeout", CONNECT_TIMEOUT)
+    sentinel = Sentinel(sentinels, min_other_sentinels=int(transport_options.get("min_other_sentinels", 0)),
+                        sentinel_kwargs=sentinel_kwargs)
+    master = sentinel.master_for(master_name, password=password, username=username, db=db, **kwargs)
+    return master.connection_pool, db
+
+
+class RedisEventStream:
+    """PSUBSCRIBE reader for Redis (and Redis Sentinel) brokers; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        ingest: Ingest,
+        status: StreamStatus,
+        transport_options: Mapping[str, Any] | None = None,
+        backoff: Backoff | None = None,
+        health_interval: float = 15.0,
+        ping_timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.transport_options = dict(transport_options or {})
+        self.ingest = ingest
+        self.status = status
+        self.health_interval = health_interval
+        self.ping_timeout = ping_timeout
+        # Validates the URL (and master_name) up front, so a typo fails at start, not in a retry loop.
+        self._pool, self.db = build_pool(url, self.transport_options)
+        self.pattern = event_channel_pattern(self.db, self.transport_options)
+        sentinel_pw = (self.transport_options.get("sentinel_kwargs") or {}).get("password")
+        self.supervisor = Supervisor("redis", url, ingest, status, backoff,
+                                     extra_secrets=(sentinel_pw,) if sentinel_pw else (),
+                                     context={"pattern": self.pattern})
+
+    @classmethod
+    def from_config(cls, config: Config, ingest: Ingest, status: StreamStatus) -> RedisEventStream:
+        return cls(config.broker_url, ingest, status, config.broker_transport_options)
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            self.supervisor.run(self.session, stop)
+        finally:
+            self._pool.disconnect()
+
+    def session(self, stop: threading.Event, on_up: Callable[[], None]) -> None:
+        conn = self._pool.make_connection()  # our own connection: the pool never hands it out
+        try:
+            conn.connect()
+            conn.send_command("PSUBSCRIBE", self.pattern)
+            reply = conn.read_response()
+            if not isinstance(reply, list) or reply[0] != b"psubscribe":
+                raise redis.ConnectionError(f"unexpected reply to PSUBSCRIBE: {reply!r:.200}")
+            on_up()
+            self._consume(conn, stop)
+        finally:
+            conn.disconnect()
+
+    def _consume(self, conn: Any, stop: threading.Event) -> None:
+        can_read = conn.can_read
+        read = conn.read_response
+        feed = self.ingest.feed_redis
+        beat = self.status.beat
+        idle = self.ingest.idle
+        monotonic = time.monotonic
+        last_read = monotonic()
+        ping_sent: float | None = None
+        while not stop.is_set():
+            if can_read(TICK):
+                batch: list[bytes] = []
+                append = batch.append
+                for _ in range(MAX_BATCH):
+                    resp = read()
+                    # ["pmessage", pattern, channel, data]; "pong" answers our health PING.
+                    if resp[0] == b"pmessage":
+                        append(resp[3])
+                    if not can_read(0):
+                        break
+                if batch:
+                    feed(batch)
+                last_read = monotonic()
+                ping_sent = None
+            else:
+                now = monotonic()
+                if ping_sent is not None:
+                    if now - ping_sent > self.ping_timeout:
+                        raise redis.TimeoutError(
+                            f"no reply to PING within {self.ping_timeout:g}s: connection presumed dead")
+                elif now - last_read >= self.health_interval:
+                    conn.send_command("PING")
+                    ping_sent = now
+            beat()
+            idle()
