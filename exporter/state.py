@@ -35,6 +35,9 @@ DURATION_STATES = ("succeeded", "failed", "retried")
 _EXC_CLASS = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
 
 MAX_PENDING_ATTEMPTS = 8
+# Longest task name, queue name or worker name kept (longer ones are cut): the caps bound how many label
+# values there are, this bounds how big each one is.
+MAX_LABEL_LENGTH = 256
 
 DEFAULT_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 DEFAULT_QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
@@ -252,7 +255,10 @@ class ClusterState:
         if not isinstance(name, str) or not name:
             name = "unknown"
         elif name not in self._names:
-            if len(self._names) >= self.settings.max_task_names:
+            name = name[:MAX_LABEL_LENGTH]
+            if name in self._names:
+                pass
+            elif len(self._names) >= self.settings.max_task_names:
                 self.overflow["task_name"] += 1
                 name = OVERFLOW_LABEL
             else:
@@ -260,7 +266,10 @@ class ClusterState:
         if not isinstance(queue, str) or not queue:
             queue = self._route(name)
         elif queue not in self._queues:
-            if len(self._queues) >= self.settings.max_queues:
+            queue = queue[:MAX_LABEL_LENGTH]
+            if queue in self._queues:
+                pass
+            elif len(self._queues) >= self.settings.max_queues:
                 self.overflow["queue"] += 1
                 queue = OVERFLOW_LABEL
             else:
@@ -467,6 +476,7 @@ class ClusterState:
         hostname = ev.get("hostname")
         if not isinstance(hostname, str) or not hostname:
             return None
+        hostname = hostname[:MAX_LABEL_LENGTH]
         rec = self.workers.get(hostname)
         if rec is None:
             if len(self.workers) >= self.settings.max_workers:
