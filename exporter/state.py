@@ -38,6 +38,9 @@ MAX_PENDING_ATTEMPTS = 8
 # Longest task name, queue name or worker name kept (longer ones are cut): the caps bound how many label
 # values there are, this bounds how big each one is.
 MAX_LABEL_LENGTH = 256
+# Durations and waits outside [0, a year] are clock trouble or hostile input; they are observed as 0 like
+# NaN, since a single 1e300 (or Inf) would otherwise stick in the histogram's _sum for good.
+MAX_OBSERVED_SECONDS = 365 * 86_400.0
 
 DEFAULT_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 DEFAULT_QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
@@ -453,7 +456,7 @@ class ClusterState:
             self._drop(ev["uuid"])
 
     def _observe_duration(self, key: tuple[str, str], state: int, seconds: float) -> None:
-        if seconds != seconds or seconds < 0:  # NaN or clock skew
+        if not 0.0 <= seconds <= MAX_OBSERVED_SECONDS:  # NaN, clock skew, or a poisoned runtime
             seconds = 0.0
         hkey = (key[0], key[1], state)
         hist = self.durations.get(hkey)
@@ -463,7 +466,7 @@ class ClusterState:
         hist.total += seconds
 
     def _observe_wait(self, key: tuple[str, str], seconds: float) -> None:
-        if seconds != seconds or seconds < 0:
+        if not 0.0 <= seconds <= MAX_OBSERVED_SECONDS:
             seconds = 0.0
         hist = self.queue_wait.get(key)
         if hist is None:
