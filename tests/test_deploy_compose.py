@@ -378,3 +378,101 @@ def test_poison_task_is_dead_lettered_by_rabbitmq_on_a_real_worker(monkeypatch: 
                 worker.wait(timeout=5)
             tasks.app.close()
 
+
+
+def _scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {}
+    for family in text_string_to_metric_families(requests.get(url, timeout=5).text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_redis_cluster_of_the_stack_shows_up_in_the_exporter(
+    monkeypatch: pytest.MonkeyPatch, services: dict[str, dict[str, Any]]
+) -> None:
+    """The Redis half of the stack without Docker: the sample worker (its image's command) and the
+    exporter (its service's environment), on the real Redis; sample tasks appear with queue "default",
+    and the exhausted flaky task's dlq:sample.flaky list as a dead-letter queue."""
+    import redis
+    import requests
+
+    broker = "redis://127.0.0.1:6379/12"
+    client = redis.Redis.from_url(broker)
+    existing = set(client.keys("*"))  # db 12 is the deploy tests'; remove only what this test creates
+    client.delete("dlq:sample.flaky")
+    tasks = _import_sample_app(monkeypatch, broker, broker)
+    image = parse_dockerfile((COMPOSE_DIR / "sample_app" / "Dockerfile").read_text(encoding="utf-8"))
+    command = image[-1].all("CMD")[-1].exec_form()
+    assert command
+    exporter_env = {k: str(v) for k, v in services["exporter-redis"]["environment"].items()}
+    exporter_env["CELERY_EXPORTER_BROKER_URL"] = broker
+    port = _free_port()
+    env = {**os.environ, "CELERY_BROKER_URL": broker, "DLQ_REDIS_URL": broker, "PYTHONPATH": str(COMPOSE_DIR)}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "exporter"], cwd=REPO, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env={**os.environ, **exporter_env,
+                                                         "CELERY_EXPORTER_PORT": str(port),
+                                                         "CELERY_EXPORTER_POLL_INTERVAL": "1"}),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 45
+        while not _ok(f"{url}/readyz"):  # subscribed before the worker's first events
+            assert time.monotonic() < deadline, "the exporter never became ready"
+            time.sleep(0.2)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", *command, "--pool=solo", "--without-mingle", "--without-gossip"],
+            cwd=COMPOSE_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        tasks.add.delay(1, 2)
+        tasks.always_fails.delay()
+        tasks.flaky.apply_async((1.0,), retries=tasks.flaky.max_retries)  # the last attempt: dead-letters
+        want = {
+            ("celery_task_succeeded_total", frozenset({("task_name", "sample.add"), ("queue", "default")})),
+            ("celery_task_failed_total", frozenset({("task_name", "sample.always_fails"), ("queue", "default"),
+                                                    ("exception", "ValueError")})),
+            ("celery_dead_letter_queue_length", frozenset({("queue", "dlq:sample.flaky")})),
+        }
+        while True:
+            samples = _scrape(f"{url}/metrics")
+            if all(samples.get(key, 0) >= 1 for key in want):
+                break
+            assert all(p.poll() is None for p in procs), "the exporter or the worker died"
+            assert time.monotonic() < deadline, f"missing: {[k for k in want if not samples.get(k)]}"
+            time.sleep(0.5)
+        assert requests.get(f"{url}/healthz", timeout=5).ok
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        tasks.app.close()
+        created = set(client.keys("*")) - existing
+        if created:
+            client.delete(*created)
+
+
+def _ok(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
