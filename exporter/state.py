@@ -497,7 +497,8 @@ class ClusterState:
         rec.heartbeat_ts = ts
         rec.online = True
         active = ev.get("active")
-        if isinstance(active, (int, float)) and not isinstance(active, bool) and active >= 0:
+        # Bounded: Inf (JSON 1e999) or 1e300 would otherwise be served until the worker's next heartbeat.
+        if isinstance(active, (int, float)) and not isinstance(active, bool) and 0 <= active <= 1e6:
             rec.active = float(active)
         if ev["type"] == "worker-online" or not rec.version:
             ver, system = ev.get("sw_ver"), ev.get("sw_sys")
