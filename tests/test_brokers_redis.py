@@ -29,14 +29,19 @@ SEP = "\x06\x16"
 TASK = "tests.polling.add"
 
 
+class RedisDb(redis.Redis):
+    """The test database, deleting the keys a test registered in ``created`` (globs) afterwards."""
+
+    created: list[str]
+
+
 @pytest.fixture
-def rdb() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
+def rdb() -> Iterator[RedisDb]:
+    client = RedisDb.from_url(REDIS_URL)
     client.ping()
-    created: list[str] = []
-    client.created = created  # type: ignore[attr-defined]
+    client.created = []
     yield client
-    for pattern in created:
+    for pattern in client.created:
         for key in list(client.scan_iter(match=pattern, count=1000)):
             client.delete(key)
     client.close()
@@ -63,9 +68,9 @@ def poll(config: Config, clock: FakeClock, seen: tuple[str, ...] = ()) -> dict:
         polling.close()
 
 
-def test_celery_priorities_spread_over_sub_queues_are_all_counted(rdb: redis.Redis) -> None:
+def test_celery_priorities_spread_over_sub_queues_are_all_counted(rdb: RedisDb) -> None:
     queue = unique("prio")
-    rdb.created += [f"{queue}*", f"_kombu.binding.{queue}"]  # type: ignore[attr-defined]
+    rdb.created += [f"{queue}*", f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"]
     # The producer uses ten priority steps; the exporter is told nothing, so it knows kombu's 0,3,6,9.
     app = producer_app(queue, {"priority_steps": list(range(10)), "queue_order_strategy": "priority"})
     with app.connection_for_write() as conn:
@@ -82,10 +87,10 @@ def test_celery_priorities_spread_over_sub_queues_are_all_counted(rdb: redis.Red
     assert queue not in by_queue(got, "celery_queue_messages_unacked")  # Redis: per-queue unacked unknown
 
 
-def test_seed_dead_letter_list_and_sorted_set_with_oldest_age(rdb: redis.Redis) -> None:
+def test_seed_dead_letter_list_and_sorted_set_with_oldest_age(rdb: RedisDb) -> None:
     task = f"tests.{unique('dlq')}.pay"
     list_key, zset_key = f"dlq:{task}", "celery:dead_letter_queue"
-    rdb.created += [list_key, zset_key]  # type: ignore[attr-defined]
+    rdb.created += [list_key, zset_key]
     rdb.delete(zset_key)
     # shared/seeds/002 move_to_dlq: LPUSH a JSON entry with an ISO-8601 UTC "timestamp".
     for age in (300, 200, 100):
@@ -130,9 +135,9 @@ def test_seed_dead_letter_list_and_sorted_set_with_oldest_age(rdb: redis.Redis) 
         polling.close()
 
 
-def test_global_keyprefix_the_hpa_queue_and_the_unacked_hash(rdb: redis.Redis) -> None:
+def test_global_keyprefix_the_hpa_queue_and_the_unacked_hash(rdb: RedisDb) -> None:
     prefix = unique("app") + ":"
-    rdb.created.append(f"{prefix}*")  # type: ignore[attr-defined]
+    rdb.created.append(f"{prefix}*")
     options = {"global_keyprefix": prefix}
     app = producer_app("default", options)
     with app.connection_for_write() as conn:
