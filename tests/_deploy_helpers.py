@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
+import time
 import tomllib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,6 +201,40 @@ def promtool() -> str:
     if path is None:
         pytest.skip("promtool is not installed (apt-get install prometheus)")
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(what: str, check: Callable[[], Any], deadline: float, interval: float = 0.3) -> Any:
+    """Poll ``check`` until it returns something other than None/False, failing at ``deadline``
+    (a ``time.monotonic()`` value). Connection errors and half-ready answers count as "not yet"."""
+    import requests
+
+    while True:
+        try:
+            value = check()
+        except (requests.RequestException, ValueError, KeyError, IndexError):
+            value = None
+        if value is not None and value is not False:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[Any]]) -> None:
+    procs = list(procs)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
 
 
 def run_tool(args: list[str], cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import requests
 import yaml
 from celery import signals
 
@@ -28,11 +29,14 @@ from tests._deploy_helpers import (
     COMPOSE_DIR,
     COMPOSE_FILE,
     REPO,
+    free_port,
     is_pinned,
     load_yaml,
     parse_dockerfile,
     promtool,
     run_tool,
+    stop_processes,
+    wait_until,
 )
 
 EXPORTER_PORT = next(o.default for o in OPTIONS if o.name == "port")
@@ -307,8 +311,6 @@ RABBIT_API = "http://127.0.0.1:15672/api"
 @contextlib.contextmanager
 def _rabbit_vhost() -> Iterator[str]:
     """A throw-away vhost, so the demo's queue names cannot clash with anything else on the broker."""
-    import requests
-
     vhost = f"deploy-test-{uuid.uuid4().hex[:8]}"
     auth = ("guest", "guest")
     try:
@@ -370,18 +372,12 @@ def test_poison_task_is_dead_lettered_by_rabbitmq_on_a_real_worker(monkeypatch: 
                 assert message.headers["x-death"][0]["reason"] == "rejected"
                 assert _ready_count(conn, "default") == 0
         finally:
-            worker.terminate()
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(timeout=5)
+            stop_processes([worker])
             tasks.app.close()
 
 
 
 def _scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    import requests
     from prometheus_client.parser import text_string_to_metric_families
 
     samples = {}
@@ -400,7 +396,6 @@ def test_redis_cluster_of_the_stack_shows_up_in_the_exporter(
     exporter (its service's environment), on the real Redis; sample tasks appear with queue "default",
     and the exhausted flaky task's dlq:sample.flaky list as a dead-letter queue."""
     import redis
-    import requests
 
     broker = "redis://127.0.0.1:6379/12"
     client = redis.Redis.from_url(broker)
@@ -412,7 +407,7 @@ def test_redis_cluster_of_the_stack_shows_up_in_the_exporter(
     assert command
     exporter_env = {k: str(v) for k, v in services["exporter-redis"]["environment"].items()}
     exporter_env["CELERY_EXPORTER_BROKER_URL"] = broker
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CELERY_BROKER_URL": broker, "DLQ_REDIS_URL": broker, "PYTHONPATH": str(COMPOSE_DIR)}
     procs = [
         subprocess.Popen([sys.executable, "-m", "exporter"], cwd=REPO, stdout=subprocess.DEVNULL,
@@ -423,9 +418,8 @@ def test_redis_cluster_of_the_stack_shows_up_in_the_exporter(
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 45
-        while not _ok(f"{url}/readyz"):  # subscribed before the worker's first events
-            assert time.monotonic() < deadline, "the exporter never became ready"
-            time.sleep(0.2)
+        # Subscribed before the worker's first events.
+        wait_until("the exporter to be ready", lambda: requests.get(f"{url}/readyz", timeout=2).ok, deadline)
         procs.append(subprocess.Popen(
             [sys.executable, "-m", *command, "--pool=solo", "--without-mingle", "--without-gossip"],
             cwd=COMPOSE_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -447,32 +441,9 @@ def test_redis_cluster_of_the_stack_shows_up_in_the_exporter(
             time.sleep(0.5)
         assert requests.get(f"{url}/healthz", timeout=5).ok
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_processes(procs)
         tasks.app.close()
         created = set(client.keys("*")) - existing
         if created:
             client.delete(*created)
 
-
-def _ok(url: str) -> bool:
-    import requests
-
-    try:
-        return requests.get(url, timeout=2).ok
-    except requests.RequestException:
-        return False
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

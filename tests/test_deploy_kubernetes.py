@@ -12,7 +12,6 @@ import importlib.util
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from tests._deploy_helpers import (
     K8S,
     REPO,
     exported_series,
+    free_port,
     is_pinned,
     kustomize,
     load_yaml,
@@ -41,7 +41,9 @@ from tests._deploy_helpers import (
     pyproject,
     run_tool,
     seed_hpa,
+    stop_processes,
     validate_manifest,
+    wait_until,
 )
 
 EXPORTER_PORT = next(o.default for o in OPTIONS if o.name == "port")
@@ -359,24 +361,6 @@ def test_two_exporter_replicas_do_not_double_the_queue_length(
 
 
 # ------------------------------------------------------------------------------------------ end to end
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for(what: str, check: Callable[[], Any], deadline: float) -> Any:
-    while True:
-        try:
-            value = check()
-        except (requests.RequestException, ValueError, KeyError, IndexError):
-            value = None
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
-
-
 def _answers_ok(url: str) -> bool | None:
     return requests.get(url, timeout=2).ok or None
 
@@ -409,8 +393,8 @@ def test_autoscaler_queries_read_the_real_queue_length_through_prometheus(
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     env.update(CELERY_EXPORTER_BROKER_URL=broker, CELERY_EXPORTER_LISTEN_ADDRESS="127.0.0.1",
                CELERY_EXPORTER_POLL_INTERVAL="1")
-    ports = [_free_port(), _free_port()]
-    prom_port = _free_port()
+    ports = [free_port(), free_port()]
+    prom_port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [{
@@ -435,7 +419,7 @@ def test_autoscaler_queries_read_the_real_queue_length_through_prometheus(
         probes = [container[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe")]
         for url in (f"http://127.0.0.1:{port}{path}" for port in ports for path in probes):
             # the manifest's probes, against the real daemons
-            _wait_for(url, functools.partial(_answers_ok, url), deadline)
+            wait_until(url, functools.partial(_answers_ok, url), deadline)
 
         def query(expr: str) -> Callable[[], list[dict[str, Any]] | None]:
             def run() -> list[dict[str, Any]] | None:
@@ -450,19 +434,12 @@ def test_autoscaler_queries_read_the_real_queue_length_through_prometheus(
 
             return run
 
-        adapter_answer = _wait_for("the adapter query", query(_render_adapter_query(adapter_rule, hpa, "celery")),
+        adapter_answer = wait_until("the adapter query", query(_render_adapter_query(adapter_rule, hpa, "celery")),
                                    deadline)
         assert [(r["metric"], float(r["value"][1])) for r in adapter_answer] == [({"queue": "default"}, depth)]
-        keda_answer = _wait_for("the KEDA query", query(scaled_object["spec"]["triggers"][0]["metadata"]["query"]),
+        keda_answer = wait_until("the KEDA query", query(scaled_object["spec"]["triggers"][0]["metadata"]["query"]),
                                 deadline)
         assert [float(r["value"][1]) for r in keda_answer] == [depth]
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_processes(procs)
         client.delete(*created)
