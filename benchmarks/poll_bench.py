@@ -20,6 +20,7 @@ import os
 import statistics
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -150,7 +151,7 @@ def bench_rabbitmq(n_queues: int, n_polls: int) -> list[dict[str, Any]]:
 def _wait_for_stats(api: ManagementApi, vhost: str, n: int, ready: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        rows = api.get(f"/api/queues/{urllib.request.quote(vhost, safe='')}",
+        rows = api.get(f"/api/queues/{urllib.parse.quote(vhost, safe='')}",
                        {"columns": "name,messages_ready"})
         counted = sum(r.get("messages_ready") or 0 for r in rows)
         if len(rows) == n and counted == ready:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -97,7 +98,7 @@ def management_available() -> bool:
 def rabbit_vhost(prefix: str = "exporter-poll-test") -> Iterator[str]:
     """A throw-away vhost with full permissions for guest, deleted afterwards."""
     vhost = unique(prefix)
-    quoted = urllib.request.quote(vhost, safe="")
+    quoted = urllib.parse.quote(vhost, safe="")
     mgmt("PUT", f"/vhosts/{quoted}", {})
     try:
         mgmt("PUT", f"/permissions/{quoted}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
@@ -107,7 +108,7 @@ def rabbit_vhost(prefix: str = "exporter-poll-test") -> Iterator[str]:
 
 
 def amqp_url(vhost: str) -> str:
-    return f"amqp://guest:guest@{AMQP_HOST}:5672/{urllib.request.quote(vhost, safe='')}"
+    return f"amqp://guest:guest@{AMQP_HOST}:5672/{urllib.parse.quote(vhost, safe='')}"
 
 
 # ------------------------------------------------------------------------------------------ Redis

@@ -8,7 +8,7 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 
 import pytest
@@ -37,7 +37,7 @@ class RedisDb(redis.Redis):
 
 @pytest.fixture
 def rdb() -> Iterator[RedisDb]:
-    client = RedisDb.from_url(REDIS_URL)
+    client = RedisDb(connection_pool=redis.ConnectionPool.from_url(REDIS_URL))
     client.ping()
     client.created = []
     yield client
@@ -47,7 +47,7 @@ def rdb() -> Iterator[RedisDb]:
     client.close()
 
 
-def producer_app(queue: str, options: dict[str, object], broker: str = REDIS_URL) -> Celery:
+def producer_app(queue: str, options: Mapping[str, object], broker: str = REDIS_URL) -> Celery:
     app = Celery(unique("poll-test"), broker=broker, set_as_current=False)
     app.conf.broker_transport_options = options
     app.conf.task_default_queue = queue

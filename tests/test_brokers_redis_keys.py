@@ -4,10 +4,11 @@ sends (a constant number of round trips), and how replies become queue, retry an
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import redis
 
-from exporter.brokers.model import PollResult, QueueDepth, Rules
+from exporter.brokers.model import Kind, PollResult, QueueDepth, Rules
 from exporter.brokers.redis_keys import (
     RedisLayout,
     RedisSettings,
@@ -23,12 +24,12 @@ S = "\x06\x16"
 DEFAULT_DLQ = Config("redis://").dead_letter_queues
 
 
-def settings(layout: RedisLayout | None = None, **kw: object) -> RedisSettings:
+def settings(layout: RedisLayout | None = None, **kw: Any) -> RedisSettings:
     layout = layout or RedisLayout()
     rules = Rules(retry_globs=("retry:*",), dlq_globs=DEFAULT_DLQ, internal_names=layout.internal_keys)
-    base = {"queue_names": ("celery",), "dlq_names": ("celery:dead_letter_queue", "dlq")}
+    base: dict[str, Any] = {"queue_names": ("celery",), "dlq_names": ("celery:dead_letter_queue", "dlq")}
     base.update(kw)
-    return RedisSettings(layout=layout, rules=rules, **base)  # type: ignore[arg-type]
+    return RedisSettings(layout=layout, rules=rules, **base)
 
 
 def test_layout_from_transport_options() -> None:
@@ -118,11 +119,11 @@ def test_one_poll_is_two_pipelines_and_reads_every_sub_queue() -> None:
 def test_a_drained_dlq_is_reported_as_zero_once_seen_and_absent_ones_not_at_all() -> None:
     cfg = settings(queue_names=())
     index = index_keys([], cfg.layout)
-    remembered = {"dlq:app.pay": "dlq"}
-    first = first_round(index, cfg, remembered)  # type: ignore[arg-type]
+    remembered: dict[str, Kind] = {"dlq:app.pay": "dlq"}
+    first = first_round(index, cfg, remembered)
     assert first == [("HLEN", "unacked"), ("TYPE", "celery:dead_letter_queue"), ("TYPE", "dlq"),
                      ("TYPE", "dlq:app.pay")]
-    plan = make_plan(index, [0, b"none", b"none", b"none"], cfg, (), remembered, False)  # type: ignore[arg-type]
+    plan = make_plan(index, [0, b"none", b"none", b"none"], cfg, (), remembered, False)
     result, existing = redis_result(plan, [0, 0, 0, 0], "timestamp")
     assert result.dead_letter == {"dlq:app.pay": 0.0}
     assert result.dead_letter_oldest == {}
