@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import redis
@@ -20,7 +21,17 @@ from exporter.brokers import build_polling
 from exporter.collectors.tasks import TaskCollector
 from exporter.config import Config
 from exporter.state import ClusterState, StateSettings
-from tests._broker_helpers import REDIS_URL, FakeClock, by_queue, private_redis, registry_of, samples, unique
+from tests._broker_helpers import (
+    REDIS_URL,
+    FakeClock,
+    by_queue,
+    free_port,
+    private_redis,
+    registry_of,
+    samples,
+    unique,
+    wait_for,
+)
 from tests._events import sent
 
 pytestmark = pytest.mark.integration
@@ -215,3 +226,49 @@ def _debug_sleep(port: int, seconds: float) -> None:
 def _task_sent(got: dict) -> float:
     return sum(v for (n, labels), v in got.items()
                if n == "celery_task_sent_total" and dict(labels).get("task_name") == "tests.polling.add")
+
+
+def test_run_polls_in_the_background_until_stopped() -> None:
+    with private_redis() as (port, _):
+        redis.Redis(port=port).lpush("celery", "m1")
+        polling = build_polling(Config(f"redis://127.0.0.1:{port}/0", poll_interval=0.05), lambda: ())
+        registry = registry_of(polling.collectors)
+        stop = threading.Event()
+        runner = threading.Thread(target=polling.run, args=(stop,))
+        runner.start()
+        try:
+            got = wait_for(lambda: samples(registry),
+                           lambda s: by_queue(s, "celery_queue_length") == {"celery": 1.0}, timeout=10, every=0.05)
+            assert got[("celery_exporter_poll_success", (("source", "redis"),))] == 1.0
+        finally:
+            stop.set()
+            runner.join(timeout=10)
+        assert not runner.is_alive()
+        assert polling.runners[0].poller.inner._client is None  # type: ignore[attr-defined]  # closed
+
+
+def test_sentinel_broker_url_with_master_name(tmp_path: Path) -> None:
+    with private_redis() as (port, _):
+        redis.Redis(port=port).lpush("celery", "m1", "m2")
+        sentinel_port = free_port()
+        conf = tmp_path / "sentinel.conf"
+        conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {port} 1\n")
+        proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            sentinel = redis.Redis(port=sentinel_port, socket_timeout=1)
+            wait_for(lambda: _master_known(sentinel), bool, timeout=10, every=0.1)
+            config = Config(f"sentinel://127.0.0.1:{sentinel_port};sentinel://127.0.0.1:{free_port()}",
+                            broker_transport_options={"master_name": "mymaster"})
+            got = poll(config, FakeClock(T))
+            assert by_queue(got, "celery_queue_length") == {"celery": 2.0}
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _master_known(client: redis.Redis) -> bool:
+    try:
+        return bool(client.execute_command("SENTINEL", "get-master-addr-by-name", "mymaster"))
+    except redis.RedisError:
+        return False
