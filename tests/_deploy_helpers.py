@@ -351,6 +351,21 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
     return load_yaml_docs(result.stdout)
 
 
+def manifest_docs(path: Path) -> list[dict[str, Any]]:
+    return load_yaml_docs(path.read_text(encoding="utf-8"))
+
+
+def only(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def container_named(deployment: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+    return found
+
+
 def seed_hpa() -> dict[str, Any] | None:
     """The HorizontalPodAutoscaler manifest of shared/seeds/001, if the seeds are beside the repo."""
     if not SEED_HPA.exists():
