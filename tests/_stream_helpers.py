@@ -1,0 +1,234 @@
+"""Shared pieces of the event-stream tests: the captured payloads and their documented counts, a
+private ``redis-server`` (and Sentinel) on spare ports, a stream running in a thread, a real Celery
+worker as a subprocess, and bounded waits. Everything started here is stopped by the same helper, with a
+time-out on every wait.
+
+This module is also the Celery app of the worker tests: ``celery -A _stream_helpers worker`` with the
+broker in ``STREAM_TEST_BROKER``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from exporter.events.ingest import Ingest, StreamStatus
+from exporter.state import ClusterState
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS = ROOT / "tests" / "testdata" / "events"
+
+# The 96 events of every capture (tests/testdata/events/README.md).
+EXPECTED_TYPES = {"task-sent": 23, "task-received": 23, "task-started": 23, "task-succeeded": 10,
+                  "task-failed": 5, "task-retried": 8, "worker-online": 1, "worker-heartbeat": 2,
+                  "worker-offline": 1}
+EXPECTED_TOTAL = sum(EXPECTED_TYPES.values())
+
+
+def lines(name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (EVENTS / name).read_text().splitlines() if line.strip()]
+
+
+def events_in(body: str | bytes) -> int:
+    obj = json.loads(body)
+    return len(obj) if isinstance(obj, list) else 1
+
+
+def total(state: ClusterState) -> int:
+    with state.lock:
+        return sum(state.events_by_type.values())
+
+
+def invalid(state: ClusterState) -> dict[str, int]:
+    with state.lock:
+        return dict(state.invalid_by_reason)
+
+
+def by_type(state: ClusterState) -> dict[str, int]:
+    with state.lock:
+        return dict(state.events_by_type)
+
+
+def wait_until(cond: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def pipeline() -> tuple[ClusterState, Ingest, StreamStatus]:
+    state = ClusterState()
+    return state, Ingest(state), StreamStatus()
+
+
+@contextlib.contextmanager
+def running(stream: Any, status: StreamStatus, connect: bool = True) -> Iterator[threading.Thread]:
+    """Run ``stream.run(stop)`` in a thread; on exit stop it and insist it ends within 2 s."""
+    stop = threading.Event()
+    thread = threading.Thread(target=stream.run, args=(stop,), name="stream-under-test", daemon=True)
+    thread.start()
+    try:
+        if connect:
+            wait_until(lambda: status.connected, 15, "the stream to connect")
+        yield thread
+    finally:
+        stop.set()
+        thread.join(2.0)
+        assert not thread.is_alive(), "the stream did not stop within 2 s of stop being set"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A private redis-server on a spare port (no persistence); can be killed, paused and restarted."""
+
+    def __init__(self, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
+        self.port = port or free_port()
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.dir = tempfile.mkdtemp(prefix="stream-redis-")
+
+    def url(self, db: int = 15) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> RedisServer:
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir, *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(self._pings, 10, f"redis-server on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _pings(self) -> bool:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        try:  # no retries: redis-py's default retry-with-backoff would slow each poll down to seconds
+            return bool(redis.Redis(port=self.port, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)).ping())
+        except (redis.AuthenticationError, redis.ResponseError):
+            return True  # up, and wants a password
+        except redis.RedisError:
+            return False
+
+    def client(self, db: int = 15) -> Any:
+        import redis
+
+        return redis.Redis(port=self.port, db=db, socket_timeout=5)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisSentinel(RedisServer):
+    """``redis-server --sentinel`` watching one master as ``master_name``."""
+
+    def __init__(self, master_port: int, master_name: str = "mymaster") -> None:
+        super().__init__()
+        conf = Path(self.dir) / "sentinel.conf"
+        conf.write_text(f"port {self.port}\nbind 127.0.0.1\n"
+                        f"sentinel monitor {master_name} 127.0.0.1 {master_port} 1\n")
+        self.conf = conf
+
+    def start(self) -> RedisSentinel:
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.proc = subprocess.Popen([exe, str(self.conf), "--sentinel"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(self._pings, 10, f"redis sentinel on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+
+# ---------------------------------------------------------------- a real Celery worker
+app = Celery("stream_tests", broker=os.environ.get("STREAM_TEST_BROKER", "memory://"))
+app.conf.update(task_send_sent_event=True, worker_send_task_events=True, task_default_queue="stream-tests",
+                broker_connection_retry_on_startup=True)
+
+
+@app.task(name="stream_tests.add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="stream_tests.fail")
+def fail() -> None:
+    raise ValueError("boom")
+
+
+@contextlib.contextmanager
+def celery_worker(broker: str, name: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A real prefork worker (2 processes, events on) for ``broker``; warm-shut-down on exit."""
+    env = dict(os.environ, STREAM_TEST_BROKER=broker,
+               PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "_stream_helpers", "worker", "-E", "--pool=prefork", "-c", "2",
+         "-n", f"{name}@%h", "-Q", "stream-tests", "--without-mingle", "--without-gossip", "-l", "warning"],
+        env=env, cwd=ROOT / "tests", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def send_tasks(broker: str, n_ok: int, n_fail: int) -> None:
+    """Send ``n_ok`` succeeding and ``n_fail`` failing tasks through ``broker`` (task-sent events on)."""
+    client = Celery("stream_tests", broker=broker, set_as_current=False)
+    client.conf.update(task_send_sent_event=True, task_default_queue="stream-tests")
+    try:
+        for i in range(n_ok):
+            client.send_task("stream_tests.add", (i, i))
+        for _ in range(n_fail):
+            client.send_task("stream_tests.fail")
+    finally:
+        client.close()

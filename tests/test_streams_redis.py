@@ -1,0 +1,254 @@
+"""The Redis event stream against real redis-servers: captured worker payloads, a real Celery worker,
+malformed messages, global_keyprefix, a killed and restarted server, a hung server, and Sentinel."""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+from _stream_helpers import (
+    EXPECTED_TOTAL,
+    EXPECTED_TYPES,
+    RedisSentinel,
+    RedisServer,
+    by_type,
+    celery_worker,
+    events_in,
+    invalid,
+    lines,
+    pipeline,
+    running,
+    send_tasks,
+    total,
+    wait_until,
+)
+from kombu import Connection
+
+from exporter.config import ConfigError
+from exporter.events.backoff import Backoff
+from exporter.events.redis_stream import RedisEventStream, event_channel_pattern
+from exporter.state import SUCCEEDED
+
+FAST = dict(initial=0.05, cap=0.2, jitter=0.0)
+
+
+# ---------------------------------------------------------------- pure: the channel pattern
+@pytest.mark.parametrize(
+    ("db", "options", "pattern"),
+    [
+        (0, {}, "/0.celeryev/*"),
+        (15, {}, "/15.celeryev/*"),
+        (3, {"global_keyprefix": "pfx:"}, "pfx:/3.celeryev/*"),
+        (2, {"fanout_prefix": "custom{db}-"}, "custom2-celeryev/*"),
+        (2, {"fanout_prefix": False}, "celeryev/*"),
+        (0, {"fanout_patterns": False}, "/0.celeryev"),
+        (1, {"fanout_prefix": False, "fanout_patterns": False, "global_keyprefix": "a:"}, "a:celeryev"),
+    ],
+)
+def test_event_channel_pattern(db: int, options: dict, pattern: str) -> None:
+    assert event_channel_pattern(db, options) == pattern
+
+
+def test_sentinel_url_needs_master_name() -> None:
+    _state, ingest, status = pipeline()
+    with pytest.raises(ConfigError, match="master_name"):
+        RedisEventStream("sentinel://127.0.0.1:26379/0", ingest, status, {})
+
+
+# ---------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    srv = RedisServer().start()
+    yield srv
+    srv.stop()
+
+
+def publish_captured(client: redis.Redis, name: str = "redis_payloads.jsonl", db: int = 15) -> int:
+    """Publish a capture file's payloads on their channels (re-targeted to ``db``); returns events."""
+    n = 0
+    for line in lines(name):
+        client.publish(line["channel"].replace("/15.", f"/{db}.", 1), line["payload"])
+        n += events_in(base64.b64decode(json.loads(line["payload"])["body"]))
+    return n
+
+
+# ---------------------------------------------------------------- integration
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"global_keyprefix": "pfx:"}, {"fanout_patterns": False}, {"fanout_prefix": "x{db}."},
+     {"fanout_prefix": False, "global_keyprefix": "g:"}],
+)
+def test_pattern_matches_what_kombu_publishes(server: RedisServer, options: dict) -> None:
+    # kombu's own Redis channel computes the topic it PUBLISHes a celeryev message on; ours must match.
+    with Connection(server.url(7), transport_options=options) as conn:
+        ch = conn.default_channel
+        topic = ch.global_keyprefix + ch._get_publish_topic("celeryev", "task.multi")
+    assert fnmatch.fnmatchcase(topic, event_channel_pattern(7, options))
+
+
+@pytest.mark.integration
+def test_captured_payloads_give_exact_counts(server: RedisServer) -> None:
+    state, ingest, status = pipeline()
+    stream = RedisEventStream(server.url(15), ingest, status)
+    with running(stream, status):
+        # A message for another db's exchange must not be seen.
+        server.client().publish("/14.celeryev/task.sent", lines("redis_payloads.jsonl")[0]["payload"])
+        assert publish_captured(server.client()) == EXPECTED_TOTAL
+        wait_until(lambda: total(state) >= EXPECTED_TOTAL, 10, "96 events")
+        # The stream is caught up; anything extra would show in the exact comparison below.
+        server.client().publish("/15.celeryev/worker.heartbeat", b"")
+        wait_until(lambda: invalid(state), 10, "the empty payload to be refused")
+    assert by_type(state) == EXPECTED_TYPES
+    assert invalid(state) == {"bad_json": 1}
+    with state.lock:
+        succeeded = {k[0]: v[SUCCEEDED] for k, v in state.counters.items()}
+    assert succeeded == {"capture.add": 8, "capture.fail": 0, "capture.flaky": 2, "capture.exhaust": 0}
+    assert status.connects == 1 and status.reconnects == 0
+
+
+@pytest.mark.integration
+def test_global_keyprefix_channels(server: RedisServer) -> None:
+    state, ingest, status = pipeline()
+    stream = RedisEventStream(server.url(15), ingest, status, {"global_keyprefix": "pfx:"})
+    assert stream.pattern == "pfx:/15.celeryev/*"
+    with running(stream, status):
+        publish_captured(server.client(), "redis_payloads.jsonl")  # unprefixed: not ours
+        assert publish_captured(server.client(), "redis_prefixed_payloads.jsonl") == EXPECTED_TOTAL
+        wait_until(lambda: total(state) >= EXPECTED_TOTAL, 10, "96 events")
+        server.client().publish("pfx:/15.celeryev/task.multi", b"[]")
+        wait_until(lambda: invalid(state), 10, "the marker payload")
+    assert by_type(state) == EXPECTED_TYPES
+
+
+@pytest.mark.integration
+def test_malformed_messages_are_counted_and_the_loop_goes_on(server: RedisServer) -> None:
+    good = lines("redis_payloads.jsonl")[0]  # worker-online
+    envelope = json.loads(good["payload"])
+    bad_b64 = dict(envelope, body="***not base64***")
+    pickled = dict(envelope, **{"content-type": "application/x-python-serialize"})
+    not_event = dict(envelope, body=base64.b64encode(b"[1, 2]").decode())
+    no_type = dict(envelope, body=base64.b64encode(b'{"timestamp": 1.0}').decode())
+    state, ingest, status = pipeline()
+    with running(RedisEventStream(server.url(15), ingest, status), status):
+        c = server.client()
+        for payload in (b"\xff\xfe", b"[]", json.dumps(bad_b64), json.dumps(pickled), json.dumps(not_event),
+                        json.dumps(no_type), good["payload"]):
+            c.publish("/15.celeryev/worker.online", payload)
+        wait_until(lambda: total(state) == 1, 10, "the good event after the bad ones")
+        wait_until(lambda: sum(invalid(state).values()) == 7, 10, "every refusal counted")
+    assert invalid(state) == {"bad_json": 1, "malformed_envelope": 1, "bad_base64": 1,
+                              "unsupported_content_type": 1, "not_an_event": 2, "missing_type": 1}
+    assert by_type(state) == {"worker-online": 1}
+    assert status.connected is False  # stopped
+
+
+@pytest.mark.integration
+def test_killed_and_restarted_server_reconnects_and_keeps_counting() -> None:
+    srv = RedisServer().start()
+    payloads = lines("redis_payloads.jsonl")
+    first, second = payloads[:40], payloads[40:]
+    n_first = sum(events_in(base64.b64decode(json.loads(p["payload"])["body"])) for p in first)
+    try:
+        state, ingest, status = pipeline()
+        stream = RedisEventStream(srv.url(15), ingest, status, backoff=Backoff(**FAST))
+        with running(stream, status):
+            for p in first:
+                srv.client().publish(p["channel"], p["payload"])
+            wait_until(lambda: total(state) == n_first, 10, "the first half")
+            srv.kill()
+            wait_until(lambda: not status.connected, 5, "the stream to notice the dead server")
+            assert status.last_error
+            srv.start()  # same port
+            wait_until(lambda: status.connected, 10, "the reconnect")
+            assert status.reconnects == 1
+            assert total(state) == n_first  # kept
+            for p in second:
+                srv.client().publish(p["channel"], p["payload"])
+            wait_until(lambda: total(state) == EXPECTED_TOTAL, 10, "the second half")
+        assert by_type(state) == EXPECTED_TYPES
+    finally:
+        srv.stop()
+
+
+@pytest.mark.integration
+def test_hung_server_is_detected_by_the_health_ping() -> None:
+    srv = RedisServer().start()
+    try:
+        state, ingest, status = pipeline()
+        stream = RedisEventStream(srv.url(15), ingest, status, backoff=Backoff(**FAST),
+                                  health_interval=0.3, ping_timeout=0.5)
+        with running(stream, status):
+            beat = status.heartbeat
+            srv.pause()  # the TCP connection stays open, nothing answers
+            wait_until(lambda: not status.connected, 5, "the PING time-out")
+            assert "PING" in status.last_error
+            assert status.heartbeat > beat  # the loop kept beating while the broker hung
+            srv.resume()
+            wait_until(lambda: status.connected, 10, "the reconnect")
+            assert status.reconnects == 1
+            publish_captured(srv.client())
+            wait_until(lambda: total(state) == EXPECTED_TOTAL, 10, "96 events")
+    finally:
+        srv.stop()
+
+
+@pytest.mark.integration
+def test_password_never_reaches_status_or_logs() -> None:
+    from structlog.testing import capture_logs
+
+    srv = RedisServer(extra=("--requirepass", "s3cr3t-pw")).start()
+    try:
+        state, ingest, status = pipeline()
+        bad = f"redis://:wrong-pw-42@127.0.0.1:{srv.port}/15"
+        with capture_logs() as logs, running(RedisEventStream(bad, ingest, status,
+                                                              backoff=Backoff(**FAST)), status, False):
+            wait_until(lambda: status.last_error, 10, "an authentication error")
+        assert "wrong-pw-42" not in status.last_error
+        assert "wrong-pw-42" not in repr(logs)
+        assert any(e.get("broker") == f"redis://:***@127.0.0.1:{srv.port}/15" for e in logs)
+        good = f"redis://:s3cr3t-pw@127.0.0.1:{srv.port}/15"
+        with running(RedisEventStream(good, ingest, status), status):
+            publish_captured(redis.Redis(port=srv.port, db=15, password="s3cr3t-pw"))
+            wait_until(lambda: total(state) == EXPECTED_TOTAL, 10, "96 events")
+    finally:
+        srv.stop()
+
+
+@pytest.mark.integration
+def test_sentinel_discovers_the_master() -> None:
+    master = RedisServer().start()
+    sentinel = RedisSentinel(master.port, "mymaster").start()
+    try:
+        state, ingest, status = pipeline()
+        url = f"sentinel://127.0.0.1:{sentinel.port}/15"
+        stream = RedisEventStream(url, ingest, status, {"master_name": "mymaster"})
+        with running(stream, status):
+            publish_captured(master.client())
+            wait_until(lambda: total(state) == EXPECTED_TOTAL, 10, "96 events via the sentinel's master")
+        assert by_type(state) == EXPECTED_TYPES
+    finally:
+        sentinel.stop()
+        master.stop()
+
+
+@pytest.mark.integration
+def test_real_celery_worker_events(server: RedisServer) -> None:
+    state, ingest, status = pipeline()
+    broker = server.url(15)
+    with running(RedisEventStream(broker, ingest, status), status):
+        with celery_worker(broker, "redis-stream-test"):
+            wait_until(lambda: by_type(state).get("worker-online"), 60, "worker-online")
+            send_tasks(broker, n_ok=3, n_fail=1)
+            wait_until(lambda: by_type(state).get("task-succeeded") == 3
+                       and by_type(state).get("task-failed") == 1, 60, "the tasks")
+        wait_until(lambda: by_type(state).get("worker-offline"), 30, "worker-offline")
+    seen = by_type(state)
+    seen.pop("worker-heartbeat", None)  # one every 2 s: how many depends on timing
+    assert seen == {"worker-online": 1, "task-sent": 4, "task-received": 4, "task-started": 4,
+                    "task-succeeded": 3, "task-failed": 1, "worker-offline": 1}
+    assert invalid(state) == {}
