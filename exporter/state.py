@@ -38,6 +38,8 @@ MAX_PENDING_ATTEMPTS = 8
 # Longest task name, queue name or worker name kept (longer ones are cut): the caps bound how many label
 # values there are, this bounds how big each one is.
 MAX_LABEL_LENGTH = 256
+# Distinct event types counted by name in celery_exporter_events_total; Celery's own always are.
+MAX_EVENT_TYPES = 64
 # Durations and waits outside [0, a year] are clock trouble or hostile input; they are observed as 0 like
 # NaN, since a single 1e300 (or Inf) would otherwise stick in the histogram's _sum for good.
 MAX_OBSERVED_SECONDS = 365 * 86_400.0
@@ -232,7 +234,12 @@ class ClusterState:
         """Apply one decoded event (``type`` and a float ``timestamp`` already validated)."""
         etype = event["type"]
         by_type = self.events_by_type
-        by_type[etype] = by_type.get(etype, 0) + 1
+        if etype in by_type:
+            by_type[etype] += 1
+        elif len(by_type) < MAX_EVENT_TYPES or etype in self._handlers:
+            by_type[etype] = 1
+        else:  # anyone who can publish on the channel can invent event types: fold the rest
+            by_type[OVERFLOW_LABEL] = by_type.get(OVERFLOW_LABEL, 0) + 1
         ts = event["timestamp"]
         if self.last_event_ts is None or ts > self.last_event_ts:
             self.last_event_ts = ts
