@@ -1,0 +1,221 @@
+"""The RabbitMQ event stream against the real RabbitMQ (a private vhost per module): captured worker
+messages, the exporter queue's settings, malformed messages, a connection closed by the broker with
+events published during the blip, and a real Celery worker."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pika
+import pytest
+import requests
+from _stream_helpers import (
+    EXPECTED_TOTAL,
+    EXPECTED_TYPES,
+    by_type,
+    celery_worker,
+    events_in,
+    invalid,
+    lines,
+    pipeline,
+    running,
+    send_tasks,
+    total,
+    wait_until,
+)
+
+from exporter.events.amqp_stream import AmqpEventStream, connection_parameters, queue_arguments
+from exporter.events.backoff import Backoff
+
+API = os.environ.get("RABBITMQ_API", "http://127.0.0.1:15672/api")
+AUTH = ("guest", "guest")
+
+
+# ---------------------------------------------------------------- pure
+def test_queue_arguments_in_whole_milliseconds_and_no_ttl_when_zero() -> None:
+    assert queue_arguments(60.0, 300.0) == {"x-queue-type": "classic", "x-expires": 300_000,
+                                            "x-message-ttl": 60_000}
+    assert queue_arguments(0.0, 1.5) == {"x-queue-type": "classic", "x-expires": 1_500}
+    assert queue_arguments(0.0001, 0.0001) == {"x-queue-type": "classic", "x-expires": 1,
+                                               "x-message-ttl": 1}
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "vhost", "user", "tls"),
+    [
+        ("amqp://guest:guest@rabbit:5672//", "rabbit", 5672, "/", "guest", False),
+        ("amqp://u:p@rabbit/", "rabbit", 5672, "/", "u", False),
+        ("pyamqp://u:p@rabbit:5673/%2F", "rabbit", 5673, "/", "u", False),
+        ("amqp://rabbit/prod", "rabbit", 5672, "prod", "guest", False),
+        ("amqps://u:p@rabbit/prod", "rabbit", 5671, "prod", "u", True),
+    ],
+)
+def test_connection_parameters_read_urls_like_kombu(
+    url: str, host: str, port: int, vhost: str, user: str, tls: bool
+) -> None:
+    (params,) = connection_parameters(url, "name")
+    assert (params.host, params.port, params.virtual_host) == (host, port, vhost)
+    assert params.credentials.username == user
+    assert (params.ssl_options is not None) == tls
+    assert params.client_properties["connection_name"] == "name"
+
+
+def test_failover_list_gives_one_parameter_set_per_broker() -> None:
+    params = connection_parameters("amqp://a:1@h1//;amqp://b:2@h2:5680/v", "n")
+    assert [(p.host, p.port, p.virtual_host) for p in params] == [("h1", 5672, "/"), ("h2", 5680, "v")]
+
+
+# ---------------------------------------------------------------- management API helpers
+def api(method: str, path: str, **kw: Any) -> requests.Response:
+    r = requests.request(method, f"{API}{path}", auth=AUTH, timeout=10, **kw)
+    r.raise_for_status()
+    return r
+
+
+@pytest.fixture(scope="module")
+def vhost() -> Iterator[str]:
+    name = f"stream-tests-{os.getpid()}-{secrets.token_hex(3)}"
+    api("PUT", f"/vhosts/{quote(name, safe='')}")
+    api("PUT", f"/permissions/{quote(name, safe='')}/guest",
+        json={"configure": ".*", "write": ".*", "read": ".*"})
+    yield name
+    api("DELETE", f"/vhosts/{quote(name, safe='')}")
+
+
+def url_for(vhost: str) -> str:
+    return f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
+
+
+def publish(vhost: str, messages: list[dict[str, Any]]) -> int:
+    """Publish captured (or hand-made) messages to the celeryev exchange; returns their event count."""
+    conn = pika.BlockingConnection(pika.URLParameters(url_for(vhost)))
+    try:
+        ch = conn.channel()
+        n = 0
+        for m in messages:
+            body = m["body"].encode() if isinstance(m["body"], str) else m["body"]
+            ch.basic_publish("celeryev", m["routing_key"], body, pika.BasicProperties(
+                content_type=m.get("content_type"), content_encoding=m.get("content_encoding"),
+                delivery_mode=1))
+            if m.get("content_type") == "application/json" and m.get("content_encoding") == "utf-8":
+                with contextlib.suppress(ValueError):
+                    n += events_in(body)
+    finally:
+        conn.close()
+    return n
+
+
+def close_connection(client_name: str) -> None:
+    def ours() -> list[str]:
+        conns = api("GET", "/connections", params={"columns": "name,client_properties"}).json()
+        return [c["name"] for c in conns
+                if (c.get("client_properties") or {}).get("connection_name") == client_name]
+
+    wait_until(ours, 20, "the management API to list the stream's connection")
+    for name in ours():
+        requests.delete(f"{API}/connections/{quote(name, safe='')}", auth=AUTH, timeout=10,
+                        headers={"X-Reason": "stream test: simulated broker blip"})
+
+
+# ---------------------------------------------------------------- integration
+@pytest.mark.integration
+def test_captured_messages_give_exact_counts_and_the_queue_is_built_to_last(vhost: str) -> None:
+    state, ingest, status = pipeline()
+    stream = AmqpEventStream(url_for(vhost), ingest, status, queue_prefix="ce-test", queue_ttl=60,
+                             queue_expires=300, prefetch=50)
+    with running(stream, status):
+        assert publish(vhost, lines("amqp_messages.jsonl")) == EXPECTED_TOTAL
+        wait_until(lambda: total(state) == EXPECTED_TOTAL, 15, "96 events")
+        q = api("GET", f"/queues/{quote(vhost, safe='')}/{quote(stream.queue, safe='')}").json()
+        bindings = api("GET", f"/queues/{quote(vhost, safe='')}/{quote(stream.queue, safe='')}/bindings").json()
+        exchange = api("GET", f"/exchanges/{quote(vhost, safe='')}/celeryev").json()
+    assert by_type(state) == EXPECTED_TYPES
+    assert invalid(state) == {}
+    assert stream.queue.startswith("ce-test.")
+    assert q["durable"] is True and q["auto_delete"] is False and q["exclusive"] is False
+    assert q["arguments"] == {"x-expires": 300_000, "x-message-ttl": 60_000, "x-queue-type": "classic"}
+    assert any(b["source"] == "celeryev" and b["routing_key"] == "#" for b in bindings)
+    assert (exchange["type"], exchange["durable"], exchange["auto_delete"]) == ("topic", True, False)
+
+
+@pytest.mark.integration
+def test_malformed_messages_are_counted_and_acked(vhost: str) -> None:
+    good = lines("amqp_messages.jsonl")[0]  # worker-online
+    bad = [
+        {"routing_key": "task.sent", "body": b"\x80\x04K\x01.", "content_type": "application/x-python-serialize",
+         "content_encoding": "binary"},
+        {"routing_key": "task.sent", "body": b"{nope", "content_type": "application/json",
+         "content_encoding": "utf-8"},
+        {"routing_key": "task.sent", "body": b'{"type": "x"}', "content_type": "application/json",
+         "content_encoding": "latin-1"},
+        {"routing_key": "task.sent", "body": b"[1]", "content_type": "application/json",
+         "content_encoding": "utf-8"},
+    ]
+    state, ingest, status = pipeline()
+    stream = AmqpEventStream(url_for(vhost), ingest, status, queue_prefix="ce-test")
+    with running(stream, status):
+        publish(vhost, [*bad, good])
+        wait_until(lambda: total(state) == 1 and sum(invalid(state).values()) == 4, 15, "all five")
+        wait_until(lambda: api("GET", f"/queues/{quote(vhost, safe='')}/{quote(stream.queue, safe='')}")
+                   .json().get("messages_unacknowledged") == 0, 30, "every message acked")
+    assert invalid(state) == {"unsupported_content_type": 1, "bad_json": 1, "unsupported_encoding": 1,
+                              "not_an_event": 1}
+    assert by_type(state) == {"worker-online": 1}
+
+
+@pytest.mark.integration
+def test_events_published_while_the_connection_is_down_are_not_lost(vhost: str) -> None:
+    msgs = lines("amqp_messages.jsonl")
+    first, second = msgs[:41], msgs[41:]
+    state, ingest, status = pipeline()
+    # A fixed 2 s pause before reconnecting leaves a window to publish into while we are away.
+    stream = AmqpEventStream(url_for(vhost), ingest, status, queue_prefix="ce-test",
+                             backoff=Backoff(initial=2.0, cap=2.0, jitter=0.0))
+    with running(stream, status):
+        n_first = publish(vhost, first)
+        wait_until(lambda: total(state) == n_first, 15, "the first half")
+        close_connection(stream.client_name)
+        wait_until(lambda: not status.connected, 10, "the stream to see the closed connection")
+        assert "CONNECTION_FORCED" in status.last_error or "closed" in status.last_error.lower()
+        publish(vhost, second)
+        assert not status.connected, "the second half must be published while the stream is away"
+        wait_until(lambda: status.connected, 15, "the reconnect")
+        assert status.reconnects == 1
+        wait_until(lambda: total(state) == EXPECTED_TOTAL, 15, "the events published during the blip")
+    assert by_type(state) == EXPECTED_TYPES
+
+
+@pytest.mark.integration
+def test_real_celery_worker_events(vhost: str) -> None:
+    state, ingest, status = pipeline()
+    broker = url_for(vhost)
+    with running(AmqpEventStream(broker, ingest, status, queue_prefix="ce-test"), status):
+        with celery_worker(broker, "amqp-stream-test"):
+            wait_until(lambda: by_type(state).get("worker-online"), 60, "worker-online")
+            send_tasks(broker, n_ok=3, n_fail=1)
+            wait_until(lambda: by_type(state).get("task-succeeded") == 3
+                       and by_type(state).get("task-failed") == 1, 60, "the tasks")
+        wait_until(lambda: by_type(state).get("worker-offline"), 30, "worker-offline")
+    seen = by_type(state)
+    seen.pop("worker-heartbeat", None)  # one every 2 s: how many depends on timing
+    assert seen == {"worker-online": 1, "task-sent": 4, "task-received": 4, "task-started": 4,
+                    "task-succeeded": 3, "task-failed": 1, "worker-offline": 1}
+    assert invalid(state) == {}
+
+
+@pytest.mark.integration
+def test_wrong_password_is_reported_redacted_and_retried() -> None:
+    state, ingest, status = pipeline()
+    stream = AmqpEventStream("amqp://guest:not-the-pw-77@127.0.0.1:5672//", ingest, status,
+                             backoff=Backoff(initial=0.05, cap=0.1, jitter=0.0))
+    with running(stream, status, connect=False):
+        wait_until(lambda: status.last_error, 15, "the authentication failure")
+    assert "not-the-pw-77" not in status.last_error
+    assert status.connected is False and status.connects == 0
+    assert json.dumps(state.invalid_by_reason) == "{}"
