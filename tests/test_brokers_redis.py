@@ -201,8 +201,9 @@ def test_a_broker_that_hangs_or_goes_away_fails_its_poll_alone() -> None:
             assert by_queue(got, "celery_queue_length")["emails"] == 2.0  # last good value, not stale yet
             assert _task_sent(got) == 1.0  # the event metrics are untouched
             sleeper.join(timeout=10)
-            while polling.runners[0]._inflight is not None and polling.runners[0]._inflight.is_alive():
-                time.sleep(0.05)  # bounded: the hung poll's socket timeout is 0.5 s
+            # The overrunning poll ends by its own socket timeout (0.5 s); only then may the next start.
+            wait_for(lambda: polling.runners[0]._inflight, lambda t: t is None or not t.is_alive(), timeout=10,
+                     every=0.05)
 
             polling.poll_once()  # recovered
             assert samples(registry)[("celery_exporter_poll_success", src)] == 1.0
