@@ -153,7 +153,8 @@ class RedisPoller:
         self.truncated = fetched["truncated"]
         result, existing = redis_result(fetched["plan"], fetched["replies"], self.settings.timestamp_field)
         for name, kind in existing.items():
-            if name in self.remembered or len(self.remembered) < REMEMBER_LIMIT:
+            # Task queues keep their kombu binding when empty; retry lists and DLQs vanish when drained.
+            if kind != "task" and (name in self.remembered or len(self.remembered) < REMEMBER_LIMIT):
                 self.remembered[name] = kind
         return result
 
