@@ -82,7 +82,9 @@ def _connection_kwargs() -> dict[str, Any]:
 def build_pool(url: str, transport_options: Mapping[str, Any]) -> tuple[redis.ConnectionPool, int]:
     """A connection pool for ``redis://``/``rediss://``/``sentinel://`` URLs, and the db number."""
     first = url.split(";", 1)[0].strip()
-    if urlsplit(first).scheme.lower() != "sentinel":
+    scheme = urlsplit(first).scheme
+    first = scheme.lower() + first[len(scheme):]
+    if scheme.lower() != "sentinel":
         pool = redis.ConnectionPool.from_url(first, **_connection_kwargs())
         return pool, int(pool.connection_kwargs.get("db", 0) or 0)
     # kombu's form: sentinel://[:password@]host:port[/db];sentinel://host2:port2;...

@@ -115,6 +115,7 @@ class Supervisor:
         backoff: Backoff | None = None,
         extra_secrets: Iterable[str] = (),
         context: Mapping[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self.context = dict(context or {})  # what to log on connect: channel pattern, queue name
@@ -123,10 +124,11 @@ class Supervisor:
         self.ingest = ingest
         self.status = status
         self.backoff = backoff or Backoff()
+        self.clock = clock
         self._up_at: float | None = None
 
     def _on_up(self) -> None:
-        self._up_at = time.monotonic()
+        self._up_at = self.clock()
         self.status.up()
         self.status.beat()
         log.info("event stream connected", stream=self.name, broker=self.shown_url,
@@ -152,7 +154,7 @@ class Supervisor:
         log.info("event stream stopped", stream=self.name, broker=self.shown_url)
 
     def _delay(self) -> float:
-        if self._up_at is not None and time.monotonic() - self._up_at >= STABLE_AFTER:
+        if self._up_at is not None and self.clock() - self._up_at >= STABLE_AFTER:
             self.backoff.reset()
         return self.backoff.next_delay()
 
