@@ -51,4 +51,4 @@ def test_full_jitter_stays_within_bounds_with_the_real_rng() -> None:
 )
 def test_rejects_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        Backoff(**kwargs)
+        Backoff(**kwargs)  # type: ignore[arg-type]

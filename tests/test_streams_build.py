@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -94,7 +95,7 @@ class Script:
         self.stop.set()
 
 
-def run_script(steps: list[str], backoff: Backoff) -> tuple[StreamStatus, Script, list[dict]]:
+def run_script(steps: list[str], backoff: Backoff) -> tuple[StreamStatus, Script, list[Any]]:
     stop = threading.Event()
     clock = [100.0]
     status = StreamStatus()

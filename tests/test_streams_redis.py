@@ -33,7 +33,9 @@ from exporter.events.backoff import Backoff
 from exporter.events.redis_stream import RedisEventStream, event_channel_pattern
 from exporter.state import SUCCEEDED
 
-FAST = dict(initial=0.05, cap=0.2, jitter=0.0)
+
+def fast_backoff() -> Backoff:
+    return Backoff(initial=0.05, cap=0.2, jitter=0.0)
 
 
 # ---------------------------------------------------------------- pure: the channel pattern
@@ -155,7 +157,7 @@ def test_killed_and_restarted_server_reconnects_and_keeps_counting() -> None:
     n_first = sum(events_in(base64.b64decode(json.loads(p["payload"])["body"])) for p in first)
     try:
         state, ingest, status = pipeline()
-        stream = RedisEventStream(srv.url(15), ingest, status, backoff=Backoff(**FAST))
+        stream = RedisEventStream(srv.url(15), ingest, status, backoff=fast_backoff())
         with running(stream, status):
             for p in first:
                 srv.client().publish(p["channel"], p["payload"])
@@ -180,7 +182,7 @@ def test_hung_server_is_detected_by_the_health_ping() -> None:
     srv = RedisServer().start()
     try:
         state, ingest, status = pipeline()
-        stream = RedisEventStream(srv.url(15), ingest, status, backoff=Backoff(**FAST),
+        stream = RedisEventStream(srv.url(15), ingest, status, backoff=fast_backoff(),
                                   health_interval=0.3, ping_timeout=0.5)
         with running(stream, status):
             beat = status.heartbeat
@@ -206,7 +208,7 @@ def test_password_never_reaches_status_or_logs() -> None:
         state, ingest, status = pipeline()
         bad = f"redis://:wrong-pw-42@127.0.0.1:{srv.port}/15"
         with capture_logs() as logs, running(RedisEventStream(bad, ingest, status,
-                                                              backoff=Backoff(**FAST)), status, False):
+                                                              backoff=fast_backoff()), status, False):
             wait_until(lambda: status.last_error, 10, "an authentication error")
         assert "wrong-pw-42" not in status.last_error
         assert "wrong-pw-42" not in repr(logs)
