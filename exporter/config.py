@@ -400,7 +400,11 @@ def _read_yaml(path: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError("config", path, f"not valid YAML: {exc}") from None
+        # Not str(exc): PyYAML quotes the offending line, which may hold a broker password.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "parse error"
+        raise ConfigError("config", path, f"not valid YAML: {problem}{where}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
