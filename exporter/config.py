@@ -357,6 +357,8 @@ def load_config(
     try:
         ns = parser.parse_args(list(argv) if argv is not None else None)
     except SystemExit as exc:  # argparse already printed its message
+        if exc.code in (0, None):  # --help: a success, not a configuration error
+            raise
         raise ConfigError("arguments", "command line", "see the message above") from exc
     cli = vars(ns)
     cli.pop("version", None)
