@@ -391,6 +391,11 @@ def load_config(
         url = values.get(name)
         if url and "://" not in url:
             raise ConfigError(name, "configuration", "not a URL (expected scheme://host...; value not shown)")
+        try:  # a bad port or IPv6 literal would otherwise surface later, as a traceback
+            for one in (url or "").split(";"):
+                urlsplit(one.strip()).port  # noqa: B018
+        except ValueError as exc:
+            raise ConfigError(name, "configuration", f"not a valid URL: {exc} (value not shown)") from None
     return Config(config_file=config_file, **values)
 
 
