@@ -184,7 +184,7 @@ class RedisSentinel(RedisServer):
 
 
 # ---------------------------------------------------------------- a real Celery worker
-app = Celery("stream_tests", broker=os.environ.get("STREAM_TEST_BROKER", "memory://"))
+app = Celery("stream_tests", broker=os.environ.get("STREAM_TEST_BROKER", "memory://"), set_as_current=False)
 app.conf.update(task_send_sent_event=True, worker_send_task_events=True, task_default_queue="stream-tests",
                 broker_connection_retry_on_startup=True)
 

@@ -10,7 +10,8 @@ PSUBSCRIBE channels by kombu's Prefixed client. Celery's EventReceiver binds wit
 into the glob ``*``. So with defaults on db 0 we PSUBSCRIBE ``/0.celeryev/*`` and receive
 ``/0.celeryev/task.multi`` and friends, exactly what Celery's own receiver gets.
 
-No kombu or redis-py PubSub objects: responses are read off one redis-py Connection (hiredis parser),
+No kombu or redis-py PubSub objects (and no CLIENT SETNAME, which some managed Redis services refuse,
+and a refused SETNAME would fail every connect): responses are read off one redis-py Connection (hiredis parser),
 everything readable is drained into one batch, and the batch is fed under one lock acquisition. The loop
 wakes every ``TICK`` without traffic to beat, run ``ingest.idle()`` and notice ``stop``; after
 ``health_interval`` seconds of silence it PINGs the subscription and treats a missing PONG as a dead
@@ -40,7 +41,6 @@ EXCHANGE = "celeryev"
 MAX_BATCH = 2_000  # responses per batch: bounds the time the state lock is held
 CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 10.0  # for the rest of a response whose first bytes have arrived
-CLIENT_NAME = "celery-exporter-events"
 
 
 def event_channel_pattern(db: int, transport_options: Mapping[str, Any]) -> str:
@@ -73,7 +73,6 @@ def _connection_kwargs() -> dict[str, Any]:
         "socket_keepalive": True,
         "socket_keepalive_options": _keepalive_options(),
         "retry": Retry(NoBackoff(), 0),  # the Supervisor owns retrying, with its own backoff
-        "client_name": CLIENT_NAME,
         "protocol": 2,  # pub/sub replies as plain lists
         "socket_read_size": 1 << 16,
     }
