@@ -10,9 +10,9 @@ PSUBSCRIBE channels by kombu's Prefixed client. Celery's EventReceiver binds wit
 into the glob ``*``. So with defaults on db 0 we PSUBSCRIBE ``/0.celeryev/*`` and receive
 ``/0.celeryev/task.multi`` and friends, exactly what Celery's own receiver gets.
 
-No kombu or redis-py PubSub objects (and no CLIENT SETNAME, which some managed Redis services refuse,
-and a refused SETNAME would fail every connect): responses are read off one redis-py Connection (hiredis parser),
-everything readable is drained into one batch, and the batch is fed under one lock acquisition. The loop
+No kombu or redis-py PubSub objects, and no CLIENT SETNAME (some managed Redis services refuse it, which
+would fail every connect): responses are read off one redis-py Connection (hiredis parser), everything
+readable is drained into one batch, and the batch is fed under one lock acquisition. The loop
 wakes every ``TICK`` without traffic to beat, run ``ingest.idle()`` and notice ``stop``; after
 ``health_interval`` seconds of silence it PINGs the subscription and treats a missing PONG as a dead
 connection (TCP keepalive covers the rest).
