@@ -17,11 +17,28 @@ from __future__ import annotations
 import binascii
 import json
 import math
-from base64 import b64decode
 from collections.abc import Callable
 from typing import Any
 
 from celery.utils.time import utcoffset as _local_utcoffset
+
+
+def _pick_orjson() -> Callable[[str | bytes], Any] | None:
+    """orjson's loads if a safe version is installed: about 3x the json module's speed on event bodies.
+    Before 3.9.15 its loads had no nesting limit (CVE-2024-27454): a deeply nested message from anyone
+    who can publish on the event channel crashed the process, so older versions are not used."""
+    try:
+        import orjson
+    except ImportError:
+        return None
+    try:
+        version = tuple(int(part) for part in orjson.__version__.split(".")[:3])
+    except (AttributeError, ValueError):
+        return None
+    return orjson.loads if version >= (3, 9, 15) else None
+
+
+_orjson_loads = _pick_orjson()
 
 # Reasons, the label values of celery_exporter_events_invalid_total.
 MALFORMED_ENVELOPE = "malformed_envelope"
@@ -53,8 +70,27 @@ MAX_FUTURE_SKEW = 86_400.0
 # The exporter's own offset, read once: events carry the sender's, and Celery adjusts by the difference.
 LOCAL_UTCOFFSET: float = _local_utcoffset()
 
-_loads: Callable[[str | bytes], Any] = json.loads
+_json_loads: Callable[[str | bytes], Any] = json.loads
 _isfinite = math.isfinite
+_a2b = binascii.a2b_base64
+_BinasciiError = binascii.Error
+# kombu's Redis transport always writes the envelope as json.dumps({"body": ..., ...}): the body comes first.
+_ENVELOPE_HEAD = b'{"body": "'
+_HEAD_LEN = len(_ENVELOPE_HEAD)
+
+
+def _loads(raw: str | bytes) -> Any:
+    """``json.loads``, through orjson when a safe version is installed. orjson accepts a subset of what
+    the json module does (no NaN/Infinity, no integers past 64 bits, no BOM, no lone surrogates, at most
+    1,024 levels of nesting) and returns the same objects for it; whatever it refuses is handed to the json
+    module, so the outcome is the same with or without orjson. (The one exception: nesting between the
+    json module's recursion limit, about 1,000 levels, and 1,024 is parsed by orjson, refused by json.)"""
+    if _orjson_loads is not None:
+        try:
+            return _orjson_loads(raw)
+        except Exception:  # orjson.JSONDecodeError, or a type it does not take: let json decide
+            pass
+    return _json_loads(raw)
 
 
 class Decoded:
@@ -68,10 +104,15 @@ class Decoded:
 
 
 def decode_redis_payload(
-    payload: bytes | str, now: float, here_offset: float | None = None
+    payload: bytes | str, now: float, here_offset: float | None = None, out: Decoded | None = None
 ) -> Decoded:
-    """Decode one message received on the Redis ``celeryev`` pub/sub channel."""
-    out = Decoded()
+    """Decode one message received on the Redis ``celeryev`` pub/sub channel (into ``out`` if given)."""
+    if out is None:
+        out = Decoded()
+    if payload.__class__ is bytes and payload.startswith(_ENVELOPE_HEAD) and _fast_envelope(
+        payload, now, here_offset, out  # type: ignore[arg-type]
+    ):
+        return out
     try:
         envelope = _loads(payload)
     except (ValueError, TypeError, RecursionError):
@@ -95,8 +136,8 @@ def decode_redis_payload(
         return out
     if props and props.get("body_encoding") == "base64":
         try:
-            raw: bytes | str = b64decode(body, validate=True)
-        except (binascii.Error, ValueError):
+            raw: bytes | str = _a2b(body, strict_mode=True)
+        except (_BinasciiError, ValueError):
             out.invalid.append(BAD_BASE64)
             return out
     else:
@@ -105,15 +146,51 @@ def decode_redis_payload(
     return out
 
 
+def _fast_envelope(payload: bytes, now: float, here_offset: float | None, out: Decoded) -> bool:
+    """The envelope as kombu writes it, without JSON-parsing its (large) base64 body.
+
+    The body is sliced out and only the small rest of the envelope is parsed. This is taken only when it
+    gives exactly what parsing the whole envelope would: a body of base64 characters alone (so no JSON
+    escapes), one "body" key, a well-formed rest, ``body_encoding: base64``, and a valid JSON content type
+    and encoding. Anything else returns False and the caller decodes the message the general way, which
+    also finds the right reason for refusing it.
+    """
+    end = payload.find(b'"', _HEAD_LEN)
+    if end < 0 or payload[end + 1:end + 2] != b",":
+        return False
+    try:
+        rest = _loads(b"{" + payload[end + 2:])
+    except (ValueError, TypeError, RecursionError):
+        return False
+    if not rest or rest.__class__ is not dict or "body" in rest:
+        return False
+    props = rest.get("properties")
+    if (
+        props.__class__ is not dict
+        or props.get("body_encoding") != "base64"
+        or rest.get("content-type") not in JSON_CONTENT_TYPES
+        or rest.get("content-encoding", "utf-8") not in UTF8
+    ):
+        return False
+    try:
+        raw = _a2b(payload[_HEAD_LEN:end], strict_mode=True)
+    except (_BinasciiError, ValueError):
+        return False
+    _decode_json_body(raw, now, here_offset, out)
+    return True
+
+
 def decode_amqp_body(
     body: bytes,
     content_type: str | None,
     content_encoding: str | None,
     now: float,
     here_offset: float | None = None,
+    out: Decoded | None = None,
 ) -> Decoded:
-    """Decode one message consumed from the ``celeryev`` exchange over AMQP."""
-    out = Decoded()
+    """Decode one message consumed from the ``celeryev`` exchange over AMQP (into ``out`` if given)."""
+    if out is None:
+        out = Decoded()
     if content_type not in JSON_CONTENT_TYPES:
         out.invalid.append(UNSUPPORTED_CONTENT_TYPE)
         return out
@@ -124,9 +201,12 @@ def decode_amqp_body(
     return out
 
 
-def decode_event_objects(obj: Any, now: float, here_offset: float | None = None) -> Decoded:
+def decode_event_objects(
+    obj: Any, now: float, here_offset: float | None = None, out: Decoded | None = None
+) -> Decoded:
     """Validate an already-deserialised body (the kombu fallback path hands us these)."""
-    out = Decoded()
+    if out is None:
+        out = Decoded()
     _collect(obj, now, here_offset, out)
     return out
 
@@ -141,11 +221,32 @@ def _decode_json_body(raw: bytes | str, now: float, here_offset: float | None, o
 
 
 def _collect(obj: Any, now: float, here_offset: float | None, out: Decoded) -> None:
-    if isinstance(obj, list):  # task.multi: a batch of events
-        for item in obj:
-            _one(item, now, here_offset, out)
-    else:
-        _one(obj, now, here_offset, out)
+    # The hottest loop of the exporter: one pass per event, no call unless something needs fixing.
+    events = obj if obj.__class__ is list else (obj,) if obj.__class__ is dict else None
+    if events is None:
+        if isinstance(obj, list):
+            events = obj
+        else:
+            _one(obj, now, here_offset, out)
+            return
+    append = out.events.append
+    latest = now + MAX_FUTURE_SKEW
+    here = LOCAL_UTCOFFSET if here_offset is None else here_offset
+    for ev in events:
+        if ev.__class__ is dict:
+            etype = ev.get("type")
+            ts = ev.get("timestamp")
+            offset = ev.get("utcoffset")
+            if (
+                etype.__class__ is str
+                and 0 < len(etype) <= MAX_TYPE_LEN
+                and ts.__class__ is float
+                and (offset is None or (offset.__class__ is float and offset == here))  # nothing to adjust
+                and 0.0 <= ts <= latest  # also False for NaN; +-Inf is beyond latest or below 0
+            ):
+                append(ev)
+                continue
+        _one(ev, now, here_offset, out)
 
 
 def _one(ev: Any, now: float, here_offset: float | None, out: Decoded) -> None:
