@@ -443,3 +443,33 @@ def test_a_trickling_client_is_cut_off_at_the_request_deadline(
                 break
         assert closed, "the server kept a never-ending request open"
     assert plain_get(srv.port) == 200
+
+
+def test_a_trickled_tls_handshake_is_cut_off_at_the_deadline(
+    tmp_path: Path, pki: dict[str, Any], serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_mod, "REQUEST_TIMEOUT", 1.0)
+    srv = serve(write(tmp_path, tls_yaml(pki["server"])))
+    # A real ClientHello, sent one byte every 0.25 s: each read is quick, the handshake never ends.
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = tls_client_context(pki["ca"].cert).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    hello = outgoing.read()
+    assert len(hello) > 100
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        closed = False
+        for byte in hello[:30]:  # 30 x 0.25 s: far beyond the 1 s deadline
+            try:
+                s.sendall(bytes([byte]))
+                s.settimeout(0.25)
+                if s.recv(1024) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+        assert closed, "the server waited for a never-ending handshake"
+    assert https_get(srv.port, tls_client_context(pki["ca"].cert))[0] == 200
