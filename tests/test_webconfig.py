@@ -51,7 +51,7 @@ def basic(user: str, password: str) -> str:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     d = tmp_path_factory.mktemp("pki")
     ca_pem, ca_cert, ca_key = make_ca(d)
-    other_pem, other_cert, other_key = make_ca(d, "other-ca")
+    _, other_cert, other_key = make_ca(d, "other-ca")
     return {
         "dir": d,
         "ca": ca_pem,
@@ -172,7 +172,7 @@ def test_encrypted_key_is_refused_without_prompting(tmp_path: Path, pki: dict[st
     encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                             serialization.BestAvailableEncryption(b"pass")))
     path = write(tmp_path, f"tls_server_config:\n  cert_file: {pki['server'].cert}\n  key_file: {encrypted}\n")
-    with pytest.raises(ConfigError, match="tls_server_config.cert_file"):
+    with pytest.raises(ConfigError, match=r"tls_server_config\.cert_file"):
         load_web_config(path)
 
 
@@ -473,3 +473,25 @@ def test_a_trickled_tls_handshake_is_cut_off_at_the_deadline(
                 break
         assert closed, "the server waited for a never-ending handshake"
     assert https_get(srv.port, tls_client_context(pki["ca"].cert))[0] == 200
+
+
+@pytest.mark.integration
+def test_the_daemon_serves_every_endpoint_over_tls_with_auth(tmp_path: Path, pki: dict[str, Any]) -> None:
+    from tests._reliability_helpers import Daemon
+
+    web = write(tmp_path, tls_yaml(pki["server"]) + "http_server_config:\n  headers:\n"
+                "    X-Frame-Options: deny\n" f"basic_auth_users:\n  prometheus: {HASH}\n")
+    ctx = tls_client_context(pki["ca"].cert)
+    auth = {"Authorization": basic("prometheus", PASSWORD)}
+    with Daemon(["--broker-url", "redis://127.0.0.1:6379/0", "--web-config-file", web]) as daemon:
+        daemon.start(wait_healthy=False)
+        wait_for(lambda: https_get(daemon.port, ctx, "/healthz", auth)[0] == 200, 30, what="HTTPS /healthz")
+        status, headers, body = https_get(daemon.port, ctx, "/metrics", auth)
+        assert status == 200 and b"celery_exporter_build_info" in body
+        assert headers["X-Frame-Options"] == "deny"
+        for path in ("/metrics", "/healthz", "/readyz", "/"):
+            status, headers, _ = https_get(daemon.port, ctx, path)
+            assert status == 401 and "WWW-Authenticate" in headers, path
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            daemon.get("/metrics")  # plain HTTP
+        assert daemon.terminate() == 0
