@@ -201,3 +201,32 @@ def test_demo_rejects_bad_arguments() -> None:
         parse_args(["--port", "70000"])
     assert exc.value.code == 2
     assert parse_args([]).port == 9808
+
+
+# ---------------------------------------------------------------- the newcomer docs name only what exists
+DOCS = [ROOT / "docs" / "troubleshooting.md", ROOT / "docs" / "quickstart.md"]
+# Flags of other programs the docs quote (Celery's worker, redis-cli) and the demo's own.
+FOREIGN_FLAGS = {"--without-heartbeat", "--scan", "--pattern"}
+DEMO_FLAGS = {"--port", "--broker", "--rate", "--listen-address", "--log-level", "--log-format"}
+
+
+def test_docs_name_only_real_flags_and_metrics() -> None:
+    import re
+
+    from exporter.config import OPTIONS
+
+    flags = {o.flag for o in OPTIONS} | {"--config", "--version"} | DEMO_FLAGS | FOREIGN_FLAGS
+    samples = {n for s in all_specs() for n in s.sample_names}
+    checked = 0
+    for doc in DOCS:
+        text = doc.read_text()
+        for flag in set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text)):
+            assert flag in flags, f"{doc.name} names {flag}, which is not a flag"
+            checked += 1
+        for name in set(re.findall(r"\bcelery_[a-z_]*[a-z_]", text)):
+            if name.endswith("_"):  # a prefix, as in `celery_task_*` or a grep pattern
+                assert any(s.startswith(name) for s in samples), f"{doc.name}: no metric starts {name}"
+            else:
+                assert name in samples, f"{doc.name} names {name}, which is not a metric"
+            checked += 1
+    assert checked > 40  # the docs are about these names; an empty match means the regexes broke
