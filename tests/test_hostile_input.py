@@ -384,3 +384,40 @@ def test_non_finite_worker_fields_are_not_served() -> None:
             f'{{"type": "worker-heartbeat", "hostname": "w{i}", "timestamp": {NOW}, "active": {active}}}'.encode())])
     assert_served_sanely(state)
     assert state.workers["w0"].active == 0 and state.workers["w3"].active == 0
+
+
+def test_the_kombu_fallback_path_never_unpickles(tmp_path: Path) -> None:
+    # The generic reader hands bodies to kombu, which would deserialise them itself; it must refuse pickle
+    # (accept=["json"]) and pass the raw bytes on to be counted. kombu's memory:// transport is shared
+    # within the process, so a Producer here talks to the reader's queue.
+    import threading
+    import time
+
+    from kombu import Connection, Exchange, Producer
+
+    from exporter.events.kombu_stream import KombuEventStream
+
+    marker = tmp_path / "unpickled"
+    state, ingest = new_state(now=time.time())
+    status = StreamStatus()
+    stream = KombuEventStream("memory://", ingest, status)
+    stop = threading.Event()
+    thread = threading.Thread(target=stream.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not status.connected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert status.connected
+        with Connection("memory://") as conn:
+            producer = Producer(conn.channel(), exchange=Exchange("celeryev", type="topic"))
+            producer.publish(_Boom(marker), routing_key="task.sent", serializer="pickle")
+            producer.publish(sent("u1", "proj.t", time.time()), routing_key="task.sent", serializer="json")
+        while (not state.events_by_type or not state.invalid_by_reason) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not marker.exists()
+    assert state.invalid_by_reason == {d.UNSUPPORTED_CONTENT_TYPE: 1}
+    assert state.events_by_type == {"task-sent": 1}
