@@ -202,10 +202,11 @@ class Demo:
         if self.exporter is not None:
             stoppers.append(threading.Thread(target=self.exporter.stop, kwargs={"timeout": left(2.0)},
                                              name="exporter-stop", daemon=True))
-        for thread in stoppers:
-            thread.start()
-        for thread in (*stoppers, self.worker_thread):
-            if thread is not None and thread.is_alive():
+        for stopper in stoppers:
+            stopper.start()
+        waits = [*stoppers, *([self.worker_thread] if self.worker_thread is not None else [])]
+        for thread in waits:
+            if thread.is_alive():
                 thread.join(left(2.5))
         if self.redis is not None:
             self.redis.stop(timeout=left(1.0))
