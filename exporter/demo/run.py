@@ -2,7 +2,8 @@
 
 Start order: broker, exporter (so it sees the worker come online), worker (a ``WorkController`` with a
 thread pool, in a thread: Celery's ``Worker`` subclass would install signal handlers, which only the main
-thread may do), then the producer. Stop order is the reverse, each step bounded, so Ctrl-C or SIGTERM
+thread may do), then the producer. Stopping is the reverse (worker and exporter side by side), each step
+bounded, so Ctrl-C or SIGTERM
 ends the process with status 0 within a few seconds. Status 1 when something cannot start (the port is
 taken, the worker never gets ready), 2 for bad arguments.
 """
@@ -68,7 +69,8 @@ class DemoWorker(WorkController):
 
 
 class Demo:
-    """Owns every component of the demo and stops them in reverse order."""
+    """Owns every component of the demo; stops the producer, then worker and exporter together, then
+    the broker."""
 
     def __init__(self, ns: argparse.Namespace, stop: threading.Event) -> None:
         self.ns = ns
