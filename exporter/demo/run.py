@@ -3,9 +3,8 @@
 Start order: broker, exporter (so it sees the worker come online), worker (a ``WorkController`` with a
 thread pool, in a thread: Celery's ``Worker`` subclass would install signal handlers, which only the main
 thread may do), then the producer. Stopping is the reverse (worker and exporter side by side), each step
-bounded, so Ctrl-C or SIGTERM
-ends the process with status 0 within a few seconds. Status 1 when something cannot start (the port is
-taken, the worker never gets ready), 2 for bad arguments.
+bounded, so Ctrl-C or SIGTERM ends the process with status 0 within a few seconds. Status 1 when
+something cannot start (the port is taken, the worker never gets ready), 2 for bad arguments.
 """
 
 from __future__ import annotations
