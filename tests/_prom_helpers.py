@@ -2,6 +2,9 @@
 PromQL tokeniser that finds the metric names an expression reads, the set of names the exporter can serve
 (from ``exporter.collectors.all_specs()``), and Grafana template-variable substitution.
 
+It also holds what the end-to-end test needs to run Prometheus, Alertmanager and friends as child
+processes: free ports, bounded waits, and a process group that always ends its members.
+
 The tokeniser is deliberately conservative: it strips string literals, label matchers, range and subquery
 brackets, grouping-label lists and Grafana variables, then keeps every identifier that is not a keyword
 and not called like a function. Anything it keeps must be a metric the exporter exports, a recording
@@ -13,14 +16,18 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from exporter.collectors import all_specs
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 RULES_FILE = ROOT / "alerts" / "celery-exporter.rules.yml"
 RULE_TESTS_DIR = ROOT / "alerts" / "tests"
@@ -186,3 +193,68 @@ def substitute_grafana_vars(expr: str, values: dict[str, str] | None = None) -> 
         return merged.get(name, ".*")
 
     return _GRAFANA_VAR.sub(repl, expr)
+
+
+# ---------------------------------------------------------------------------------------------- processes
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(what: str, probe: Callable[[], T | None], deadline: float, every: float = 0.5,
+             context: Callable[[], str] = lambda: "",
+             errors: tuple[type[Exception], ...] = (OSError, ValueError, KeyError)) -> T:
+    """Call ``probe`` until it returns something truthy or the monotonic ``deadline`` passes; ``errors``
+    raised meanwhile mean "not up yet"."""
+    last_error: Exception | None = None
+    while True:
+        try:
+            value = probe()
+            if value:
+                return value
+        except errors as exc:
+            last_error = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out waiting for {what} (last error: {last_error!r})\n{context()}")
+        time.sleep(every)
+
+
+class Processes:
+    """Child processes of one test, each logging to a file; ``stop()`` ends every one of them."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        log = (self.logdir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                **kwargs)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited with {proc.returncode}\n{self.logs(name)}")
+
+    def logs(self, *names: str, tail: int = 3000) -> str:
+        out = []
+        for name in names or tuple(self.procs):
+            path = self.logdir / f"{name}.log"
+            text = path.read_text(errors="replace") if path.exists() else ""
+            out.append(f"--- {name} (last {tail} chars) ---\n{text[-tail:]}")
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)

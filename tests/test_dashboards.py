@@ -172,6 +172,7 @@ def test_every_expression_parses(tmp_path: Path) -> None:
     ]
     path = tmp_path / "dashboards.rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    assert PROMTOOL is not None
     result = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
