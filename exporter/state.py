@@ -33,6 +33,13 @@ D_SUCCEEDED, D_FAILED, D_RETRIED = range(3)
 DURATION_STATES = ("succeeded", "failed", "retried")
 
 _EXC_CLASS = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
+# With the solo and threads pools Celery reports a retry as the Retry exception itself,
+# "Retry(Retry(...), ConnectionError('x'), 1)" (prefork reports "ConnectionError('x')"): its second
+# argument is the underlying reason, which is what the exception label means.
+_RETRY_WRAPPER = re.compile(
+    r"(?:[\w.]*\.)?Retry\((?:Retry\(\.\.\.\)|None|'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"), "
+    r"([A-Za-z_][A-Za-z0-9_.]{0,127})\("
+)
 
 MAX_PENDING_ATTEMPTS = 8
 # Longest task name, queue name or worker name kept (longer ones are cut): the caps bound how many label
@@ -170,6 +177,10 @@ def exception_class(text: Any) -> str:
     """Reduce Celery's ``safe_repr(exc)`` (``"ValueError('boom')"``) to a bounded class name."""
     if not isinstance(text, str) or not text:
         return "Unknown"
+    if "Retry(" in text[:40]:
+        wrapped = _RETRY_WRAPPER.match(text)
+        if wrapped:
+            return wrapped.group(1)
     m = _EXC_CLASS.match(text)
     return m.group(0) if m else "Unknown"
 

@@ -180,6 +180,9 @@ def test_worker_offline_marks_down_immediately() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("ValueError('boom')", "ValueError"), ("requests.exceptions.HTTPError(...)", "requests.exceptions.HTTPError"),
+     ("Retry(Retry(...), ConnectionError('x'), 1)", "ConnectionError"),  # solo/threads pools
+     ("celery.exceptions.Retry(None, requests.exceptions.HTTPError('500'), 3)", "requests.exceptions.HTTPError"),
+     ("Retry(Retry(...), None, 1)", "Retry"),
      ("", "Unknown"), (None, "Unknown"), ("'quoted'", "Unknown"), ("X" * 500, "X" * 128)],
 )
 def test_exception_class_is_reduced_and_bounded(text, expected) -> None:
