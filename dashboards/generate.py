@@ -33,8 +33,11 @@ def sel(*extra: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- panels
-def target(expr: str, legend: str = "", ref: str = "A", **extra: Any) -> dict[str, Any]:
-    return {"datasource": DS, "refId": ref, "expr": expr, "legendFormat": legend or "__auto", **extra}
+def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False,
+           **extra: Any) -> dict[str, Any]:
+    """One Prometheus query: a range query for graphs, an instant query for stat panels."""
+    return {"datasource": DS, "refId": ref, "expr": expr, "legendFormat": legend or "__auto",
+            "range": not instant, "instant": instant, **extra}
 
 
 def _targets(queries: list[tuple[str, str]]) -> list[dict[str, Any]]:
