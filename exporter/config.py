@@ -279,20 +279,8 @@ class Config:
     config_file: str | None = None
 
     def state_settings(self) -> StateSettings:
-        return StateSettings(
-            max_tracked_tasks=self.max_tracked_tasks,
-            task_max_age=self.task_max_age,
-            worker_timeout=self.worker_timeout,
-            worker_purge_after=self.worker_purge_after,
-            default_queue=self.default_queue,
-            task_routes=self.task_routes,
-            duration_buckets=self.duration_buckets,
-            queue_wait_buckets=self.queue_wait_buckets,
-            max_task_names=self.max_task_names,
-            max_exception_types=self.max_exception_types,
-            max_workers=self.max_workers,
-            max_queues=self.max_queues,
-        )
+        """The slice ClusterState needs: every StateSettings field, by name, from this config."""
+        return StateSettings(**{f.name: getattr(self, f.name) for f in fields(StateSettings)})
 
     @property
     def broker_scheme(self) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -88,3 +89,35 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
     # Chatty libraries stay at warning unless we are debugging.
     for name in ("pika", "kombu", "amqp", "urllib3"):
         logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)
+
+
+class RateLimitedLog:
+    """At most one warning per ``interval`` seconds per key, with a count of what was held back since.
+
+    For messages whose cause can repeat thousands of times a second (a flood of malformed events, a
+    broker that keeps refusing polls): the first is logged, the rest are counted into the next one.
+    """
+
+    def __init__(
+        self, logger: Any, interval: float = 10.0, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.monotonic = monotonic
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, key: str, event: str, **kw: Any) -> bool:
+        now = self.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        self.logger.warning(event, suppressed_since_last=self._held.pop(key, 0), **kw)
+        return True
+
+    def reset(self, key: str) -> None:
+        """Forget ``key`` (its cause has cleared), so the next occurrence is logged at once."""
+        self._last.pop(key, None)
+        self._held.pop(key, None)

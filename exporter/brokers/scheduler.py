@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import structlog
 
 from exporter.brokers.model import PollResult, describe_error
+from exporter.logs import RateLimitedLog
 
 log = structlog.get_logger("exporter.brokers")
 
@@ -84,30 +85,6 @@ class PollStore:
             return out
 
 
-class RateLimitedLog:
-    """At most one warning per ``interval`` seconds per key, counting what it held back."""
-
-    def __init__(self, interval: float = 60.0, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self.monotonic = monotonic
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def warning(self, key: str, event: str, **kw: Any) -> bool:
-        now = self.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._held[key] = self._held.get(key, 0) + 1
-            return False
-        self._last[key] = now
-        log.warning(event, suppressed_since_last=self._held.pop(key, 0), **kw)
-        return True
-
-    def reset(self, key: str) -> None:
-        self._last.pop(key, None)
-        self._held.pop(key, None)
-
-
 class SourceRunner:
     """Runs one poller's polls under a deadline and records each outcome in the store."""
 
@@ -118,7 +95,7 @@ class SourceRunner:
         self.timeout = timeout
         self.secrets = tuple(secrets)
         self.monotonic = monotonic
-        self.log = RateLimitedLog(monotonic=monotonic)
+        self.log = RateLimitedLog(log, interval=60.0, monotonic=monotonic)
         self._inflight: threading.Thread | None = None
         self._inflight_since = 0.0
         self._failing = False

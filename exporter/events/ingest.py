@@ -20,6 +20,7 @@ from exporter.events.decode import (
     decode_event_objects,
     decode_redis_payload,
 )
+from exporter.logs import RateLimitedLog
 from exporter.state import ClusterState
 
 log = structlog.get_logger("exporter.events")
@@ -53,33 +54,13 @@ class StreamStatus:
         self.heartbeat = self.clock()
 
 
-class RateLimitedLog:
-    """At most one warning per ``interval`` seconds per key, with a count of what was suppressed."""
-
-    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self.clock = clock
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warning(self, key: str, event: str, **kw: Any) -> None:
-        now = self.clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._last[key] = now
-        suppressed = self._suppressed.pop(key, 0)
-        log.warning(event, suppressed_since_last=suppressed, **kw)
-
-
 class Ingest:
     """Decode raw event messages and apply them to the state, batch by batch."""
 
     def __init__(self, state: ClusterState, clock: Callable[[], float] = time.time) -> None:
         self.state = state
         self.clock = clock
-        self.invalid_log = RateLimitedLog()
+        self.invalid_log = RateLimitedLog(log)
         self.tick_interval = 5.0
         self._last_tick = clock()
 
