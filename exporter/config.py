@@ -139,10 +139,10 @@ def _routes(v: Any) -> tuple[tuple[str, str], ...]:
         raise ValueError("expected a mapping of task-name globs to queue names")
     out = []
     for glob, target in pairs:
-        queue = target.get("queue") if isinstance(target, dict) else target
-        if not isinstance(glob, str) or not glob or not isinstance(queue, str) or not queue:
+        target_queue: Any = target.get("queue") if isinstance(target, dict) else target
+        if not isinstance(glob, str) or not glob or not isinstance(target_queue, str) or not target_queue:
             raise ValueError(f"route {glob!r}: expected a queue name")
-        out.append((glob, queue))
+        out.append((glob, target_queue))
     return tuple(out)
 
 

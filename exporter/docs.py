@@ -85,7 +85,12 @@ def render(text: str) -> str:
         pattern = re.compile(
             rf"(<!-- BEGIN GENERATED: {name} -->\n).*?(<!-- END GENERATED: {name} -->)", re.DOTALL
         )
-        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
+        table = make()
+
+        def fill(m: re.Match[str], table: str = table) -> str:
+            return m.group(1) + table + "\n" + m.group(2)
+
+        text = pattern.sub(fill, text)
     return text
 
 

@@ -118,6 +118,10 @@ class _DeadlineReader(io.RawIOBase):
             self.sock.settimeout(REQUEST_TIMEOUT)  # writes keep the full per-operation time-out
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
@@ -237,9 +241,7 @@ class MetricsServer:
         authorize: Callable[[str | None], bool] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        server_cls = _Server
-        if ":" in address:  # IPv6 literal
-            server_cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
+        server_cls: type[_Server] = _Server6 if ":" in address else _Server  # ":" only in IPv6 literals
         self._server = server_cls((address, port), _Handler)
         self._server.registry = registry
         self._server.health = health

@@ -43,6 +43,10 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
 
+log "lint: ruff and mypy"
+.venv/bin/ruff check exporter tests benchmarks dashboards deploy tools
+.venv/bin/mypy exporter
+
 log "running the test suite"
 set +e
 .venv/bin/python -m pytest "$@"

@@ -87,15 +87,16 @@ def stream_families(snap: Snapshot, status: StreamStatus) -> Iterator[Metric]:
         (OVERFLOW_SPEC, snap.overflow),
     ):
         fam = spec.family()
-        for label, value in sorted(table.items()):
-            fam.add((label,), value)
+        for label, count in sorted(table.items()):
+            fam.add((label,), count)
         yield fam
-    for spec, value in (
+    singles: tuple[tuple[MetricSpec, float], ...] = (
         (CONNECTED_SPEC, 1.0 if status.connected else 0.0),
         (RECONNECTS_SPEC, status.reconnects),
         (TRACKED_SPEC, snap.tracked_tasks),
         (PURGED_SPEC, snap.workers_purged),
-    ):
+    )
+    for spec, value in singles:
         fam = spec.family()
         fam.add((), value)
         yield fam
