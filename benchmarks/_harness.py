@@ -139,7 +139,9 @@ def amqp_queue_depth(vhost: str) -> int:
 class Exporter:
     """``python -m exporter`` as a subprocess on a free port, logging to a temp file."""
 
-    def __init__(self, broker_url: str, extra: list[str] | None = None) -> None:
+    def __init__(self, broker_url: str, extra: list[str] | None = None, profile: str | None = None) -> None:
+        self.profile = profile  # py-spy (pip install py-spy) records the exporter into this file
+        self.profiler: subprocess.Popen[bytes] | None = None
         self.port = free_port()
         self.log = Path(tempfile.mkstemp(prefix="event-bench-exporter-", suffix=".log")[1])
         self.args = [sys.executable, "-m", "exporter", "--broker-url", broker_url, "--listen-address",
@@ -154,6 +156,12 @@ class Exporter:
         except Exception:
             self.__exit__()
             raise
+        if self.profile:
+            fmt = "raw" if self.profile.endswith(".txt") else "flamegraph"
+            self.profiler = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(self.pid), "--rate", "250", "--nonblocking", "--format", fmt,
+                 "-o", self.profile], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
         return self
 
     def _ready(self) -> bool:
@@ -179,6 +187,12 @@ class Exporter:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.profiler is not None:
+            try:
+                self.profiler.wait(30)
+            except subprocess.TimeoutExpired:
+                self.profiler.kill()
+                self.profiler.wait(5)
         with contextlib.suppress(OSError):
             self.log.unlink()
 
@@ -334,29 +348,81 @@ def redis_publisher(host: str, port: int, items: list[tuple[float, bytes]], star
     result.put({"sent_at": sent_at, **counts})
 
 
-def amqp_publisher(url: str, items: list[tuple[float, tuple[str, bytes, str]]], start_at: float,
-                   result: Any) -> None:
-    """basic_publish on the celeryev topic exchange with kombu's properties for Celery events."""
-    import pika
+class RawAmqp:
+    """A minimal AMQP 0-9-1 publisher: pika's own frame codecs for the handshake, then pre-encoded
+    ``basic.publish`` frames written straight to the socket. pika's ``basic_publish`` costs ~70 us of CPU
+    a message, which on a 2-core machine would leave the benchmark measuring the publisher."""
 
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    ch = conn.channel()
-    ch.exchange_declare("celeryev", exchange_type="topic", durable=True, auto_delete=False)
-    props: dict[str, Any] = {}
-    publish = ch.basic_publish
-    for offset, (rk, body, hostname) in items:
-        due = start_at + offset
-        now = time.monotonic()
-        if due > now:
-            time.sleep(due - now)
-        p = props.get(hostname)
-        if p is None:
-            p = props[hostname] = pika.BasicProperties(
-                content_type="application/json", content_encoding="utf-8", delivery_mode=1, priority=0,
-                headers={"hostname": hostname})
-        publish("celeryev", rk, body, p)
+    def __init__(self, host: str, port: int, vhost: str, user: str = "guest", password: str = "guest") -> None:
+        import pika.frame
+        import pika.spec
+
+        self.spec, self.frame = pika.spec, pika.frame
+        self.sock = socket.create_connection((host, port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        self.sock.sendall(b"AMQP\x00\x00\x09\x01")
+        self._expect(pika.spec.Connection.Start)
+        self._send(0, pika.spec.Connection.StartOk({"product": "event-bench"}, "PLAIN",
+                                                   f"\0{user}\0{password}", "en_US"))
+        tune = self._expect(pika.spec.Connection.Tune)
+        self.frame_max = tune.frame_max or 131072
+        self._send(0, pika.spec.Connection.TuneOk(tune.channel_max, self.frame_max, 0))
+        self._send(0, pika.spec.Connection.Open(vhost))
+        self._expect(pika.spec.Connection.OpenOk)
+        self._send(1, pika.spec.Channel.Open())
+        self._expect(pika.spec.Channel.OpenOk)
+        self._send(1, pika.spec.Exchange.Declare(exchange="celeryev", type="topic", durable=True))
+        self._expect(pika.spec.Exchange.DeclareOk)
+        self.sock.settimeout(None)
+
+    def _send(self, channel: int, method: Any) -> None:
+        self.sock.sendall(self.frame.Method(channel, method).marshal())
+
+    def _expect(self, cls: type) -> Any:
+        while True:
+            consumed, frame = self.frame.decode_frame(self.buf)
+            if frame is None:
+                data = self.sock.recv(65536)
+                if not data:
+                    raise ConnectionError("RabbitMQ closed the connection during the handshake")
+                self.buf += data
+                continue
+            self.buf = self.buf[consumed:]
+            if isinstance(frame, self.frame.Method):
+                if isinstance(frame.method, cls):
+                    return frame.method
+                raise RuntimeError(f"expected {cls.__name__}, got {frame.method}")
+
+    def encode(self, routing_key: str, body: bytes, hostname: str) -> bytes:
+        """basic.publish as kombu sends a Celery event (transient, JSON, utf-8, hostname header)."""
+        props = self.spec.BasicProperties(content_type="application/json", content_encoding="utf-8",
+                                          delivery_mode=1, priority=0, headers={"hostname": hostname})
+        parts = [self.frame.Method(1, self.spec.Basic.Publish(exchange="celeryev", routing_key=routing_key)
+                                   ).marshal(),
+                 self.frame.Header(1, len(body), props).marshal()]
+        step = self.frame_max - 8
+        for i in range(0, len(body), step):
+            parts.append(self.frame.Body(1, body[i:i + step]).marshal())
+        return b"".join(parts)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.settimeout(10)
+            self._send(0, self.spec.Connection.Close(200, "bye", 0, 0))
+            with contextlib.suppress(Exception):
+                self._expect(self.spec.Connection.CloseOk)
+        self.sock.close()
+
+
+def amqp_publisher(conn_args: tuple[str, int, str], items: list[tuple[float, tuple[str, bytes, str]]],
+                   start_at: float, result: Any) -> None:
+    """Frames encoded before ``start_at``, then written paced; RabbitMQ's flow control is TCP pushback."""
+    amqp = RawAmqp(*conn_args)
+    frames = [(offset, amqp.encode(*msg)) for offset, msg in items]
+    _paced(frames, amqp.sock.sendall, start_at)
     sent_at = time.monotonic()
-    conn.close()
+    amqp.close()
     result.put({"sent_at": sent_at, "replies": len(items), "unheard": 0})
 
 
@@ -373,10 +439,20 @@ def run_publishers(target: Any, lanes: list[list[Any]], args: tuple[Any, ...], l
 
 
 def join_publishers(procs: list[Any], results: list[Any], timeout: float) -> list[dict[str, Any]]:
-    out = []
+    import queue
+
+    out: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
-    for _ in procs:
-        out.append(results[0].get(timeout=max(0.1, deadline - time.monotonic())))
+    while len(out) < len(procs):
+        try:
+            out.append(results[0].get(timeout=0.2))
+        except queue.Empty:
+            # A publisher that died without reporting (see its traceback above) must not hang the run.
+            dead = [p for p in procs if not p.is_alive() and p.exitcode != 0]
+            if dead or time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
+                raise RuntimeError(f"publisher failed (exit codes {[p.exitcode for p in procs]})") from None
     for p in procs:
         p.join(max(0.1, deadline - time.monotonic()))
         if p.is_alive():

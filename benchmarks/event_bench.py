@@ -40,6 +40,7 @@ import _flood as flood
 import _harness as h
 
 SCENARIOS = ("redis", "amqp", "scale", "memory", "sustained")
+PROFILE: str | None = None  # --py-spy FILE
 DEADLINE = 60.0  # seconds after the last publish for /metrics to catch up before events count as lost
 TARGETS: dict[str, dict[str, float]] = {
     "redis": {"events_per_s": 50_000, "lost": 0},
@@ -115,7 +116,9 @@ def publish_amqp(url: str, msgs: list[flood.Message], rate: float, lanes: int) -
     offsets = schedule(msgs, rate)
     lane_items = [[(offsets[i], (msgs[i].routing_key, msgs[i].body, msgs[i].hostname)) for i in idx]
                   for idx in flood.split_by_source(msgs, lanes)]
-    start_at, procs, results = h.run_publishers(h.amqp_publisher, lane_items, (url,))
+    parts = urlsplit(url)
+    conn_args = (parts.hostname or "127.0.0.1", parts.port or 5672, parts.path.lstrip("/") or "/")
+    start_at, procs, results = h.run_publishers(h.amqp_publisher, lane_items, (conn_args,), lead=1.5)
     return start_at, [procs, results]
 
 
@@ -125,7 +128,7 @@ def run_flood(broker: str, url: str, exporter_args: list[str], w: flood.Workload
     w.t0 = time.time() - 2.0
     msgs, n_events = build(w)
     n_msgs = len(msgs)
-    with h.Exporter(url, exporter_args) as exp:
+    with h.Exporter(url, exporter_args, PROFILE) as exp:
         monitor = RedisMonitor(url).start() if redis_log is not None else None
         watch = h.Watch(exp.port, exp.pid).start()
         time.sleep(0.3)
@@ -339,8 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, help="override the scenario's task count")
     ap.add_argument("--rate", type=float, help="offered events/s (0: as fast as the publishers go)")
     ap.add_argument("--seconds", type=float, default=60.0, help="length of the sustained scenario")
-    ap.add_argument("--amqp-publishers", type=int, default=2, help="publisher processes for RabbitMQ")
+    ap.add_argument("--amqp-publishers", type=int, default=1, help="publisher processes for RabbitMQ")
+    ap.add_argument("--py-spy", metavar="FILE", help="record the exporter with py-spy (.svg, or .txt: raw)")
     args = ap.parse_args(argv)
+    global PROFILE
+    PROFILE = args.py_spy
     names = [args.broker] if args.broker else list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     info = machine()
     results: dict[str, dict[str, Any]] = {}
