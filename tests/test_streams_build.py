@@ -144,3 +144,12 @@ def test_supervisor_returns_promptly_when_stopped_during_backoff() -> None:
     Supervisor("t", "redis://h/0", Ingest(ClusterState()), status, Backoff(initial=60, cap=60)).run(
         always_refused, stop)
     assert calls == [1]
+
+
+def test_default_reconnect_wait_is_capped_at_five_seconds() -> None:
+    # Issue: the stream must be back within 5 s of the broker returning, however long it was away.
+    from exporter.events.streams import RECONNECT_CAP
+
+    sup = Supervisor("t", "redis://h/0", Ingest(ClusterState()), StreamStatus())
+    waits = [sup.backoff.next_delay() for _ in range(50)]
+    assert RECONNECT_CAP <= 5.0 and max(waits) <= RECONNECT_CAP

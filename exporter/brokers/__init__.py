@@ -18,6 +18,7 @@ import structlog
 from exporter.brokers.model import PollResult, Rules, cap_queues, exact_names, is_glob
 from exporter.brokers.scheduler import STALE_POLLS, Poller, Polling, PollStore, SourceRunner, SourceView
 from exporter.config import Config
+from exporter.events.streams import url_secrets
 from exporter.state import OVERFLOW_LABEL
 
 __all__ = ["PollResult", "Polling", "SourceView", "build_pollers", "build_polling"]
@@ -115,12 +116,8 @@ def build_pollers(config: Config, queues_seen: Callable[[], Iterable[str]],
 
 
 def _secrets(config: Config) -> list[str]:
-    out = []
-    for url in (*config.broker_url.split(";"), config.rabbitmq_management_url or ""):
-        password = urlsplit(url.strip()).password if "://" in url else None
-        if password:
-            out.append(password)
-    return out
+    # The same rule as the event stream: every password, as written and percent-decoded.
+    return [*url_secrets(config.broker_url), *url_secrets(config.rabbitmq_management_url or "")]
 
 
 def build_polling(config: Config, queues_seen: Callable[[], Iterable[str]],

@@ -38,6 +38,9 @@ TICK = 0.5
 # A session that stayed up this long earns a fresh backoff: a broker that flaps once an hour is retried
 # quickly each time, one that drops every connection right away is not hammered.
 STABLE_AFTER = 10.0
+# Longest wait between reconnect attempts: the exporter must be back within seconds of the broker
+# returning, and one attempt every 5 s is no load on a broker.
+RECONNECT_CAP = 5.0
 
 
 class EventStream(Protocol):
@@ -123,7 +126,7 @@ class Supervisor:
         self.secrets = (*url_secrets(url), *(s for s in extra_secrets if s))
         self.ingest = ingest
         self.status = status
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff(cap=RECONNECT_CAP)
         self.clock = clock
         self._up_at: float | None = None
 
