@@ -125,6 +125,7 @@ def test_exact_values() -> None:
     assert v("celery_tasks_active", {"task_name": "unknown", "queue": "celery"}) == 1
     assert v("celery_worker_up", {"worker": "celery@w1"}) == 1
     assert v("celery_worker_up", {"worker": "celery@w2"}) == 0
+    assert v("celery_worker_online", {"worker": "celery@w2"}) == 1  # silent, never said goodbye: lost
     assert v("celery_worker_tasks_active", {"worker": "celery@w1"}) == 1
     assert v("celery_workers", {"state": "down"}) == 1
     assert v("celery_exporter_events_invalid_total", {"reason": "bad_json"}) == 1

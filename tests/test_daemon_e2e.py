@@ -105,6 +105,7 @@ def run_scenario(broker: str, extra: list[str]) -> None:
         wait_for(lambda: daemon.metrics().get(f'celery_worker_up{{worker="{node}"}}') == 0, 30,
                  what="worker down after shutdown")
         m = daemon.metrics()
+        assert m[f'celery_worker_online{{worker="{node}"}}'] == 0  # a clean shutdown, not a lost worker
         assert not any(k.startswith("celery_exporter_events_invalid_total{") and v for k, v in m.items())
         assert daemon.terminate() == 0
 

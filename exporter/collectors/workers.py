@@ -18,6 +18,11 @@ UP_SPEC = MetricSpec(
     "celery_worker_up", "gauge",
     "1 while the worker is online and has sent a heartbeat within --worker-timeout, else 0.", ("worker",),
 )
+ONLINE_SPEC = MetricSpec(
+    "celery_worker_online", "gauge",
+    "1 until the worker announces its shutdown (worker-offline). A worker with celery_worker_up 0 and "
+    "celery_worker_online 1 was lost (crashed, killed or cut off) rather than stopped.", ("worker",),
+)
 ACTIVE_SPEC = MetricSpec(
     "celery_worker_tasks_active", "gauge", "Tasks the worker is executing, from its last heartbeat.",
     ("worker",),
@@ -34,24 +39,27 @@ WORKERS_SPEC = MetricSpec(
     "celery_workers", "gauge", "Workers tracked by the exporter, by whether they are up.", ("state",),
 )
 
-METRICS = (UP_SPEC, ACTIVE_SPEC, HEARTBEAT_SPEC, INFO_SPEC, WORKERS_SPEC)
+METRICS = (UP_SPEC, ONLINE_SPEC, ACTIVE_SPEC, HEARTBEAT_SPEC, INFO_SPEC, WORKERS_SPEC)
 
 
 def worker_families(snap: Snapshot) -> Iterator[Metric]:
     """Pure: metric families for the workers of one snapshot."""
-    up, active, heartbeat, info = (s.family() for s in (UP_SPEC, ACTIVE_SPEC, HEARTBEAT_SPEC, INFO_SPEC))
+    up, online, active, heartbeat, info = (
+        s.family() for s in (UP_SPEC, ONLINE_SPEC, ACTIVE_SPEC, HEARTBEAT_SPEC, INFO_SPEC)
+    )
     n_up = 0
     for hostname, w in sorted(snap.workers.items()):
         is_up = w.online and snap.now - w.heartbeat_seen <= snap.worker_timeout
         n_up += is_up
         up.add((hostname,), 1.0 if is_up else 0.0)
+        online.add((hostname,), 1.0 if w.online else 0.0)
         active.add((hostname,), w.active if is_up else 0.0)
         heartbeat.add((hostname,), w.heartbeat_ts)
         info.add((hostname, w.version, w.system), 1.0)
     total = WORKERS_SPEC.family()
     total.add(("up",), n_up)
     total.add(("down",), len(snap.workers) - n_up)
-    yield from (up, active, heartbeat, info, total)
+    yield from (up, online, active, heartbeat, info, total)
 
 
 class WorkerCollector(Collector):
