@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,6 +19,8 @@ from typing import Any, TypeVar
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests._support import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/11"  # db 11: broker-polling tests (13 and 15 belong to others)
 AMQP_HOST = "127.0.0.1"
@@ -112,10 +113,6 @@ def amqp_url(vhost: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ Redis
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

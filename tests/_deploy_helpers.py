@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import tomllib
@@ -203,10 +202,6 @@ def promtool() -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(what: str, check: Callable[[], Any], deadline: float, interval: float = 0.3) -> Any:

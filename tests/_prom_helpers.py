@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -196,10 +195,6 @@ def substitute_grafana_vars(expr: str, values: dict[str, str] | None = None) -> 
 
 
 # ---------------------------------------------------------------------------------------------- processes
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(what: str, probe: Callable[[], T | None], deadline: float, every: float = 0.5,

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests._support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "tests" / "testdata" / "events"
@@ -103,10 +104,6 @@ def _write(directory: Path, name: str, cert: Any, key: Any) -> Pem:
 
 
 # ---------------------------------------------------------------- ports, processes
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "") -> Any:

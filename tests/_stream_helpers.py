@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from celery import Celery
 
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.state import ClusterState
+from tests._support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "tests" / "testdata" / "events"
@@ -92,10 +92,6 @@ def running(stream: Any, status: StreamStatus, connect: bool = True) -> Iterator
         assert not thread.is_alive(), "the stream did not stop within 2 s of stop being set"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
