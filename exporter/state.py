@@ -42,6 +42,8 @@ _RETRY_WRAPPER = re.compile(
 )
 
 MAX_PENDING_ATTEMPTS = 8
+# Raw (name, queue) pairs remembered by _key_for; past this, keys are still right, only computed each time.
+KEY_CACHE_SIZE = 4_096
 # Longest task name, queue name or worker name kept (longer ones are cut): the caps bound how many label
 # values there are, this bounds how big each one is.
 MAX_LABEL_LENGTH = 256
@@ -89,49 +91,59 @@ class Histogram:
         return h
 
 
-class TaskRecord:
-    """What we remember about one task uuid between its events.
-
-    ``attempts`` holds the attempts published or received but not yet started, as
-    ``[retries, sent_ts, eta_ts, received_ts]``. Events of consecutive attempts arrive out of order (a
-    retry's task-sent and task-received often overtake the task-started of the attempt that retried,
-    because the parent and child processes publish on different connections), so task-started is matched
-    to the oldest received attempt rather than to whatever came last.
-    """
-
-    __slots__ = ("active", "attempts", "key", "retries", "started", "touched")
-
-    def __init__(self, key: tuple[str, str], now: float) -> None:
-        self.key = key
-        self.attempts: list[list[Any]] = []
-        self.started: float | None = None
-        self.retries = 0
-        self.active = False
-        self.touched = now
-
-    def attempt(self, retries: Any) -> list[Any]:
-        n = retries if isinstance(retries, int) and not isinstance(retries, bool) else 0
-        if n > self.retries:
-            self.retries = n
-        for att in self.attempts:
-            if att[0] == n:
-                return att
-        att = [n, None, None, None]
-        self.attempts.append(att)
-        if len(self.attempts) > 1:
-            self.attempts.sort(key=_first)
-            if len(self.attempts) > MAX_PENDING_ATTEMPTS:
-                del self.attempts[0]
-        return att
-
-    def take_started_attempt(self) -> list[Any] | None:
-        for i, att in enumerate(self.attempts):
-            if att[3] is not None:  # the oldest attempt a worker has received
-                return self.attempts.pop(i)
-        return self.attempts.pop(0) if self.attempts else None
+# The task table maps a task uuid to an entry, what we remember about the task between its events:
+#     (key, attempts, started, retries, active, touched)
+# ``attempts`` holds the attempts published or received but not yet started, oldest first, each as
+# ``(retries, sent_ts, eta_ts, received_ts)``. Events of consecutive attempts arrive out of order (a
+# retry's task-sent and task-received often overtake the task-started of the attempt that retried, because
+# the parent and child processes publish on different connections), so task-started is matched to the
+# oldest received attempt rather than to whatever came last.
+#
+# Entries are tuples of atomic values, replaced rather than mutated, because the cyclic garbage collector
+# stops tracking such tuples: a full table (100,000 tasks by default) then adds nothing to its work. As
+# objects and lists, a full table made each full collection walk ~250,000 containers, a pause of ~200 ms
+# (on the benchmark machine) that stalled ingest and scrapes alike every few seconds.
+K, ATTEMPTS, STARTED_AT, RETRIES, ACTIVE, TOUCHED = range(6)
+TaskEntry = tuple[Any, ...]
+Attempt = tuple[Any, Any, Any, Any]
 
 
-def _first(att: list[Any]) -> Any:
+def _attempt_index(attempts: tuple[Attempt, ...], n: int) -> tuple[tuple[Attempt, ...], int]:
+    """``attempts`` with an attempt ``n`` in it, and its index (-1 if adding it pushed it past the cap)."""
+    for i, att in enumerate(attempts):
+        if att[0] == n:
+            return attempts, i
+    new = (n, None, None, None)
+    attempts = (*attempts, new)
+    if len(attempts) > 1:
+        attempts = tuple(sorted(attempts, key=_first))
+        if len(attempts) > MAX_PENDING_ATTEMPTS:
+            attempts = attempts[1:]
+    for i, att in enumerate(attempts):
+        if att is new:
+            return attempts, i
+    return attempts, -1
+
+
+def _replace(attempts: tuple[Attempt, ...], i: int, att: Attempt) -> tuple[Attempt, ...]:
+    return (*attempts[:i], att, *attempts[i + 1:])
+
+
+def _take_started(attempts: tuple[Attempt, ...]) -> tuple[Attempt | None, tuple[Attempt, ...]]:
+    """The attempt a task-started belongs to (the oldest one a worker has received) and the rest."""
+    for i, att in enumerate(attempts):
+        if att[3] is not None:
+            return att, (*attempts[:i], *attempts[i + 1:])
+    if attempts:
+        return attempts[0], attempts[1:]
+    return None, attempts
+
+
+def _retries(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _first(att: Attempt) -> Any:
     return att[0]
 
 
@@ -205,9 +217,11 @@ class ClusterState:
         self.settings = s = settings or StateSettings()
         self.clock = clock
         self.lock = threading.Lock()
-        self._tasks: OrderedDict[str, TaskRecord] = OrderedDict()
+        self._tasks: OrderedDict[str, TaskEntry] = OrderedDict()
         self._routes = tuple((re.compile(fnmatch.translate(g)), q) for g, q in s.task_routes)
         self._route_cache: dict[str, str] = {}
+        self._key_cache: dict[tuple[Any, Any], tuple[str, str]] = {}
+        self._canonical: dict[tuple[str, str], tuple[str, str]] = {}
         self._dbounds = s.duration_buckets
         self._wbounds = s.queue_wait_buckets
         self.counters: dict[tuple[str, str], list[int]] = {}
@@ -273,6 +287,28 @@ class ClusterState:
 
     # ------------------------------------------------------------------ label guards
     def _key_for(self, name: Any, queue: Any) -> tuple[str, str]:
+        """The canonical ``(task_name, queue)`` label key for an event's raw name and queue.
+
+        One tuple per key, shared by every task-table entry (a fresh tuple of the event's own strings
+        cost ~170 bytes a tracked task), and a cache from the raw values so the guards run once per
+        distinct pair. Results that counted an overflow are not cached, so every such event is counted.
+        """
+        cacheable = False
+        if name.__class__ is str and (queue is None or queue.__class__ is str):
+            key = self._key_cache.get((name, queue))
+            if key is not None:
+                return key
+            # Only short raw values: the cache must not keep a hostile megabyte-long name alive.
+            cacheable = len(name) <= MAX_LABEL_LENGTH and (queue is None or len(queue) <= MAX_LABEL_LENGTH)
+        overflowed = self.overflow["task_name"] + self.overflow["queue"]
+        key = self._guard_key(name, queue)
+        key = self._canonical.setdefault(key, key)
+        if (cacheable and len(self._key_cache) < KEY_CACHE_SIZE
+                and overflowed == self.overflow["task_name"] + self.overflow["queue"]):
+            self._key_cache[(name, queue)] = key
+        return key
+
+    def _guard_key(self, name: Any, queue: Any) -> tuple[str, str]:
         if not isinstance(name, str) or not name:
             name = "unknown"
         elif name not in self._names:
@@ -329,85 +365,99 @@ class ClusterState:
         return exc
 
     # ------------------------------------------------------------------ task table
-    def _record(self, uuid: Any, now: float) -> TaskRecord | None:
-        rec = self._tasks.get(uuid) if isinstance(uuid, str) else None
-        if rec is not None:
-            rec.touched = now
+    def _record(self, uuid: Any) -> TaskEntry | None:
+        """The entry of ``uuid`` (moved to the young end of the LRU); the caller stores it back touched,
+        or drops it."""
+        entry = self._tasks.get(uuid) if isinstance(uuid, str) else None
+        if entry is not None:
             self._tasks.move_to_end(uuid)
-        return rec
+        return entry
 
-    def _new_record(self, uuid: str, key: tuple[str, str], now: float) -> TaskRecord:
+    def _new_record(self, uuid: str, key: tuple[str, str], now: float) -> TaskEntry:
         tasks = self._tasks
-        rec = tasks[uuid] = TaskRecord(key, now)
+        entry = tasks[uuid] = (key, (), None, 0, False, now)
         if len(tasks) > self.settings.max_tracked_tasks:
             _, old = tasks.popitem(last=False)
             self._forget(old)
             self.evicted["capacity"] += 1
         else:
             self._evict_aged(now)
-        return rec
+        return entry
 
     def _evict_aged(self, now: float) -> None:
         tasks = self._tasks
         limit = now - self.settings.task_max_age
         while tasks:
-            uuid, oldest = next(iter(tasks.items()))
-            if oldest.touched >= limit:
+            uuid = next(iter(tasks))
+            oldest = tasks[uuid]
+            if oldest[TOUCHED] >= limit:
                 break
             del tasks[uuid]
             self._forget(oldest)
             self.evicted["age"] += 1
 
-    def _forget(self, rec: TaskRecord) -> None:
-        if rec.active:
-            self.active[rec.key] -= 1
+    def _forget(self, entry: TaskEntry) -> None:
+        if entry[ACTIVE]:
+            self.active[entry[K]] -= 1
 
     def _drop(self, uuid: str) -> None:
         self._tasks.pop(uuid, None)
+
+    def _finish(self, entry: TaskEntry | None, key: tuple[str, str]) -> None:
+        if entry is not None and entry[ACTIVE]:
+            self.active[key] -= 1
 
     # ------------------------------------------------------------------ task events
     def _task_sent(self, ev: Mapping[str, Any], ts: float) -> None:
         now = self.clock()
         uuid = ev.get("uuid")
-        rec = self._record(uuid, now)
+        rec = self._record(uuid)
         if rec is None:
             queue = ev.get("queue") or ev.get("routing_key")
             key = self._key_for(ev.get("name"), queue)
             if isinstance(uuid, str):
                 rec = self._new_record(uuid, key, now)
         else:
-            key = rec.key
+            key = rec[K]
         if rec is not None:
-            att = rec.attempt(ev.get("retries"))
-            att[1] = ts
-            att[2] = parse_eta(ev.get("eta"))
+            n = _retries(ev.get("retries"))
+            attempts, i = _attempt_index(rec[ATTEMPTS], n)
+            if i >= 0:
+                att = attempts[i]
+                attempts = _replace(attempts, i, (att[0], ts, parse_eta(ev.get("eta")), att[3]))
+            self._tasks[uuid] = (key, attempts, rec[STARTED_AT], max(n, rec[RETRIES]), rec[ACTIVE], now)
         self.counters[key][SENT] += 1
 
-    def _lookup(self, ev: Mapping[str, Any], now: float) -> tuple[TaskRecord | None, tuple[str, str]]:
+    def _lookup(self, ev: Mapping[str, Any], now: float) -> tuple[TaskEntry | None, tuple[str, str]]:
         uuid = ev.get("uuid")
-        rec = self._record(uuid, now)
+        rec = self._record(uuid)
         if rec is not None:
-            return rec, rec.key
+            return rec, rec[K]
         key = self._key_for(ev.get("name"), None)
         if isinstance(uuid, str):
             return self._new_record(uuid, key, now), key
         return None, key
 
     def _task_received(self, ev: Mapping[str, Any], ts: float) -> None:
-        rec, key = self._lookup(ev, self.clock())
+        now = self.clock()
+        rec, key = self._lookup(ev, now)
         if rec is not None:
-            att = rec.attempt(ev.get("retries"))
-            att[3] = ts
-            if att[2] is None:
-                att[2] = parse_eta(ev.get("eta"))
+            n = _retries(ev.get("retries"))
+            attempts, i = _attempt_index(rec[ATTEMPTS], n)
+            if i >= 0:
+                att = attempts[i]
+                eta = att[2] if att[2] is not None else parse_eta(ev.get("eta"))
+                attempts = _replace(attempts, i, (att[0], att[1], eta, ts))
+            self._tasks[ev["uuid"]] = (key, attempts, rec[STARTED_AT], max(n, rec[RETRIES]), rec[ACTIVE], now)
         self.counters[key][RECEIVED] += 1
 
     def _task_started(self, ev: Mapping[str, Any], ts: float) -> None:
-        rec, key = self._lookup(ev, self.clock())
+        now = self.clock()
+        rec, key = self._lookup(ev, now)
         self.counters[key][STARTED] += 1
         if rec is None:
             return
-        att = rec.take_started_attempt()
+        att, attempts = _take_started(rec[ATTEMPTS])
         if att is not None:
             enqueued = att[1] if att[1] is not None else att[3]
             if enqueued is not None:
@@ -415,15 +465,9 @@ class ClusterState:
                 if eta is not None and eta > enqueued:
                     enqueued = eta
                 self._observe_wait(key, ts - enqueued)
-        rec.started = ts
-        if not rec.active:
-            rec.active = True
+        if not rec[ACTIVE]:
             self.active[key] += 1
-
-    def _finish(self, rec: TaskRecord | None, key: tuple[str, str]) -> None:
-        if rec is not None and rec.active:
-            rec.active = False
-            self.active[key] -= 1
+        self._tasks[ev["uuid"]] = (key, attempts, ts, rec[RETRIES], True, now)
 
     def _task_succeeded(self, ev: Mapping[str, Any], ts: float) -> None:
         rec, key = self._lookup(ev, self.clock())
@@ -431,10 +475,10 @@ class ClusterState:
         runtime = ev.get("runtime")
         if isinstance(runtime, (int, float)) and not isinstance(runtime, bool):
             self._observe_duration(key, D_SUCCEEDED, float(runtime))
-        elif rec is not None and rec.started is not None:
-            self._observe_duration(key, D_SUCCEEDED, ts - rec.started)
-        self._finish(rec, key)
+        elif rec is not None and rec[STARTED_AT] is not None:
+            self._observe_duration(key, D_SUCCEEDED, ts - rec[STARTED_AT])
         if rec is not None:
+            self._finish(rec, key)
             self._drop(ev["uuid"])
 
     def _task_failed(self, ev: Mapping[str, Any], ts: float) -> None:
@@ -443,34 +487,38 @@ class ClusterState:
         fkey = (key[0], key[1], exc)
         self.failed[fkey] = self.failed.get(fkey, 0) + 1
         if rec is not None:
-            if rec.retries >= 1:
+            if rec[RETRIES] >= 1:
                 self.counters[key][EXHAUSTED] += 1
-            if rec.started is not None:
-                self._observe_duration(key, D_FAILED, ts - rec.started)
+            if rec[STARTED_AT] is not None:
+                self._observe_duration(key, D_FAILED, ts - rec[STARTED_AT])
             self._finish(rec, key)
             self._drop(ev["uuid"])
 
     def _task_retried(self, ev: Mapping[str, Any], ts: float) -> None:
-        rec, key = self._lookup(ev, self.clock())
+        now = self.clock()
+        rec, key = self._lookup(ev, now)
         exc = self._exception(ev.get("exception"))
         rkey = (key[0], key[1], exc)
         self.retried[rkey] = self.retried.get(rkey, 0) + 1
         if rec is not None:
-            if rec.started is not None:
-                self._observe_duration(key, D_RETRIED, ts - rec.started)
-                rec.started = None
+            if rec[STARTED_AT] is not None:
+                self._observe_duration(key, D_RETRIED, ts - rec[STARTED_AT])
             self._finish(rec, key)
+            self._tasks[ev["uuid"]] = (key, rec[ATTEMPTS], None, rec[RETRIES], False, now)
 
     def _task_rejected(self, ev: Mapping[str, Any], ts: float) -> None:
-        rec, key = self._lookup(ev, self.clock())
+        now = self.clock()
+        rec, key = self._lookup(ev, now)
         self.counters[key][REJECTED] += 1
-        self._finish(rec, key)
+        if rec is not None:
+            self._finish(rec, key)
+            self._tasks[ev["uuid"]] = (key, rec[ATTEMPTS], rec[STARTED_AT], rec[RETRIES], False, now)
 
     def _task_revoked(self, ev: Mapping[str, Any], ts: float) -> None:
         rec, key = self._lookup(ev, self.clock())
         self.counters[key][REVOKED] += 1
-        self._finish(rec, key)
         if rec is not None:
+            self._finish(rec, key)
             self._drop(ev["uuid"])
 
     def _observe_duration(self, key: tuple[str, str], state: int, seconds: float) -> None:
