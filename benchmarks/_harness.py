@@ -203,11 +203,17 @@ class Exporter:
             return ""
 
 
+SLOW_CONNECTS: list[float] = []  # TCP connects to /metrics that took over 0.5 s
+
+
 def scrape(port: int, timeout: float = 10.0) -> tuple[float, str]:
     """One /metrics GET as Prometheus makes it; returns (seconds, decoded text)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         started = time.perf_counter()
+        conn.connect()
+        if time.perf_counter() - started > 0.5:
+            SLOW_CONNECTS.append(time.perf_counter() - started)
         conn.request("GET", "/metrics", headers={"Accept": PROM_ACCEPT, "Accept-Encoding": "gzip"})
         resp = conn.getresponse()
         body = resp.read()

@@ -182,6 +182,7 @@ def run_flood(broker: str, url: str, exporter_args: list[str], w: flood.Workload
             "peak_backlog_mb": round(monitor.peak_omem / 2**20, 1) if monitor else None,
             "redis_buffer_disconnects": buffer_kills if redis_log is not None else None,
             "scrape_errors": watch.errors[:3],
+            "slow_connects_s": [round(x, 2) for x in h.SLOW_CONNECTS],
         }
 
 
