@@ -20,7 +20,7 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests._support import free_port
+from tests._support import free_port as free_port  # re-exported for the tests
 
 REDIS_URL = "redis://127.0.0.1:6379/11"  # db 11: broker-polling tests (13 and 15 belong to others)
 AMQP_HOST = "127.0.0.1"

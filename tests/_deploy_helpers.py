@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from exporter.collectors import all_specs
+from tests._support import free_port as free_port  # re-exported for the tests
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import yaml
 
 from exporter.collectors import all_specs
+from tests._support import free_port as free_port  # re-exported for the tests
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests._support import free_port
+from tests._support import free_port as free_port  # re-exported for the tests
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "tests" / "testdata" / "events"

@@ -27,7 +27,7 @@ from celery import Celery
 
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.state import ClusterState
-from tests._support import free_port
+from tests._support import free_port as free_port  # re-exported for the tests
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "tests" / "testdata" / "events"
