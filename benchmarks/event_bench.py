@@ -29,7 +29,6 @@ import platform
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -187,13 +186,13 @@ def run_flood(broker: str, url: str, exporter_args: list[str], w: flood.Workload
 
 
 def _by_label(text: str, name: str, label: str) -> dict[str, float]:
-    out: Counter[str] = Counter()
+    out: dict[str, float] = {}
     prefix = name + "{" + label + '="'
     for line in text.splitlines():
         if line.startswith(prefix):
             value = line[len(prefix):line.index('"', len(prefix))]
-            out[value] += float(line.rsplit(" ", 1)[1])
-    return dict(out)
+            out[value] = out.get(value, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
 
 
 # ------------------------------------------------------------------------------------ scenarios

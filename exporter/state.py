@@ -425,7 +425,7 @@ class ClusterState:
             if i >= 0:
                 att = attempts[i]
                 attempts = _replace(attempts, i, (att[0], ts, parse_eta(ev.get("eta")), att[3]))
-            self._tasks[uuid] = (key, attempts, rec[STARTED_AT], max(n, rec[RETRIES]), rec[ACTIVE], now)
+            self._tasks[ev["uuid"]] = (key, attempts, rec[STARTED_AT], max(n, rec[RETRIES]), rec[ACTIVE], now)
         self.counters[key][SENT] += 1
 
     def _lookup(self, ev: Mapping[str, Any], now: float) -> tuple[TaskEntry | None, tuple[str, str]]:
