@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _flood as flood
 import _harness as h
+import _publishers as pub
 
 SCENARIOS = ("redis", "amqp", "scale", "memory", "sustained")
 PROFILE: str | None = None  # --py-spy FILE
@@ -106,7 +107,7 @@ def publish_redis(url: str, msgs: list[flood.Message], rate: float, lanes: int) 
     offsets = schedule(msgs, rate)
     lane_items = [[(offsets[i], encoded[i]) for i in idx] for idx in flood.split_by_source(msgs, lanes)]
     del encoded
-    start_at, procs, results = h.run_publishers(h.redis_publisher, lane_items,
+    start_at, procs, results = pub.run_publishers(pub.redis_publisher, lane_items,
                                                  (parts.hostname or "127.0.0.1", parts.port or 6379))
     return start_at, [procs, results]
 
@@ -117,7 +118,7 @@ def publish_amqp(url: str, msgs: list[flood.Message], rate: float, lanes: int) -
                   for idx in flood.split_by_source(msgs, lanes)]
     parts = urlsplit(url)
     conn_args = (parts.hostname or "127.0.0.1", parts.port or 5672, parts.path.lstrip("/") or "/")
-    start_at, procs, results = h.run_publishers(h.amqp_publisher, lane_items, (conn_args,), lead=1.5)
+    start_at, procs, results = pub.run_publishers(pub.amqp_publisher, lane_items, (conn_args,), lead=1.5)
     return start_at, [procs, results]
 
 
@@ -138,7 +139,7 @@ def run_flood(broker: str, url: str, exporter_args: list[str], w: flood.Workload
         while time.monotonic() < start_at:
             time.sleep(0.001)
         watch.recording = True
-        pubs = h.join_publishers(procs, results, timeout=600)
+        pubs = pub.join_publishers(procs, results, timeout=600)
         sent_at = max(p["sent_at"] for p in pubs)
         caught_up = watch.wait_for(n_events, sent_at + DEADLINE)
         watch.recording = False
@@ -244,10 +245,10 @@ def scenario_memory(args: argparse.Namespace, url: str, log: Path | None) -> dic
             offsets = schedule(msgs, rate)
             items = [list(zip(offsets, encoded, strict=True))]
             del msgs, encoded
-            _, procs, results = h.run_publishers(h.redis_publisher, items,
+            _, procs, results = pub.run_publishers(pub.redis_publisher, items,
                                                   (parts.hostname or "127.0.0.1", parts.port or 6379))
             watch.recording = True
-            h.join_publishers(procs, results, 600)
+            pub.join_publishers(procs, results, 600)
             published += n
             watch.wait_for(published, time.monotonic() + DEADLINE)
             watch.recording = False
