@@ -33,7 +33,7 @@ from exporter.state import ClusterState, Snapshot
 log = structlog.get_logger("exporter")
 
 STALL_AFTER = 30.0  # /healthz fails when the event loop has not turned for this long
-SNAPSHOT_MAX_AGE = 0.5  # collectors of one scrape share one snapshot
+SNAPSHOT_MAX_AGE = 0.1  # collectors of one scrape share one snapshot
 
 
 class SnapshotSource:

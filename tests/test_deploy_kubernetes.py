@@ -128,8 +128,8 @@ def test_exporter_container_is_hardened_and_probes_real_endpoints(where: str, co
     assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 65532
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert container["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                      "limits": {"cpu": "500m", "memory": "256Mi"}}
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                      "limits": {"cpu": "1", "memory": "256Mi"}}
     env = {e["name"]: e for e in container["env"]}
     secret = env["CELERY_EXPORTER_BROKER_URL"]["valueFrom"]["secretKeyRef"]
     assert secret["name"] and secret["key"] and "value" not in env["CELERY_EXPORTER_BROKER_URL"]
