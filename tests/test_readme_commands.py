@@ -1,0 +1,65 @@
+"""The README's first command, exactly as a newcomer runs it: ``pip install .`` into a fresh virtualenv
+(a real, non-editable install, so a module or file left out of the package fails here), then
+``celery-exporter demo`` from outside the repository, serving live task metrics."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests._support import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_names_the_commands_this_test_runs() -> None:
+    assert "pip install . && celery-exporter demo" in README
+    assert "bash scripts/test.sh" in README and (ROOT / "scripts" / "test.sh").exists()
+    assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.integration
+def test_pip_install_then_demo_from_a_fresh_virtualenv(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT)], capture_output=True,
+                         text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    exe = venv / "bin" / "celery-exporter"
+    version = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert re.fullmatch(r"celery-exporter \d+\.\d+\.\d+\n", version.stdout)
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(exe), "demo", "--broker", "memory", "--port", str(port)], cwd=tmp_path,
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        body = ""
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                    body = resp.read().decode()
+            except OSError:
+                body = ""
+            if re.search(r'^celery_task_succeeded_total\{[^}]*\} [1-9]', body, re.M):
+                break
+            time.sleep(0.5)
+        assert re.search(r'^celery_task_succeeded_total\{[^}]*\} [1-9]', body, re.M), log.read_text()[-3000:]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
