@@ -343,6 +343,18 @@ class ClusterState:
         self.retried[(*key, "")] = 0
         self.active[key] = 0
 
+    def _learn_route(self, raw_name: Any, key: tuple[str, str]) -> None:
+        """Remember the queue task-sent events give a task name, for that name's events that arrive
+        without one: a task-received that overtakes its task-sent (they travel on different
+        connections) then still gets the queue producers really use, not the configured fallback."""
+        name, queue = key
+        if queue == OVERFLOW_LABEL or self._route_cache.get(name) == queue:
+            return
+        if name in self._route_cache or len(self._route_cache) < 100_000:
+            self._route_cache[name] = queue
+            if raw_name.__class__ is str:
+                self._key_cache.pop((raw_name, None), None)
+
     def _route(self, name: str) -> str:
         queue = self._route_cache.get(name)
         if queue is None:
@@ -412,12 +424,17 @@ class ClusterState:
         now = self.clock()
         uuid = ev.get("uuid")
         rec = self._record(uuid)
+        queue = ev.get("queue") or ev.get("routing_key")
+        sent_key = self._key_for(ev.get("name"), queue)
+        if queue.__class__ is str:
+            self._learn_route(ev.get("name"), sent_key)
         if rec is None:
-            queue = ev.get("queue") or ev.get("routing_key")
-            key = self._key_for(ev.get("name"), queue)
+            key = sent_key
             if isinstance(uuid, str):
                 rec = self._new_record(uuid, key, now)
         else:
+            # task-received overtook task-sent (they travel on different connections): the task keeps
+            # the key its first event gave it, so no counter moves between series.
             key = rec[K]
         if rec is not None:
             n = _retries(ev.get("retries"))

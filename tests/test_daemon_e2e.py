@@ -84,7 +84,11 @@ def send_all(broker: str) -> None:
 
 def run_scenario(broker: str, extra: list[str]) -> None:
     node = f"daemon-e2e-{os.getpid()}@localhost"
-    with Daemon(["--broker-url", broker, "--worker-timeout", "30", "--poll-interval", "1", *extra]) as daemon:
+    # --task-routes: the first task of a name whose task-received overtakes its task-sent (different
+    # connections) would otherwise take --default-queue; docs/troubleshooting.md says so.
+    args = ["--broker-url", broker, "--worker-timeout", "30", "--poll-interval", "1",
+            "--task-routes", "daemon_e2e.*=daemon-e2e", "--default-queue", "not-this-one", *extra]
+    with Daemon(args) as daemon:
         daemon.start()
         wait_for(lambda: daemon.metrics().get("celery_exporter_broker_connected") == 1, 20, what="connected")
         with worker(broker, node):

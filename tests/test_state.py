@@ -208,3 +208,17 @@ def test_retry_events_overtaking_the_start_of_the_attempt_that_retried() -> None
     assert sum(h.counts) == 2
     assert h.total == pytest.approx(0.5 + 0.5)  # attempt 0 waited 0.5 s; attempt 1 waited from its ETA
     assert s.active[("t", "celery")] == 0 and len(s._tasks) == 0
+
+
+def test_received_overtaking_sent_uses_the_queue_learned_from_earlier_sent_events() -> None:
+    # task-sent comes from the producer's connection, task-received from the worker's: the received
+    # event can arrive first. The task keeps one key for all its events (no counter moves), and once a
+    # task-sent has shown the name's queue, later early arrivals get that queue, not the fallback.
+    s = make(default_queue="fallback")
+    feed(s, received("u1", "t", T0), sent("u1", "t", T0, queue="work"), started("u1", T0 + 1),
+         succeeded("u1", T0 + 2, 1.0))
+    assert s.counters[("t", "fallback")][SENT] == 1 and s.counters[("t", "fallback")][SUCCEEDED] == 1
+    feed(s, received("u2", "t", T0 + 3), sent("u2", "t", T0 + 3, queue="work"), started("u2", T0 + 4),
+         succeeded("u2", T0 + 5, 1.0))
+    assert s.counters[("t", "work")][SENT] == 1 and s.counters[("t", "work")][SUCCEEDED] == 1
+    assert s.counters[("t", "work")][RECEIVED] == 1
