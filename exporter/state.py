@@ -197,8 +197,9 @@ def exception_class(text: Any) -> str:
     return m.group(0) if m else "Unknown"
 
 
-def parse_eta(value: Any) -> float | None:
-    """Celery sends ``eta`` as an ISO-8601 string (or None); naive values are UTC, as Celery means them."""
+def parse_iso(value: Any) -> float | None:
+    """An ISO-8601 time as a Unix timestamp; naive values are UTC, as Celery (``eta``) and ``utcnow()``
+    (DLQ entries) mean them. None for anything else."""
     if not value or not isinstance(value, str):
         return None
     try:
@@ -208,6 +209,9 @@ def parse_eta(value: Any) -> float | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
+
+
+parse_eta = parse_iso  # Celery sends a task's ``eta`` as an ISO-8601 string, or None
 
 
 class ClusterState:

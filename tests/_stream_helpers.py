@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,6 +26,7 @@ from celery import Celery
 
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.state import ClusterState
+from tests._support import celery_worker as support_worker
 from tests._support import free_port as free_port  # re-exported for the tests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,23 +198,10 @@ def fail() -> None:
 @contextlib.contextmanager
 def celery_worker(broker: str, name: str) -> Iterator[subprocess.Popen[bytes]]:
     """A real prefork worker (2 processes, events on) for ``broker``; warm-shut-down on exit."""
-    env = dict(os.environ, STREAM_TEST_BROKER=broker,
+    env = dict(STREAM_TEST_BROKER=broker,
                PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "_stream_helpers", "worker", "-E", "--pool=prefork", "-c", "2",
-         "-n", f"{name}@%h", "-Q", "stream-tests", "--without-mingle", "--without-gossip", "-l", "warning"],
-        env=env, cwd=ROOT / "tests", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
+    with support_worker("_stream_helpers", "stream-tests", f"{name}@%h", env, ROOT / "tests") as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
 
 
 def send_tasks(broker: str, n_ok: int, n_fail: int) -> None:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -10,3 +17,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def celery_worker(app: str, queue: str, name: str, env: dict[str, str], cwd: Path,
+                  pool: str = "prefork", concurrency: int = 2) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``celery worker`` subprocess with task events on; warm-shut-down (SIGTERM) on exit, killed
+    if it does not stop within 20 s."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", app, "worker", "-E", f"--pool={pool}", "-c", str(concurrency),
+         "-n", name, "-Q", queue, "--without-mingle", "--without-gossip", "-l", "warning"],
+        env={**os.environ, **env}, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)

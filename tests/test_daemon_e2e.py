@@ -4,17 +4,16 @@ exact counts per task and state on the live /metrics, duration histogram counts,
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
 from tests._broker_helpers import amqp_url, rabbit_vhost
 from tests._reliability_helpers import Daemon, wait_for
+from tests._support import celery_worker
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,24 +50,8 @@ EXPECTED = {
 }
 
 
-@contextmanager
-def worker(broker: str, name: str) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "E2E_BROKER": broker}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests._daemon_e2e_app", "worker", "-E", "-P", "prefork", "-c", "2",
-         "-Q", "daemon-e2e", "-n", name, "--without-mingle", "--without-gossip", "-l", "warning"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+def worker(broker: str, name: str) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    return celery_worker("tests._daemon_e2e_app", "daemon-e2e", name, {"E2E_BROKER": broker}, ROOT)
 
 
 def send_all(broker: str) -> None:

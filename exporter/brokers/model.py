@@ -13,11 +13,10 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from exporter.config import redact_url
-from exporter.state import OVERFLOW_LABEL
+from exporter.state import OVERFLOW_LABEL, parse_iso
 
 Kind = Literal["task", "retry", "dlq"]
 
@@ -108,13 +107,10 @@ def parse_timestamp(value: Any) -> float | None:
         try:
             ts = float(text)
         except ValueError:
-            try:
-                parsed = datetime.fromisoformat(text)
-            except ValueError:
+            iso = parse_iso(text)
+            if iso is None:
                 return None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            ts = parsed.timestamp()
+            ts = iso
     else:
         return None
     if not math.isfinite(ts) or ts <= 0:
