@@ -19,199 +19,75 @@ import time
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-OVERFLOW_LABEL = "__overflow__"
-
-# Indexes into the per-(task_name, queue) counter list.
-SENT, RECEIVED, STARTED, SUCCEEDED, REJECTED, REVOKED, EXHAUSTED = range(7)
-N_COUNTERS = 7
-# Indexes into the duration histogram list per (task_name, queue).
-D_SUCCEEDED, D_FAILED, D_RETRIED = range(3)
-DURATION_STATES = ("succeeded", "failed", "retried")
-
-_EXC_CLASS = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
-# With the solo and threads pools Celery reports a retry as the Retry exception itself,
-# "Retry(Retry(...), ConnectionError('x'), 1)" (prefork reports "ConnectionError('x')"): its second
-# argument is the underlying reason, which is what the exception label means.
-_RETRY_WRAPPER = re.compile(
-    r"(?:[\w.]*\.)?Retry\((?:Retry\(\.\.\.\)|None|'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"), "
-    r"([A-Za-z_][A-Za-z0-9_.]{0,127})\("
+from exporter.records import (
+    ACTIVE,
+    ATTEMPTS,
+    D_FAILED,
+    D_RETRIED,
+    D_SUCCEEDED,
+    DEFAULT_DURATION_BUCKETS,
+    DEFAULT_QUEUE_WAIT_BUCKETS,
+    DURATION_STATES,
+    EXHAUSTED,
+    KEY_CACHE_SIZE,
+    MAX_EVENT_TYPES,
+    MAX_LABEL_LENGTH,
+    MAX_OBSERVED_SECONDS,
+    N_COUNTERS,
+    OVERFLOW_LABEL,
+    RECEIVED,
+    REJECTED,
+    RETRIES,
+    REVOKED,
+    SENT,
+    STARTED,
+    STARTED_AT,
+    SUCCEEDED,
+    TOUCHED,
+    Histogram,
+    K,
+    Snapshot,
+    StateSettings,
+    TaskEntry,
+    WorkerRecord,
+    attempt_index,
+    exception_class,
+    parse_eta,
+    parse_iso,
+    replace_attempt,
+    retries_of,
+    take_started_attempt,
 )
 
-MAX_PENDING_ATTEMPTS = 8
-# Raw (name, queue) pairs remembered by _key_for; past this, keys are still right, only computed each time.
-KEY_CACHE_SIZE = 4_096
-# Longest task name, queue name or worker name kept (longer ones are cut): the caps bound how many label
-# values there are, this bounds how big each one is.
-MAX_LABEL_LENGTH = 256
-# Distinct event types counted by name in celery_exporter_events_total; Celery's own always are.
-MAX_EVENT_TYPES = 64
-# Durations and waits outside [0, a year] are clock trouble or hostile input; they are observed as 0 like
-# NaN, since a single 1e300 (or Inf) would otherwise stick in the histogram's _sum for good.
-MAX_OBSERVED_SECONDS = 365 * 86_400.0
-
-DEFAULT_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-DEFAULT_QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
-
-
-@dataclass(frozen=True)
-class StateSettings:
-    """The slice of the configuration that ClusterState needs."""
-
-    max_tracked_tasks: int = 100_000
-    task_max_age: float = 86_400.0
-    worker_timeout: float = 60.0
-    worker_purge_after: float = 600.0
-    default_queue: str = "celery"
-    task_routes: tuple[tuple[str, str], ...] = ()
-    duration_buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS
-    queue_wait_buckets: tuple[float, ...] = DEFAULT_QUEUE_WAIT_BUCKETS
-    max_task_names: int = 1_000
-    max_exception_types: int = 200
-    max_workers: int = 1_000
-    max_queues: int = 1_000
-
-
-class Histogram:
-    """Per-bucket counts (non-cumulative, last slot is +Inf) and a sum; cumulated at scrape time."""
-
-    __slots__ = ("counts", "total")
-
-    def __init__(self, n_bounds: int) -> None:
-        self.counts = [0] * (n_bounds + 1)
-        self.total = 0.0
-
-    def copy(self) -> Histogram:
-        h = Histogram.__new__(Histogram)
-        h.counts = self.counts[:]
-        h.total = self.total
-        return h
-
-
-# The task table maps a task uuid to an entry, what we remember about the task between its events:
-#     (key, attempts, started, retries, active, touched)
-# ``attempts`` holds the attempts published or received but not yet started, oldest first, each as
-# ``(retries, sent_ts, eta_ts, received_ts)``. Events of consecutive attempts arrive out of order (a
-# retry's task-sent and task-received often overtake the task-started of the attempt that retried, because
-# the parent and child processes publish on different connections), so task-started is matched to the
-# oldest received attempt rather than to whatever came last.
-#
-# Entries are tuples of atomic values, replaced rather than mutated, because the cyclic garbage collector
-# stops tracking such tuples: a full table (100,000 tasks by default) then adds nothing to its work. As
-# objects and lists, a full table made each full collection walk ~250,000 containers, a pause of ~200 ms
-# (on the benchmark machine) that stalled ingest and scrapes alike every few seconds.
-K, ATTEMPTS, STARTED_AT, RETRIES, ACTIVE, TOUCHED = range(6)
-TaskEntry = tuple[Any, ...]
-Attempt = tuple[Any, Any, Any, Any]
-
-
-def _attempt_index(attempts: tuple[Attempt, ...], n: int) -> tuple[tuple[Attempt, ...], int]:
-    """``attempts`` with an attempt ``n`` in it, and its index (-1 if adding it pushed it past the cap)."""
-    for i, att in enumerate(attempts):
-        if att[0] == n:
-            return attempts, i
-    new = (n, None, None, None)
-    attempts = (*attempts, new)
-    if len(attempts) > 1:
-        attempts = tuple(sorted(attempts, key=_first))
-        if len(attempts) > MAX_PENDING_ATTEMPTS:
-            attempts = attempts[1:]
-    for i, att in enumerate(attempts):
-        if att is new:
-            return attempts, i
-    return attempts, -1
-
-
-def _replace(attempts: tuple[Attempt, ...], i: int, att: Attempt) -> tuple[Attempt, ...]:
-    return (*attempts[:i], att, *attempts[i + 1:])
-
-
-def _take_started(attempts: tuple[Attempt, ...]) -> tuple[Attempt | None, tuple[Attempt, ...]]:
-    """The attempt a task-started belongs to (the oldest one a worker has received) and the rest."""
-    for i, att in enumerate(attempts):
-        if att[3] is not None:
-            return att, (*attempts[:i], *attempts[i + 1:])
-    if attempts:
-        return attempts[0], attempts[1:]
-    return None, attempts
-
-
-def _retries(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _first(att: Attempt) -> Any:
-    return att[0]
-
-
-@dataclass
-class WorkerRecord:
-    """One Celery node, as seen through its worker-* events."""
-
-    seen: float  # exporter clock of the last event of any kind
-    heartbeat_seen: float  # exporter clock of the last worker-online/heartbeat
-    heartbeat_ts: float  # the worker's own (offset-adjusted) timestamp of that event
-    online: bool = True
-    active: float = 0.0
-    version: str = ""
-    system: str = ""
-
-
-@dataclass
-class Snapshot:
-    """A consistent copy of everything collectors need, taken under the state lock."""
-
-    now: float
-    counters: dict[tuple[str, str], list[int]]
-    failed: dict[tuple[str, str, str], int]
-    retried: dict[tuple[str, str, str], int]
-    durations: dict[tuple[str, str, int], Histogram]
-    queue_wait: dict[tuple[str, str], Histogram]
-    active: dict[tuple[str, str], int]
-    workers: dict[str, WorkerRecord]
-    events_by_type: dict[str, int]
-    invalid_by_reason: dict[str, int]
-    overflow: dict[str, int]
-    evicted: dict[str, int]
-    tracked_tasks: int
-    last_event_ts: float | None
-    workers_purged: int
-    duration_buckets: tuple[float, ...]
-    queue_wait_buckets: tuple[float, ...]
-    worker_timeout: float
-    queues_seen: tuple[str, ...] = field(default_factory=tuple)
-
-
-def exception_class(text: Any) -> str:
-    """Reduce Celery's ``safe_repr(exc)`` (``"ValueError('boom')"``) to a bounded class name."""
-    if not isinstance(text, str) or not text:
-        return "Unknown"
-    if "Retry(" in text[:40]:
-        wrapped = _RETRY_WRAPPER.match(text)
-        if wrapped:
-            return wrapped.group(1)
-    m = _EXC_CLASS.match(text)
-    return m.group(0) if m else "Unknown"
-
-
-def parse_iso(value: Any) -> float | None:
-    """An ISO-8601 time as a Unix timestamp; naive values are UTC, as Celery (``eta``) and ``utcnow()``
-    (DLQ entries) mean them. None for anything else."""
-    if not value or not isinstance(value, str):
-        return None
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
-
-
-parse_eta = parse_iso  # Celery sends a task's ``eta`` as an ISO-8601 string, or None
+# The value types live in exporter.records; they are re-exported here, where their users look for them.
+__all__ = [
+    "DEFAULT_DURATION_BUCKETS",
+    "DEFAULT_QUEUE_WAIT_BUCKETS",
+    "DURATION_STATES",
+    "D_FAILED",
+    "D_RETRIED",
+    "D_SUCCEEDED",
+    "EXHAUSTED",
+    "MAX_LABEL_LENGTH",
+    "N_COUNTERS",
+    "OVERFLOW_LABEL",
+    "RECEIVED",
+    "REJECTED",
+    "REVOKED",
+    "SENT",
+    "STARTED",
+    "SUCCEEDED",
+    "ClusterState",
+    "Histogram",
+    "Snapshot",
+    "StateSettings",
+    "WorkerRecord",
+    "exception_class",
+    "parse_eta",
+    "parse_iso",
+]
 
 
 class ClusterState:
@@ -441,11 +317,11 @@ class ClusterState:
             # the key its first event gave it, so no counter moves between series.
             key = rec[K]
         if rec is not None:
-            n = _retries(ev.get("retries"))
-            attempts, i = _attempt_index(rec[ATTEMPTS], n)
+            n = retries_of(ev.get("retries"))
+            attempts, i = attempt_index(rec[ATTEMPTS], n)
             if i >= 0:
                 att = attempts[i]
-                attempts = _replace(attempts, i, (att[0], ts, parse_eta(ev.get("eta")), att[3]))
+                attempts = replace_attempt(attempts, i, (att[0], ts, parse_eta(ev.get("eta")), att[3]))
             self._tasks[ev["uuid"]] = (key, attempts, rec[STARTED_AT], max(n, rec[RETRIES]), rec[ACTIVE], now)
         self.counters[key][SENT] += 1
 
@@ -463,12 +339,12 @@ class ClusterState:
         now = self.clock()
         rec, key = self._lookup(ev, now)
         if rec is not None:
-            n = _retries(ev.get("retries"))
-            attempts, i = _attempt_index(rec[ATTEMPTS], n)
+            n = retries_of(ev.get("retries"))
+            attempts, i = attempt_index(rec[ATTEMPTS], n)
             if i >= 0:
                 att = attempts[i]
                 eta = att[2] if att[2] is not None else parse_eta(ev.get("eta"))
-                attempts = _replace(attempts, i, (att[0], att[1], eta, ts))
+                attempts = replace_attempt(attempts, i, (att[0], att[1], eta, ts))
             self._tasks[ev["uuid"]] = (key, attempts, rec[STARTED_AT], max(n, rec[RETRIES]), rec[ACTIVE], now)
         self.counters[key][RECEIVED] += 1
 
@@ -478,7 +354,7 @@ class ClusterState:
         self.counters[key][STARTED] += 1
         if rec is None:
             return
-        att, attempts = _take_started(rec[ATTEMPTS])
+        att, attempts = take_started_attempt(rec[ATTEMPTS])
         if att is not None:
             enqueued = att[1] if att[1] is not None else att[3]
             if enqueued is not None:
