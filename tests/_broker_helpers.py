@@ -141,3 +141,15 @@ def _pings(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+def poll(config: Any, clock: FakeClock, seen: tuple[str, ...] = ()) -> Samples:
+    """One synchronous poll of every source ``config`` gives, and the samples its collectors serve."""
+    from exporter.brokers import build_polling
+
+    polling = build_polling(config, lambda: seen, clock=clock)
+    try:
+        polling.poll_once()
+        return samples(registry_of(polling.collectors))
+    finally:
+        polling.close()

@@ -215,3 +215,20 @@ def send_tasks(broker: str, n_ok: int, n_fail: int) -> None:
             client.send_task("stream_tests.fail")
     finally:
         client.close()
+
+
+def check_real_worker_events(stream: Any, state: ClusterState, status: StreamStatus, broker: str,
+                             name: str) -> None:
+    """A real worker's full event sequence through ``stream``: exact counts per type, nothing refused."""
+    with running(stream, status):
+        with celery_worker(broker, name):
+            wait_until(lambda: by_type(state).get("worker-online"), 60, "worker-online")
+            send_tasks(broker, n_ok=3, n_fail=1)
+            wait_until(lambda: by_type(state).get("task-succeeded") == 3
+                       and by_type(state).get("task-failed") == 1, 60, "the tasks")
+        wait_until(lambda: by_type(state).get("worker-offline"), 30, "worker-offline")
+    seen = by_type(state)
+    seen.pop("worker-heartbeat", None)  # one every 2 s: how many depends on timing
+    assert seen == {"worker-online": 1, "task-sent": 4, "task-received": 4, "task-started": 4,
+                    "task-succeeded": 3, "task-failed": 1, "worker-offline": 1}
+    assert invalid(state) == {}

@@ -15,7 +15,6 @@ from typing import Any
 import pika
 import pytest
 
-from exporter.brokers import build_polling
 from exporter.config import Config
 from tests._broker_helpers import (
     MGMT_URL,
@@ -24,9 +23,8 @@ from tests._broker_helpers import (
     by_queue,
     management_available,
     mgmt,
+    poll,
     rabbit_vhost,
-    registry_of,
-    samples,
     wait_for,
 )
 
@@ -41,15 +39,6 @@ def management() -> None:
     if not management_available():
         pytest.fail("RabbitMQ management API not reachable on 127.0.0.1:15672: "
                     "run `rabbitmq-plugins enable rabbitmq_management` (scripts/test.sh does)")
-
-
-def poll(config: Config, clock: FakeClock, seen: tuple[str, ...] = ()) -> dict:
-    polling = build_polling(config, lambda: seen, clock=clock)
-    try:
-        polling.poll_once()
-        return samples(registry_of(polling.collectors))
-    finally:
-        polling.close()
 
 
 def view(got: dict, source: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from tests._broker_helpers import (
     FakeClock,
     by_queue,
     free_port,
+    poll,
     private_redis,
     registry_of,
     samples,
@@ -68,15 +69,6 @@ def producer_app(queue: str, options: Mapping[str, object], broker: str = REDIS_
         return x + y
 
     return app
-
-
-def poll(config: Config, clock: FakeClock, seen: tuple[str, ...] = ()) -> dict:
-    polling = build_polling(config, lambda: seen, clock=clock)
-    try:
-        polling.poll_once()
-        return samples(registry_of(polling.collectors))
-    finally:
-        polling.close()
 
 
 def test_celery_priorities_spread_over_sub_queues_are_all_counted(rdb: RedisDb) -> None:

@@ -19,13 +19,12 @@ from _stream_helpers import (
     EXPECTED_TOTAL,
     EXPECTED_TYPES,
     by_type,
-    celery_worker,
+    check_real_worker_events,
     events_in,
     invalid,
     lines,
     pipeline,
     running,
-    send_tasks,
     total,
     wait_until,
 )
@@ -195,18 +194,7 @@ def test_events_published_while_the_connection_is_down_are_not_lost(vhost: str) 
 def test_real_celery_worker_events(vhost: str) -> None:
     state, ingest, status = pipeline()
     broker = url_for(vhost)
-    with running(AmqpEventStream(broker, ingest, status, queue_prefix="ce-test"), status):
-        with celery_worker(broker, "amqp-stream-test"):
-            wait_until(lambda: by_type(state).get("worker-online"), 60, "worker-online")
-            send_tasks(broker, n_ok=3, n_fail=1)
-            wait_until(lambda: by_type(state).get("task-succeeded") == 3
-                       and by_type(state).get("task-failed") == 1, 60, "the tasks")
-        wait_until(lambda: by_type(state).get("worker-offline"), 30, "worker-offline")
-    seen = by_type(state)
-    seen.pop("worker-heartbeat", None)  # one every 2 s: how many depends on timing
-    assert seen == {"worker-online": 1, "task-sent": 4, "task-received": 4, "task-started": 4,
-                    "task-succeeded": 3, "task-failed": 1, "worker-offline": 1}
-    assert invalid(state) == {}
+    check_real_worker_events(AmqpEventStream(broker, ingest, status, queue_prefix="ce-test"), state, status, broker, "amqp-stream-test")
 
 
 @pytest.mark.integration

@@ -16,13 +16,12 @@ from _stream_helpers import (
     RedisSentinel,
     RedisServer,
     by_type,
-    celery_worker,
+    check_real_worker_events,
     events_in,
     invalid,
     lines,
     pipeline,
     running,
-    send_tasks,
     total,
     wait_until,
 )
@@ -242,15 +241,4 @@ def test_sentinel_discovers_the_master() -> None:
 def test_real_celery_worker_events(server: RedisServer) -> None:
     state, ingest, status = pipeline()
     broker = server.url(15)
-    with running(RedisEventStream(broker, ingest, status), status):
-        with celery_worker(broker, "redis-stream-test"):
-            wait_until(lambda: by_type(state).get("worker-online"), 60, "worker-online")
-            send_tasks(broker, n_ok=3, n_fail=1)
-            wait_until(lambda: by_type(state).get("task-succeeded") == 3
-                       and by_type(state).get("task-failed") == 1, 60, "the tasks")
-        wait_until(lambda: by_type(state).get("worker-offline"), 30, "worker-offline")
-    seen = by_type(state)
-    seen.pop("worker-heartbeat", None)  # one every 2 s: how many depends on timing
-    assert seen == {"worker-online": 1, "task-sent": 4, "task-received": 4, "task-started": 4,
-                    "task-succeeded": 3, "task-failed": 1, "worker-offline": 1}
-    assert invalid(state) == {}
+    check_real_worker_events(RedisEventStream(broker, ingest, status), state, status, broker, "redis-stream-test")
