@@ -12,7 +12,6 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from exporter import __version__
 from exporter.config import ConfigError, load_config
 
 
@@ -23,7 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo_main(args[1:])
     if "--version" in args:
-        print(f"celery-exporter {__version__}")
+        from exporter.cli import version_text
+
+        print(version_text())
         return 0
     try:
         config = load_config(args)
@@ -50,7 +51,7 @@ def run(config: object) -> int:
         print(f"celery-exporter: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        log.error("cannot start", error=str(exc), listen=f"{config.listen_address}:{config.port}")
+        log.error("cannot start", error=str(exc), listen=f"[{config.listen_address}]:{config.port}")
         return 1
 
     stop = threading.Event()

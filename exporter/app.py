@@ -88,6 +88,7 @@ class App:
             ssl_context=ssl_context,
             authorize=authorize,
             headers=headers,
+            metrics_path=config.web_telemetry_path,
         )
         self._threads: list[threading.Thread] = []
 
@@ -134,7 +135,8 @@ class App:
         log.info(
             "celery-exporter started",
             version=__version__,
-            listen=f"{self.config.listen_address}:{self.http.port}",
+            listen=f"[{self.config.listen_address}]:{self.http.port}",
+            metrics_path=self.config.web_telemetry_path,
             broker=self._index_info()["broker"],
         )
 

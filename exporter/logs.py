@@ -1,5 +1,5 @@
-"""Logging: structlog for every line, JSON when stdout is not a terminal, and a last-line-of-defence
-processor that scrubs credentials out of any URL that reaches a log field.
+"""Logging: structlog for every line (logfmt, JSON or console; JSON when stdout is not a terminal), and a
+last-line-of-defence processor that scrubs credentials out of any URL that reaches a log field.
 
 Libraries that log through the standard ``logging`` module (kombu, pika, redis) are routed through the
 same renderer, so there is one format and one redaction path.
@@ -53,9 +53,13 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
     if fmt == "auto":
         fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
     numeric = getattr(logging, level.upper(), logging.INFO)
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    renderer: Any = structlog.dev.ConsoleRenderer(colors=False)
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    elif fmt == "logfmt":  # key=value pairs, as Prometheus' own exporters print them
+        renderer = structlog.processors.LogfmtRenderer(
+            key_order=["timestamp", "level", "logger", "event"], bool_as_flag=False
+        )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
