@@ -40,6 +40,7 @@ def run(config: object) -> int:
 
     from exporter.app import App
     from exporter.config import Config
+    from exporter.config_values import join_host_port
     from exporter.logs import configure_logging
 
     assert isinstance(config, Config)
@@ -51,7 +52,7 @@ def run(config: object) -> int:
         print(f"celery-exporter: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        log.error("cannot start", error=str(exc), listen=f"[{config.listen_address}]:{config.port}")
+        log.error("cannot start", error=str(exc), listen=join_host_port(config.listen_address, config.port))
         return 1
 
     stop = threading.Event()

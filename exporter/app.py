@@ -25,6 +25,7 @@ from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
 from exporter.config import Config
+from exporter.config_values import join_host_port
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.events.streams import build_stream
 from exporter.http import Health, MetricsServer
@@ -135,7 +136,7 @@ class App:
         log.info(
             "celery-exporter started",
             version=__version__,
-            listen=f"[{self.config.listen_address}]:{self.http.port}",
+            listen=join_host_port(self.config.listen_address, self.http.port),
             metrics_path=self.config.web_telemetry_path,
             broker=self._index_info()["broker"],
         )

@@ -321,8 +321,8 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
                 values[name] = value
 
     if not values.get("broker_url"):
-        raise ConfigError("broker_url", "flags, environment and config file",
-                          f"a broker URL is required: --broker-url or {ENV_PREFIX}BROKER_URL")
+        raise ConfigError("broker_url", "--broker-url",
+                          f"required (or {ENV_PREFIX}BROKER_URL, or broker_url in the --config file)")
     for name in ("broker_url", "rabbitmq_management_url"):
         url = values.get(name)
         if not url:

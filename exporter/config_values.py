@@ -164,6 +164,11 @@ def listen_address(v: Any) -> tuple[str, int]:
     return host, port(p)
 
 
+def join_host_port(host: str, port: int) -> str:
+    """The inverse of ``listen_address``, for logs: ``:9808``, ``0.0.0.0:9808``, ``[::1]:9808``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def host_only(v: Any) -> str:
     """The older ``--listen-address``, which never took a port: a port there would be silently ignored
     (the HTTP port comes from ``--port``), so it is refused instead."""

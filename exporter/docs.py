@@ -77,9 +77,12 @@ stops the exporter with exit status 2 and one line naming the flag and where the
 Flags follow the Prometheus exporter-toolkit spellings (`--web.listen-address`, `--log.level`, ...); where
 a second spelling is listed, it is the older one and still works. `--web.listen-address=[HOST]:PORT` sets
 the host and port together (`:9808` is every address); a `--listen-address` or `--port` given at a
-higher precedence (a flag over an environment variable) still wins for its part. Lists take comma-separated values in flags and environment variables; mappings
-(`task_routes`, `broker_transport_options`) take YAML mappings in the file, `glob=queue,...` or a JSON
-object on the command line.
+higher precedence (a flag over an environment variable) still wins for its part.
+
+Lists take comma-separated values in flags and environment variables; mappings (`task_routes`,
+`broker_transport_options`) take YAML mappings in the file, `glob=queue,...` or a JSON object on the
+command line. `celery-exporter --help` shows the same options in groups (broker, events and state,
+polling, web, logging).
 
 <!-- BEGIN GENERATED: configuration -->
 <!-- END GENERATED: configuration -->

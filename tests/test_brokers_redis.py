@@ -20,7 +20,7 @@ from kombu import Connection
 from exporter.brokers import build_polling
 from exporter.collectors.tasks import TaskCollector
 from exporter.config import Config
-from exporter.state import ClusterState, StateSettings
+from exporter.state import ClusterState
 from tests._broker_helpers import (
     REDIS_URL,
     FakeClock,
@@ -166,7 +166,7 @@ def test_global_keyprefix_the_hpa_queue_and_the_unacked_hash(rdb: RedisDb) -> No
 
 def test_a_broker_that_hangs_or_goes_away_fails_its_poll_alone() -> None:
     clock = FakeClock(T)
-    state = ClusterState(StateSettings(), clock)
+    state = ClusterState(clock=clock)
     with state.lock:
         state.apply(sent("u1", "tests.polling.add", T - 1, queue="emails"))
     with private_redis() as (port, proc):

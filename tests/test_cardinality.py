@@ -18,8 +18,9 @@ from prometheus_client import CollectorRegistry
 from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
+from exporter.config import state_settings
 from exporter.events.ingest import Ingest, StreamStatus
-from exporter.state import OVERFLOW_LABEL, ClusterState, StateSettings
+from exporter.state import OVERFLOW_LABEL, ClusterState
 from tests._events import T0, FakeClock, ev, failed, heartbeat, redis_envelope, retried, sent
 from tests._reliability_helpers import parse_samples, series_count
 
@@ -30,7 +31,7 @@ BATCH = 200  # events per task.multi message, as a busy prefork worker would bat
 
 def setup() -> tuple[ClusterState, Ingest, CollectorRegistry]:
     clock = FakeClock(T0)
-    state = ClusterState(StateSettings(**CAPS), clock)
+    state = ClusterState(state_settings(**CAPS), clock)
     registry = CollectorRegistry(auto_describe=False)
     for collector in (TaskCollector(state.take_snapshot), WorkerCollector(state.take_snapshot),
                       StreamCollector(state.take_snapshot, StreamStatus(clock))):

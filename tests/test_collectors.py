@@ -17,9 +17,10 @@ from exporter.collectors import all_specs
 from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
+from exporter.config import state_settings
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.exposition import render
-from exporter.state import ClusterState, StateSettings
+from exporter.state import ClusterState
 from tests._events import (
     T0,
     FakeClock,
@@ -38,7 +39,7 @@ GOLDEN = Path(__file__).parent / "testdata"
 
 def scenario() -> tuple[CollectorRegistry, ClusterState, StreamStatus]:
     clock = FakeClock(T0 + 10)
-    state = ClusterState(StateSettings(duration_buckets=(0.5, 1.0, 5.0), queue_wait_buckets=(1.0, 10.0)), clock)
+    state = ClusterState(state_settings(duration_buckets=(0.5, 1.0, 5.0), queue_wait_buckets=(1.0, 10.0)), clock)
     status = StreamStatus(clock)
     status.up()
     ingest = Ingest(state, clock)

@@ -25,9 +25,10 @@ from prometheus_client.exposition import generate_latest
 from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
+from exporter.config import state_settings
 from exporter.events import decode as d
 from exporter.events.ingest import Ingest, StreamStatus
-from exporter.state import SENT, ClusterState, StateSettings
+from exporter.state import SENT, ClusterState
 from tests._events import T0, FakeClock, ev, failed, heartbeat, redis_envelope, sent, started, succeeded
 from tests._reliability_helpers import amqp_messages, parse_samples, redis_payloads
 
@@ -173,7 +174,7 @@ def garbage_payloads(draw: st.DrawFn) -> tuple[bytes, list[str]]:
 
 def new_state(now: float = NOW, **caps: int) -> tuple[ClusterState, Ingest]:
     clock = FakeClock(now)
-    state = ClusterState(StateSettings(**caps), clock)
+    state = ClusterState(state_settings(**caps), clock)
     return state, Ingest(state, clock)
 
 

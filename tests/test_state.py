@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from exporter.config import state_settings
 from exporter.state import (
     EXHAUSTED,
     OVERFLOW_LABEL,
@@ -13,7 +14,6 @@ from exporter.state import (
     STARTED,
     SUCCEEDED,
     ClusterState,
-    StateSettings,
     exception_class,
     parse_eta,
 )
@@ -32,7 +32,7 @@ from tests._events import (
 
 
 def make(clock: FakeClock | None = None, **settings) -> ClusterState:
-    return ClusterState(StateSettings(**settings), clock or FakeClock())
+    return ClusterState(state_settings(**settings), clock or FakeClock())
 
 
 def feed(state: ClusterState, *events: dict) -> None:

@@ -137,7 +137,7 @@ BAD_FILES = [
     ("basic_auth_users:\n  alice: $2b$04$tooshort\n", "basic_auth_users.alice"),
     ("basic_auth_users: [alice]\n", "basic_auth_users"),
     ("- just\n- a list\n", "(top level)"),
-    ("tls_server_config: [\n", "web_config_file"),
+    ("tls_server_config: [\n", "--web.config.file"),
 ]
 
 
