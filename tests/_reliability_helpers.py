@@ -165,6 +165,17 @@ class RedisServer:
         self.close()
 
 
+def http_get(host: str, port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """One plain-HTTP GET: (status, body)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
 @dataclass
 class Daemon:
     """The real ``python -m exporter`` in a subprocess; output collected by reader threads."""
@@ -198,13 +209,7 @@ class Daemon:
         return self.proc is not None and self.proc.poll() is not None
 
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
+        return http_get("127.0.0.1", self.port, path, timeout)
 
     def metrics(self) -> dict[str, float]:
         status, body = self.get("/metrics")

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -29,13 +30,20 @@ def celery_worker(app: str, queue: str, name: str, env: dict[str, str], cwd: Pat
          "-n", name, "-Q", queue, "--without-mingle", "--without-gossip", "-l", "warning"],
         env={**os.environ, **env}, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    with terminated_on_exit(proc, 20):
+        yield proc
+
+
+@contextmanager
+def terminated_on_exit(proc: subprocess.Popen[Any], timeout: float) -> Iterator[subprocess.Popen[Any]]:
+    """SIGTERM to ``proc`` on exit (unless it has ended), killed if it does not stop within ``timeout``."""
     try:
         yield proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(20)
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)

@@ -5,7 +5,6 @@ with one line naming the flag.
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import signal
@@ -22,6 +21,8 @@ import pytest
 from exporter import __version__
 from exporter.config import GROUPS
 from tests._reliability_helpers import free_port, wait_for
+from tests._reliability_helpers import http_get as get
+from tests._support import terminated_on_exit
 
 COMMAND = Path(sys.executable).parent / "celery-exporter"  # the console script pip installed
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -38,30 +39,12 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CELERY_EXPORTER_")}
 
 
-def get(host: str, port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(host, port, timeout=5)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
 @contextmanager
 def exporter(*args: str) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen([str(COMMAND), "--broker-url", REDIS_URL, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**_clean_env(), "PYTHONUNBUFFERED": "1"})
-    try:
+    with terminated_on_exit(proc, 10):
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def stop(proc: subprocess.Popen[str]) -> str:
