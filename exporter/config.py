@@ -286,8 +286,8 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     from exporter.cli import parse_flags  # the parser is built from OPTIONS, so it imports this module
 
     environ = os.environ if environ is None else environ
+    cli = parse_flags(argv)  # first, so --help works whatever the environment holds
     _check_environment(environ)
-    cli = parse_flags(argv)
     given_file = cli.pop("config_file", None)
     config_file = given_file[0] if given_file else environ.get(CONFIG_ENV) or None
     file_values = _read_yaml(config_file) if config_file else {}

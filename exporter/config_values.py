@@ -231,7 +231,7 @@ def broker_url_problem(url: str) -> str | None:
             return (f"no broker transport is called {scheme!r} (expected redis://, rediss://, sentinel://, "
                     "amqp://, amqps:// or another kombu transport)")
         except ImportError as exc:
-            missing = library or getattr(exc, "name", None) or transport
+            missing = (getattr(exc, "name", None) or library or transport).split(".")[0]  # really missing
             return (f"the {transport!r} transport needs the Python package {missing!r}, which is not "
                     f"installed: pip install 'kombu[{extra}]'")
         except Exception as exc:  # kombu's confluentkafka module fails with NameError without its library

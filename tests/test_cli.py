@@ -155,3 +155,17 @@ def test_sqs_without_boto3_says_what_to_install() -> None:
         pytest.skip("boto3 is installed here")
     proc = run("--broker-url", "sqs://AKIA:s3cr3t@")
     assert proc.returncode == 2 and "pip install 'kombu[sqs]'" in proc.stderr and "s3cr3t" not in proc.stderr
+
+
+def test_redis_transport_without_packaging_says_what_to_install() -> None:
+    # kombu's Redis transport imports `packaging`, which only kombu's redis extra installs (issue 15):
+    # hide it from a real interpreter and the exporter must say so, not retry forever.
+    code = ("import sys; sys.modules['packaging'] = None\n"
+            "from exporter.__main__ import main\n"
+            f"sys.exit(main(['--broker-url', {REDIS_URL!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env=_clean_env())
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == ("celery-exporter: error: --broker-url: the 'redis' transport needs the "
+                                   "Python package 'packaging', which is not installed: "
+                                   "pip install 'kombu[redis]'")
