@@ -143,13 +143,20 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
+def polled_registry(polling: Any, clock: Callable[[], float], *others: Any) -> CollectorRegistry:
+    """A private registry serving ``polling``'s results as the exporter does, plus ``others``."""
+    from exporter.collectors.queues import QueueCollector
+
+    return registry_of([QueueCollector(polling.views, clock), *others])
+
+
 def poll(config: Any, clock: FakeClock, seen: tuple[str, ...] = ()) -> Samples:
     """One synchronous poll of every source ``config`` gives, and the samples its collectors serve."""
     from exporter.brokers import build_polling
 
-    polling = build_polling(config, lambda: seen, clock=clock)
+    polling = build_polling(config, lambda: seen)
     try:
         polling.poll_once()
-        return samples(registry_of(polling.collectors))
+        return samples(polled_registry(polling, clock))
     finally:
         polling.close()

@@ -27,8 +27,8 @@ from tests._broker_helpers import (
     by_queue,
     free_port,
     poll,
+    polled_registry,
     private_redis,
-    registry_of,
     samples,
     unique,
     wait_for,
@@ -107,8 +107,8 @@ def test_seed_dead_letter_list_and_sorted_set_with_oldest_age(rdb: RedisDb) -> N
 
     clock = FakeClock(T)
     config = Config(REDIS_URL)  # the defaults find both conventions
-    polling = build_polling(config, lambda: (), clock=clock)
-    registry = registry_of(polling.collectors)
+    polling = build_polling(config, lambda: ())
+    registry = polled_registry(polling, clock)
     try:
         polling.poll_once()
         got = samples(registry)
@@ -174,8 +174,8 @@ def test_a_broker_that_hangs_or_goes_away_fails_its_poll_alone() -> None:
         client.sadd("_kombu.binding.emails", f"emails{SEP}{SEP}emails")
         client.lpush("emails", "m1", "m2")
         config = Config(f"redis://127.0.0.1:{port}/0", poll_timeout=0.5, poll_interval=1.0)
-        polling = build_polling(config, state.queues_seen, clock=clock)
-        registry = registry_of([*polling.collectors, TaskCollector(state.take_snapshot)])
+        polling = build_polling(config, state.queues_seen)
+        registry = polled_registry(polling, clock, TaskCollector(state.take_snapshot))
         src = (("source", "redis"),)
         try:
             polling.poll_once()
@@ -225,7 +225,7 @@ def test_run_polls_in_the_background_until_stopped() -> None:
     with private_redis() as (port, _):
         redis.Redis(port=port).lpush("celery", "m1")
         polling = build_polling(Config(f"redis://127.0.0.1:{port}/0", poll_interval=0.05), lambda: ())
-        registry = registry_of(polling.collectors)
+        registry = polled_registry(polling, time.time)
         stop = threading.Event()
         runner = threading.Thread(target=polling.run, args=(stop,))
         runner.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from exporter.collectors.workers import worker_up
 from exporter.state import (
     EXHAUSTED,
     OVERFLOW_LABEL,
@@ -160,9 +161,9 @@ def test_worker_timeout_and_purge_with_injected_clock() -> None:
     s = make(clock, worker_timeout=10, worker_purge_after=60)
     feed(s, heartbeat("celery@w1", T0, active=3, type_="worker-online"))
     w = s.workers["celery@w1"]
-    assert s.worker_up(w, clock()) and w.active == 3 and w.version == "5.7.0"
+    assert worker_up(w, clock(), 10) and w.active == 3 and w.version == "5.7.0"
     clock.advance(11)
-    assert not s.worker_up(w, clock())
+    assert not worker_up(w, clock(), 10)
     assert "celery@w1" in s.snapshot().workers  # down, but still reported until purged
     clock.advance(50)
     assert "celery@w1" not in s.snapshot().workers  # the scrape stops yielding it at once
@@ -174,7 +175,7 @@ def test_worker_offline_marks_down_immediately() -> None:
     clock = FakeClock()
     s = make(clock)
     feed(s, heartbeat("w", T0), heartbeat("w", T0 + 1, type_="worker-offline"))
-    assert not s.worker_up(s.workers["w"], clock())
+    assert not worker_up(s.workers["w"], clock(), s.settings.worker_timeout)
 
 
 @pytest.mark.parametrize(
