@@ -17,15 +17,13 @@ import json
 import re
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 from exporter.collectors import all_specs
-from tests._support import free_port as free_port  # re-exported for the tests
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,24 +194,6 @@ def substitute_grafana_vars(expr: str, values: dict[str, str] | None = None) -> 
 
 
 # ---------------------------------------------------------------------------------------------- processes
-
-
-def wait_for(what: str, probe: Callable[[], T | None], deadline: float, every: float = 0.5,
-             context: Callable[[], str] = lambda: "",
-             errors: tuple[type[Exception], ...] = (OSError, ValueError, KeyError)) -> T:
-    """Call ``probe`` until it returns something truthy or the monotonic ``deadline`` passes; ``errors``
-    raised meanwhile mean "not up yet"."""
-    last_error: Exception | None = None
-    while True:
-        try:
-            value = probe()
-            if value:
-                return value
-        except errors as exc:
-            last_error = exc
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what} (last error: {last_error!r})\n{context()}")
-        time.sleep(every)
 
 
 class Processes:

@@ -23,7 +23,6 @@ from exporter.exposition import render
 from exporter.state import ClusterState, StateSettings
 from tests._events import (
     T0,
-    FakeClock,
     failed,
     heartbeat,
     received,
@@ -33,6 +32,7 @@ from tests._events import (
     started,
     succeeded,
 )
+from tests._support import FakeClock
 
 GOLDEN = Path(__file__).parent / "testdata"
 

@@ -24,13 +24,13 @@ from celery import signals
 from tests._deploy_helpers import (
     COMPOSE_DIR,
     COMPOSE_FILE,
+    DEPLOY_NOT_UP,
     REPO,
-    free_port,
     load_yaml,
     parse_dockerfile,
     stop_processes,
-    wait_until,
 )
+from tests._support import free_port, wait_for
 
 
 def _import_sample_app(monkeypatch: pytest.MonkeyPatch, broker: str, dlq: str) -> ModuleType:
@@ -232,7 +232,8 @@ def test_redis_cluster_of_the_stack_shows_up_in_the_exporter(monkeypatch: pytest
     try:
         deadline = time.monotonic() + 45
         # Subscribed before the worker's first events.
-        wait_until("the exporter to be ready", lambda: requests.get(f"{url}/readyz", timeout=2).ok, deadline)
+        wait_for(lambda: requests.get(f"{url}/readyz", timeout=2).ok, deadline - time.monotonic(), every=0.3,
+                 what="the exporter to be ready", errors=DEPLOY_NOT_UP)
         procs.append(subprocess.Popen(
             [sys.executable, "-m", *command, "--pool=solo", "--without-mingle", "--without-gossip"],
             cwd=COMPOSE_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))

@@ -28,8 +28,9 @@ from exporter.collectors.workers import WorkerCollector
 from exporter.events import decode as d
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.state import SENT, ClusterState, StateSettings
-from tests._events import T0, FakeClock, ev, failed, heartbeat, redis_envelope, sent, started, succeeded
-from tests._reliability_helpers import amqp_messages, parse_samples, redis_payloads
+from tests._events import T0, ev, failed, heartbeat, redis_envelope, sent, started, succeeded
+from tests._reliability_helpers import amqp_messages, redis_payloads
+from tests._support import FakeClock, parse_samples
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NOW = T0

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests._reliability_helpers import ROOT, Daemon, free_port, wait_for
+from tests._support import ROOT, Daemon, free_port, wait_for
 
 CORE = "SeCrEt7f3a"  # any leak, whole or percent-decoded, contains this
 RAW = f"pw%21{CORE}"  # as written in a URL

@@ -7,21 +7,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from exporter.app import App
 from exporter.config import load_config
-from tests._reliability_helpers import Daemon, RedisServer, free_port, publisher, wait_for
+from tests._broker_helpers import RedisServer
+from tests._reliability_helpers import publisher
+from tests._support import Daemon, free_port, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 def events_total(samples: dict[str, float]) -> float:
@@ -29,7 +24,7 @@ def events_total(samples: dict[str, float]) -> float:
 
 
 def test_sigterm_during_heavy_ingest_exits_0_within_5s(redis_server: RedisServer) -> None:
-    with Daemon(["--broker-url", redis_server.url, "--log-format", "json"]) as daemon:
+    with Daemon(["--broker-url", redis_server.url(), "--log-format", "json"]) as daemon:
         daemon.start()
         wait_for(lambda: daemon.get("/readyz")[0] == 200, 20, what="the event stream to connect")
         with publisher(redis_server.port) as sent:
@@ -48,7 +43,7 @@ def test_sigterm_during_heavy_ingest_exits_0_within_5s(redis_server: RedisServer
 
 def test_app_stop_leaves_no_thread_behind(redis_server: RedisServer) -> None:
     before = set(threading.enumerate())
-    config = load_config(["--broker-url", redis_server.url, "--listen-address", "127.0.0.1",
+    config = load_config(["--broker-url", redis_server.url(), "--listen-address", "127.0.0.1",
                           "--port", str(free_port()), "--poll-interval", "1"], environ={})
     app = App(config)
     app.start()

@@ -20,7 +20,6 @@ from exporter.state import (
 )
 from tests._events import (
     T0,
-    FakeClock,
     ev,
     failed,
     heartbeat,
@@ -30,6 +29,7 @@ from tests._events import (
     started,
     succeeded,
 )
+from tests._support import FakeClock
 
 
 def make(clock: FakeClock | None = None, **settings) -> ClusterState:

@@ -27,17 +27,9 @@ from exporter.events.ingest import Ingest
 from exporter.http import Health, MetricsServer
 from exporter.state import ClusterState
 from exporter.webconfig import BasicAuth, load_web_config
-from tests._events import T0, FakeClock, redis_envelope, sent
-from tests._reliability_helpers import (
-    ROOT,
-    Pem,
-    free_port,
-    make_ca,
-    make_leaf,
-    parse_samples,
-    tls_client_context,
-    wait_for,
-)
+from tests._events import T0, redis_envelope, sent
+from tests._reliability_helpers import Pem, make_ca, make_leaf, tls_client_context
+from tests._support import ROOT, FakeClock, free_port, parse_samples, wait_for
 
 PASSWORD = "correct horse battery staple"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
@@ -477,7 +469,7 @@ def test_a_trickled_tls_handshake_is_cut_off_at_the_deadline(
 
 @pytest.mark.integration
 def test_the_daemon_serves_every_endpoint_over_tls_with_auth(tmp_path: Path, pki: dict[str, Any]) -> None:
-    from tests._reliability_helpers import Daemon
+    from tests._support import Daemon
 
     web = write(tmp_path, tls_yaml(pki["server"]) + "http_server_config:\n  headers:\n"
                 "    X-Frame-Options: deny\n" f"basic_auth_users:\n  prometheus: {HASH}\n")
