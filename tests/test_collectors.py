@@ -100,8 +100,8 @@ def test_fast_renderer_agrees_with_client_python() -> None:
     assert ours_om == theirs_om
 
 
-def test_label_values_are_escaped() -> None:
-    clock = FakeClock(T0)
+def test_label_values_are_escaped(fake_clock: FakeClock) -> None:
+    clock = fake_clock
     state = ClusterState(clock=clock)
     Ingest(state, clock).feed_redis([redis_envelope([sent("u", 'we"ird\\name\nx', T0)])])
     registry = CollectorRegistry(auto_describe=False)
