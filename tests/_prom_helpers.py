@@ -3,7 +3,7 @@ PromQL tokeniser that finds the metric names an expression reads, the set of nam
 (from ``exporter.collectors.all_specs()``), and Grafana template-variable substitution.
 
 It also holds what the end-to-end test needs to run Prometheus, Alertmanager and friends as child
-processes: free ports, bounded waits, and a process group that always ends its members.
+processes: a process group that always ends its members (free ports and waits are in ``tests._support``).
 
 The tokeniser is deliberately conservative: it strips string literals, label matchers, range and subquery
 brackets, grouping-label lists and Grafana variables, then keeps every identifier that is not a keyword
