@@ -21,9 +21,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
 from exporter.brokers import build_polling
-from exporter.collectors.stream import StreamCollector
-from exporter.collectors.tasks import TaskCollector
-from exporter.collectors.workers import WorkerCollector
+from exporter.collectors import Sources, build_collectors
 from exporter.config import Config
 from exporter.config_values import join_host_port
 from exporter.events.ingest import Ingest, StreamStatus
@@ -67,18 +65,13 @@ class App:
         self.status = StreamStatus(clock)
         self.ingest = Ingest(self.state, clock)
         snapshots = SnapshotSource(self.state)
-        self.registry = CollectorRegistry(auto_describe=False)
-        for collector in (
-            TaskCollector(snapshots),
-            WorkerCollector(snapshots),
-            StreamCollector(snapshots, self.status),
-        ):
-            self.registry.register(collector)
-        for builtin in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-            self.registry.register(builtin)
         self.stream = build_stream(config, self.ingest, self.status)
         self.polling = build_polling(config, self.state.queues_seen)
-        for collector in self.polling.collectors:
+        # Read through self.polling at scrape time: the demo swaps in its own polling after this.
+        sources = Sources(snapshots, self.status, lambda: self.polling.views(), clock)
+        self.registry = CollectorRegistry(auto_describe=False)
+        # register() reads each collector's describe(): a name declared twice stops start-up here.
+        for collector in (*build_collectors(sources), PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(collector)
         ssl_context, authorize, headers = self._web_security()
         self.http = MetricsServer(

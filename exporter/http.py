@@ -35,7 +35,6 @@ METRICS_PATH = "/metrics"
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 INDEX_PATH = "/"
-PATHS = (METRICS_PATH, HEALTH_PATH, READY_PATH, INDEX_PATH)
 
 REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request or read the answer
 MAX_CONNECTIONS = 64

@@ -481,9 +481,6 @@ class ClusterState:
             rec.active = 0.0
 
     # ------------------------------------------------------------------ reading
-    def worker_up(self, rec: WorkerRecord, now: float) -> bool:
-        return rec.online and now - rec.heartbeat_seen <= self.settings.worker_timeout
-
     def snapshot(self) -> Snapshot:
         """Copy what collectors need. Call with ``lock`` held (``take_snapshot`` does that)."""
         now = self.clock()

@@ -21,8 +21,9 @@ from exporter.collectors.workers import WorkerCollector
 from exporter.config import state_settings
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.state import OVERFLOW_LABEL, ClusterState
-from tests._events import T0, FakeClock, ev, failed, heartbeat, redis_envelope, retried, sent
-from tests._reliability_helpers import parse_samples, series_count
+from tests._events import T0, ev, failed, heartbeat, redis_envelope, retried, sent
+from tests._reliability_helpers import series_count
+from tests._support import FakeClock, parse_samples
 
 CAPS = {"max_task_names": 100, "max_exception_types": 20, "max_workers": 50, "max_queues": 10,
         "max_tracked_tasks": 500}

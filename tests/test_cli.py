@@ -20,9 +20,8 @@ import pytest
 
 from exporter import __version__
 from exporter.config import GROUPS
-from tests._reliability_helpers import free_port, wait_for
-from tests._reliability_helpers import http_get as get
-from tests._support import terminated_on_exit
+from tests._support import free_port, terminated_on_exit, wait_for
+from tests._support import http_get as get
 
 COMMAND = Path(sys.executable).parent / "celery-exporter"  # the console script pip installed
 REDIS_URL = "redis://127.0.0.1:6379/0"

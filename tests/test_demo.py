@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.collectors import all_specs
 from exporter.demo import tasks as demo_tasks
 from exporter.demo.broker import MemoryLists, MemoryPoller
+from tests._support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_WITHIN = 60.0  # the DLQ needs 3 jittered retries (at most 1 + 2 + 4 s) plus a poll
@@ -37,12 +38,6 @@ def metric(name: str) -> str:
     """A sample name of the public contract; fails here, not later, if the contract renames it."""
     assert name in SPECS, f"{name} is not a metric of exporter.collectors.all_specs()"
     return name
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def demo_command() -> list[str]:
@@ -111,21 +106,21 @@ def run_demo(tmp_path: Path) -> Iterator:
 
 
 def wait_for_outcomes(proc: subprocess.Popen, port: int, log: Path) -> dict:
-    deadline = time.monotonic() + READY_WITHIN
     met: dict[str, bool] = {}
-    while time.monotonic() < deadline:
+
+    def outcomes() -> dict | None:
         assert proc.poll() is None, f"the demo exited early ({proc.returncode}):\n{log.read_text()}"
-        try:
-            samples = scrape(port)
-        except OSError:
-            time.sleep(0.5)
-            continue
-        met = expectations(samples)
-        if all(met.values()):
-            return samples
-        time.sleep(0.5)
-    missing = [k for k, ok in met.items() if not ok] or ["/metrics never answered"]
-    pytest.fail(f"after {READY_WITHIN:g}s still missing: {missing}\n{log.read_text()[-4000:]}")
+        samples = scrape(port)  # OSError until the demo listens: "not yet"
+        met.clear()
+        met.update(expectations(samples))
+        return samples if all(met.values()) else None
+
+    def missing() -> str:
+        names = [k for k, ok in met.items() if not ok] or ["/metrics never answered"]
+        return f"still missing: {names}\n{log.read_text()[-4000:]}"
+
+    return wait_for(outcomes, READY_WITHIN, every=0.5, what="every outcome of the demo", errors=(OSError,),
+                    context=missing)
 
 
 def interrupt(proc: subprocess.Popen, log: Path) -> None:

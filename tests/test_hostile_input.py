@@ -29,8 +29,9 @@ from exporter.config import state_settings
 from exporter.events import decode as d
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.state import SENT, ClusterState
-from tests._events import T0, FakeClock, ev, failed, heartbeat, redis_envelope, sent, started, succeeded
-from tests._reliability_helpers import amqp_messages, parse_samples, redis_payloads
+from tests._events import T0, ev, failed, heartbeat, redis_envelope, sent, started, succeeded
+from tests._reliability_helpers import amqp_messages, redis_payloads
+from tests._support import FakeClock, parse_samples, wait_for
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NOW = T0
@@ -406,16 +407,12 @@ def test_the_kombu_fallback_path_never_unpickles(tmp_path: Path) -> None:
     thread = threading.Thread(target=stream.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 10
-        while not status.connected and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert status.connected
+        assert wait_for(lambda: status.connected, 10, what="the stream to connect")
         with Connection("memory://") as conn:
             producer = Producer(conn.channel(), exchange=Exchange("celeryev", type="topic"))
             producer.publish(_Boom(marker), routing_key="task.sent", serializer="pickle")
             producer.publish(sent("u1", "proj.t", time.time()), routing_key="task.sent", serializer="json")
-        while (not state.events_by_type or not state.invalid_by_reason) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: state.events_by_type and state.invalid_by_reason, 10, what="both messages")
     finally:
         stop.set()
         thread.join(10)

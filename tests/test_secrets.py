@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
 
-from tests._reliability_helpers import ROOT, Daemon, free_port, wait_for
+from tests._support import ROOT, Daemon, free_port, wait_for
 
 CORE = "SeCrEt7f3a"  # any leak, whole or percent-decoded, contains this
 RAW = f"pw%21{CORE}"  # as written in a URL
@@ -51,26 +52,24 @@ SCENARIOS = {
 
 @pytest.mark.integration
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_daemon_never_shows_the_password(scenario: str) -> None:
+def test_daemon_never_shows_the_password(scenario: str, exporter_process: Callable[..., Daemon]) -> None:
     args, poll_fails = SCENARIOS[scenario]
-    daemon = Daemon([*args, "--log-level", "debug", "--log-format", "json",
-                     "--poll-interval", "1", "--poll-timeout", "1"])
-    with daemon:
-        daemon.start()
-        # Let the failure paths run: the stream's refused connect, a (failed) poll, a retry.
-        wait_for(lambda: daemon.output().count("event stream cannot connect") >= 2, 20,
-                 what="a stream error log and a retry")
-        metric = "celery_exporter_poll_errors_total" if poll_fails else "celery_exporter_poll_duration_seconds"
-        wait_for(lambda: any(k.startswith(metric) and v > 0 for k, v in daemon.metrics().items()), 20,
-                 what=metric)
-        bodies = []
-        for path in ("/metrics", "/", "/healthz", "/readyz", "/nope"):
-            _status, body = daemon.get(path)
-            bodies.append(body.decode("utf-8", "replace"))
-        assert daemon.get("/readyz")[0] == 503
-        assert "not connected" in bodies[3]
-        assert daemon.terminate() == 0
-        output = daemon.output()
+    daemon = exporter_process([*args, "--log-level", "debug", "--log-format", "json",
+                               "--poll-interval", "1", "--poll-timeout", "1"])
+    # Let the failure paths run: the stream's refused connect, a (failed) poll, a retry.
+    wait_for(lambda: daemon.output().count("event stream cannot connect") >= 2, 20,
+             what="a stream error log and a retry")
+    metric = "celery_exporter_poll_errors_total" if poll_fails else "celery_exporter_poll_duration_seconds"
+    wait_for(lambda: any(k.startswith(metric) and v > 0 for k, v in daemon.metrics().items()), 20,
+             what=metric)
+    bodies = []
+    for path in ("/metrics", "/", "/healthz", "/readyz", "/nope"):
+        _status, body = daemon.get(path)
+        bodies.append(body.decode("utf-8", "replace"))
+    assert daemon.get("/readyz")[0] == 503
+    assert "not connected" in bodies[3]
+    assert daemon.terminate() == 0
+    output = daemon.output()
     assert "event stream cannot connect" in output  # the error paths really logged
     assert leaks(output) == [], f"password in the logs: {leaks(output)}"
     for body in bodies:

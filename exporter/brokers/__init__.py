@@ -3,8 +3,8 @@
 ``build_polling(config, queues_seen)`` picks the pollers for the broker URL (Redis; RabbitMQ through the
 management API when ``--rabbitmq-management-url`` is set, else passive declares over AMQP) and returns a
 ``Polling``: ``run(stop)`` polls in the background every ``poll_interval`` seconds, each poll under a
-``poll_timeout`` deadline, and ``collectors`` serve the last good results. Brokers without a poller (SQS,
-...) get an idle ``Polling`` with only the self-metrics' HELP lines.
+``poll_timeout`` deadline, and ``views`` reads the last good results (``QueueCollector`` serves them).
+Brokers without a poller (SQS, ...) get an idle ``Polling`` with only the self-metrics' HELP lines.
 """
 
 from __future__ import annotations
@@ -121,10 +121,8 @@ def _secrets(config: Config) -> list[str]:
 
 
 def build_polling(config: Config, queues_seen: Callable[[], Iterable[str]],
-                  clock: Callable[[], float] = time.time,
                   monotonic: Callable[[], float] = time.monotonic) -> Polling:
-    """The background polling for ``config``; register ``polling.collectors`` and run ``polling.run``."""
-    from exporter.collectors.queues import QueueCollector
+    """The background polling for ``config``: run ``polling.run``; ``polling.views`` reads its results."""
 
     def seen() -> list[str]:
         return [q for q in queues_seen() if q and q != OVERFLOW_LABEL]
@@ -132,4 +130,4 @@ def build_polling(config: Config, queues_seen: Callable[[], Iterable[str]],
     pollers = build_pollers(config, seen, monotonic)
     store = PollStore([p.source for p in pollers], STALE_POLLS * config.poll_interval, monotonic)
     runners = [SourceRunner(p, store, config.poll_timeout, _secrets(config), monotonic) for p in pollers]
-    return Polling(runners, config.poll_interval, [QueueCollector(store.views, clock)])
+    return Polling(runners, config.poll_interval, store.views)

@@ -147,12 +147,13 @@ class SourceRunner:
 
 
 class Polling:
-    """The background polling loop plus the collectors that serve its results."""
+    """The background polling loop; ``views`` reads its last results (``QueueCollector`` serves them)."""
 
-    def __init__(self, runners: Sequence[SourceRunner], interval: float, collectors: list[Any]) -> None:
+    def __init__(self, runners: Sequence[SourceRunner], interval: float,
+                 views: Callable[[], Sequence[SourceView]]) -> None:
         self.runners = list(runners)
         self.interval = interval
-        self.collectors = collectors
+        self.views = views
 
     def poll_once(self) -> None:
         for runner in self.runners:

@@ -129,11 +129,7 @@ class Demo:
         # build_polling has no poller for memory://; swap in the demo's before anything runs.
         app, lists = self.exporter, self.memory_lists
         assert lists is not None
-        for collector in app.polling.collectors:
-            app.registry.unregister(collector)
         app.polling = memory_polling(config, lists, lambda: (*demo_tasks.QUEUES, *app.state.queues_seen()))
-        for collector in app.polling.collectors:
-            app.registry.register(collector)
 
     def start_worker(self) -> None:
         if self.redis is not None:
