@@ -190,3 +190,39 @@ def test_every_mapped_series_exists_in_real_prometheus(tmp_path: Path, broker: t
     names = {(n, s["name"]) for n, series in found.items() for s in series if "name" in s}
     assert {("celery_task_succeeded_total", "compat.ok"), ("celery_task_failed_total", "compat.fail"),
             ("celery_task_retried_total", "compat.flaky")} <= names
+
+
+MIGRATING = ROOT / "docs" / "migrating.md"
+
+
+def test_migrating_doc_names_only_real_flags_metrics_and_every_compat_rule() -> None:
+    """The right-hand column of docs/migrating.md: flags, env vars and metrics of this exporter exist; every
+    name the shim records is in the metric table."""
+    import re
+
+    from exporter.collectors import all_specs
+    from exporter.config import OPTIONS
+
+    text = MIGRATING.read_text()
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| `")]
+    flags = {o.flag for o in OPTIONS} | {"--config"}
+    envs = {o.env for o in OPTIONS}
+    ours_metrics = {s.name for s in all_specs()}
+    checked = 0
+    for cells in rows:
+        theirs, ours = cells[0], " ".join(cells[2:])
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9.-]*", ours):
+            assert flag in flags, f"migrating.md maps {theirs.strip()} to {flag}, not a flag of ours"
+            checked += 1
+        for env in re.findall(r"\bCELERY_EXPORTER_[A-Z_]+", ours):
+            assert env in envs, f"migrating.md names {env}, not an env var of ours"
+            checked += 1
+        if theirs.strip().startswith("`celery_"):
+            for name in re.findall(r"`(celery_[a-z_]+)", cells[2]):
+                assert name in ours_metrics, f"migrating.md names {name}, not a metric of ours"
+                checked += 1
+    table = {m.split("`")[1] for m in text.splitlines() if m.startswith("| `celery_")}
+    for name in RECORDED:
+        base = re.sub(r"_(bucket|sum|count)$", "", name) if "runtime" in name or "wait_time" in name else name
+        assert base in table, f"{name} is recorded by the shim but not in the migrating.md table"
+    assert checked > 30
