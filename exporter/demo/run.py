@@ -237,7 +237,8 @@ celery-exporter demo is running.
   producer  {demo.ns.rate:g} tasks/s: {demo_tasks.SEND_EMAIL} (succeeds), {demo_tasks.PARSE_INVOICE} (fails
             on bad input), {demo_tasks.CALL_API} (autoretry, exponential backoff + jitter),
             {demo_tasks.IMPORTANT} (exhausts its retries, then {demo_tasks.DLQ_KEY});
-            every {demo_tasks.BURST_EVERY:g} s a newsletter of {demo_tasks.BURST_SIZE} emails backs up queue email
+            and every {demo_tasks.BURST_EVERY:g} s a newsletter: {demo_tasks.BURST_SIZE} emails at once
+            back up queue email (watch celery_queue_length rise and drain)
   exporter  {base}/metrics   {base}/readyz   {base}/
 
 Try, in another terminal:
