@@ -49,6 +49,19 @@ def test_installed_version_lies_in_the_declared_range(req: Requirement) -> None:
         "raised without testing, or this environment runs an untested release")
 
 
+@pytest.mark.parametrize("req", RUNTIME, ids=lambda r: r.name)
+def test_upper_bound_sits_right_above_the_tested_series(req: Requirement) -> None:
+    """``<5.8`` with 5.7.x installed, ``<9`` with 8.x: the bound admits nothing the suite has not run. A
+    bound raised ahead of its test run (``<5.9`` while 5.7 is what installs) fails here."""
+    (upper,) = [s for s in req.specifier if s.operator == "<"]
+    bound = Version(upper.version).release
+    installed = Version(md.version(req.name)).release
+    n = len(bound)
+    assert installed[: n - 1] == bound[: n - 1] and installed[n - 1] == bound[n - 1] - 1, (
+        f"{req.name} {md.version(req.name)} is tested but the bound is {upper}: the next series after "
+        f"the tested one is the bound")
+
+
 @pytest.mark.parametrize("extra", ["redis"])
 def test_the_transport_extras_are_installed(extra: str) -> None:
     """celery[redis]/kombu[redis] must bring what kombu's Redis transport imports; load it for real."""
