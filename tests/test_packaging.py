@@ -124,3 +124,17 @@ def test_project_urls_point_where_the_runbooks_do() -> None:
     rules = (ROOT / "alerts" / "celery-exporter.rules.yml").read_text()
     home = urls["Source"]
     assert f"{home}/blob/main/docs/runbooks.md" in rules
+
+
+def test_the_installed_distribution_and_build_info_carry_the_package_version() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from exporter.collectors.stream import StreamCollector
+    from exporter.events.ingest import StreamStatus
+    from exporter.state import ClusterState
+
+    assert md.version(DIST_NAME) == __version__  # setuptools read exporter.__version__ at install
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StreamCollector(ClusterState().take_snapshot, StreamStatus()))
+    assert 'celery_exporter_build_info{celery_version="' in generate_latest(registry).decode()
+    assert f'version="{__version__}"' in generate_latest(registry).decode()
