@@ -38,6 +38,7 @@ def run(config: object) -> int:
     import structlog
 
     from exporter.app import App
+    from exporter.brokers.settings import BrokerSettingsError
     from exporter.config import Config
     from exporter.logs import configure_logging
 
@@ -46,7 +47,7 @@ def run(config: object) -> int:
     log = structlog.get_logger("exporter")
     try:
         app = App(config)
-    except ConfigError as exc:
+    except (ConfigError, BrokerSettingsError) as exc:
         print(f"celery-exporter: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

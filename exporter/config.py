@@ -5,7 +5,7 @@ Every option is declared once in ``OPTIONS``; the argument parser, the environme
 check, the README and ``docs/configuration.md`` all come from that table (a test keeps the docs in sync).
 A bad value, an unknown YAML key or a missing broker URL raises ``ConfigError`` naming the key and where
 it came from; ``__main__`` turns it into exit status 2. Secrets (passwords in URLs) are redacted by
-``redact_url`` wherever a URL is shown.
+``exporter.secrets.redact_url`` wherever a URL is shown.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import itertools
 import json
 import math
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import yaml
 
+from exporter.secrets import redact_url, yaml_error
 from exporter.state import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS, StateSettings
 
 ENV_PREFIX = "CELERY_EXPORTER_"
@@ -294,27 +294,6 @@ class Config:
         return "Config(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
-_USERINFO = re.compile(r"(?<=://)([^/@:]*):([^@/]*)@")
-
-
-def redact_url(url: str) -> str:
-    """``redis://:secret@host/0`` -> ``redis://:***@host/0``; also handles ``;``-separated failover lists."""
-    parts = []
-    for one in url.split(";"):
-        try:
-            split = urlsplit(one)
-        except ValueError:
-            parts.append(_USERINFO.sub(r"\1:***@", one))
-            continue
-        if split.password is None:
-            parts.append(one)
-            continue
-        netloc = split.netloc.rsplit("@", 1)[1]
-        user = split.username or ""
-        parts.append(urlunsplit(split._replace(netloc=f"{user}:***@{netloc}")))
-    return ";".join(parts)
-
-
 def build_parser(prog: str = "celery-exporter") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -396,10 +375,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         # Not str(exc): PyYAML quotes the offending line, which may hold a broker password.
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "parse error"
-        raise ConfigError("config", path, f"not valid YAML: {problem}{where}") from None
+        raise ConfigError("config", path, f"not valid YAML: {yaml_error(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -145,9 +145,10 @@ def _pings(client: redis.Redis) -> bool:
 
 def poll(config: Any, clock: FakeClock, seen: tuple[str, ...] = ()) -> Samples:
     """One synchronous poll of every source ``config`` gives, and the samples its collectors serve."""
-    from exporter.brokers import build_polling
+    from exporter.app import poll_settings
+    from exporter.brokers.polling import build_polling
 
-    polling = build_polling(config, lambda: seen, clock=clock)
+    polling = build_polling(poll_settings(config), lambda: seen, clock=clock)
     try:
         polling.poll_once()
         return samples(registry_of(polling.collectors))

@@ -395,7 +395,7 @@ def test_the_kombu_fallback_path_never_unpickles(tmp_path: Path) -> None:
 
     from kombu import Connection, Exchange, Producer
 
-    from exporter.events.kombu_stream import KombuEventStream
+    from exporter.brokers.kombu.stream import KombuEventStream
 
     marker = tmp_path / "unpickled"
     state, ingest = new_state(now=time.time())

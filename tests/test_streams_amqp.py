@@ -29,8 +29,9 @@ from _stream_helpers import (
     wait_until,
 )
 
-from exporter.events.amqp_stream import AmqpEventStream, connection_parameters, queue_arguments
-from exporter.events.backoff import Backoff
+from exporter.brokers.backoff import Backoff
+from exporter.brokers.rabbitmq.connection import connection_parameters
+from exporter.brokers.rabbitmq.stream import AmqpEventStream, queue_arguments
 
 API = os.environ.get("RABBITMQ_API", "http://127.0.0.1:15672/api")
 AUTH = ("guest", "guest")
@@ -43,6 +44,11 @@ def test_queue_arguments_in_whole_milliseconds_and_no_ttl_when_zero() -> None:
     assert queue_arguments(0.0, 1.5) == {"x-queue-type": "classic", "x-expires": 1_500}
     assert queue_arguments(0.0001, 0.0001) == {"x-queue-type": "classic", "x-expires": 1,
                                                "x-message-ttl": 1}
+
+
+def parameters(url: str, name: str) -> list[Any]:
+    return connection_parameters(url, client_name=name, heartbeat=30, socket_timeout=5.0, stack_timeout=15.0,
+                                 blocked_timeout=None)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +64,7 @@ def test_queue_arguments_in_whole_milliseconds_and_no_ttl_when_zero() -> None:
 def test_connection_parameters_read_urls_like_kombu(
     url: str, host: str, port: int, vhost: str, user: str, tls: bool
 ) -> None:
-    (params,) = connection_parameters(url, "name")
+    (params,) = parameters(url, "name")
     assert (params.host, params.port, params.virtual_host) == (host, port, vhost)
     assert params.credentials.username == user
     assert (params.ssl_options is not None) == tls
@@ -66,7 +72,7 @@ def test_connection_parameters_read_urls_like_kombu(
 
 
 def test_failover_list_gives_one_parameter_set_per_broker() -> None:
-    params = connection_parameters("amqp://a:1@h1//;amqp://b:2@h2:5680/v", "n")
+    params = parameters("amqp://a:1@h1//;amqp://b:2@h2:5680/v", "n")
     assert [(p.host, p.port, p.virtual_host) for p in params] == [("h1", 5672, "/"), ("h2", 5680, "v")]
 
 

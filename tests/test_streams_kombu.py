@@ -25,8 +25,8 @@ from _stream_helpers import (
 )
 from kombu import Connection, Exchange, Producer
 
+from exporter.brokers.kombu.stream import KombuEventStream
 from exporter.events.decode import LOCAL_UTCOFFSET
-from exporter.events.kombu_stream import KombuEventStream
 
 MEMORY = "memory://"
 

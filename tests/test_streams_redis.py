@@ -27,9 +27,9 @@ from _stream_helpers import (
 )
 from kombu import Connection
 
-from exporter.config import ConfigError
-from exporter.events.backoff import Backoff
-from exporter.events.redis_stream import RedisEventStream, event_channel_pattern
+from exporter.brokers.backoff import Backoff
+from exporter.brokers.redis.stream import RedisEventStream, event_channel_pattern
+from exporter.brokers.settings import BrokerSettingsError
 from exporter.state import SUCCEEDED
 
 
@@ -56,7 +56,7 @@ def test_event_channel_pattern(db: int, options: dict, pattern: str) -> None:
 
 def test_sentinel_url_needs_master_name() -> None:
     _state, ingest, status = pipeline()
-    with pytest.raises(ConfigError, match="master_name"):
+    with pytest.raises(BrokerSettingsError, match="master_name"):
         RedisEventStream("sentinel://127.0.0.1:26379/0", ingest, status, {})
 
 

@@ -1,7 +1,7 @@
 """The generic fallback: Celery's own ``EventReceiver`` over any kombu transport (SQS, Azure, ZooKeeper,
-``memory://``, ``filesystem://``, ``redis+socket://``...). This is the slow path: kombu builds a Message
-object per event message and Celery dispatches each event to a handler. Redis and RabbitMQ have the
-dedicated readers in ``redis_stream`` and ``amqp_stream``, several times faster.
+``memory://``, ``filesystem://``...): every scheme ``brokers/registry.py`` gives no package of its own.
+This is the slow path: kombu builds a Message object per event message and Celery dispatches each event
+to a handler. Redis and RabbitMQ have dedicated readers in their packages, several times faster.
 
 What we keep from Celery: the queue it declares (``<event_queue_prefix>.<node id>`` bound to the
 ``celeryev`` exchange with ``#``, with our TTL and expiry), its consumer, its splitting of ``task.multi``
@@ -26,11 +26,10 @@ from celery import Celery
 from celery.events.receiver import EventReceiver
 from kombu import Consumer
 
-from exporter.config import Config
-from exporter.events.amqp_stream import node_id
-from exporter.events.backoff import Backoff
+from exporter.brokers.backoff import Backoff
+from exporter.brokers.settings import StreamSettings
+from exporter.brokers.supervisor import TICK, Supervisor, node_id
 from exporter.events.ingest import Ingest, StreamStatus
-from exporter.events.streams import TICK, Supervisor
 
 MAX_BATCH = 1_000
 
@@ -70,10 +69,11 @@ class KombuEventStream:
         self._pending: list[Any] = []
 
     @classmethod
-    def from_config(cls, config: Config, ingest: Ingest, status: StreamStatus) -> KombuEventStream:
-        return cls(config.broker_url, ingest, status, config.broker_transport_options,
-                   queue_prefix=config.event_queue_prefix, queue_ttl=config.event_queue_ttl,
-                   queue_expires=config.event_queue_expires)
+    def from_settings(cls, settings: StreamSettings, ingest: Ingest,
+                      status: StreamStatus) -> KombuEventStream:
+        return cls(settings.broker_url, ingest, status, settings.transport_options,
+                   queue_prefix=settings.queue_prefix, queue_ttl=settings.queue_ttl,
+                   queue_expires=settings.queue_expires)
 
     def run(self, stop: threading.Event) -> None:
         self.supervisor.run(self.session, stop)
