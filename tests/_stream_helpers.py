@@ -24,6 +24,9 @@ from typing import Any
 
 from celery import Celery
 
+from exporter.app import stream_settings
+from exporter.brokers.settings import StreamSettings
+from exporter.config import Config
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.state import ClusterState
 from tests._support import celery_worker as support_worker
@@ -69,6 +72,11 @@ def wait_until(cond: Callable[[], object], timeout: float = 15.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(0.02)
+
+
+def settings(url: str, **config: Any) -> StreamSettings:
+    """The stream settings the app would build for ``url`` and these Config options (defaults otherwise)."""
+    return stream_settings(Config(broker_url=url, **config))
 
 
 def pipeline() -> tuple[ClusterState, Ingest, StreamStatus]:

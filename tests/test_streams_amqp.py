@@ -25,6 +25,7 @@ from _stream_helpers import (
     lines,
     pipeline,
     running,
+    settings,
     total,
     wait_until,
 )
@@ -132,8 +133,8 @@ def close_connection(client_name: str) -> None:
 @pytest.mark.integration
 def test_captured_messages_give_exact_counts_and_the_queue_is_built_to_last(vhost: str) -> None:
     state, ingest, status = pipeline()
-    stream = AmqpEventStream(url_for(vhost), ingest, status, queue_prefix="ce-test", queue_ttl=60,
-                             queue_expires=300, prefetch=50)
+    stream = AmqpEventStream(settings(url_for(vhost), event_queue_prefix="ce-test", event_queue_ttl=60,
+                                      event_queue_expires=300, event_prefetch=50), ingest, status)
     with running(stream, status):
         assert publish(vhost, lines("amqp_messages.jsonl")) == EXPECTED_TOTAL
         wait_until(lambda: total(state) == EXPECTED_TOTAL, 15, "96 events")
@@ -163,7 +164,7 @@ def test_malformed_messages_are_counted_and_acked(vhost: str) -> None:
          "content_encoding": "utf-8"},
     ]
     state, ingest, status = pipeline()
-    stream = AmqpEventStream(url_for(vhost), ingest, status, queue_prefix="ce-test")
+    stream = AmqpEventStream(settings(url_for(vhost), event_queue_prefix="ce-test"), ingest, status)
     with running(stream, status):
         publish(vhost, [*bad, good])
         wait_until(lambda: total(state) == 1 and sum(invalid(state).values()) == 4, 15, "all five")
@@ -180,7 +181,7 @@ def test_events_published_while_the_connection_is_down_are_not_lost(vhost: str) 
     first, second = msgs[:41], msgs[41:]
     state, ingest, status = pipeline()
     # A fixed 2 s pause before reconnecting leaves a window to publish into while we are away.
-    stream = AmqpEventStream(url_for(vhost), ingest, status, queue_prefix="ce-test",
+    stream = AmqpEventStream(settings(url_for(vhost), event_queue_prefix="ce-test"), ingest, status,
                              backoff=Backoff(initial=2.0, cap=2.0, jitter=0.0))
     with running(stream, status):
         n_first = publish(vhost, first)
@@ -200,13 +201,13 @@ def test_events_published_while_the_connection_is_down_are_not_lost(vhost: str) 
 def test_real_celery_worker_events(vhost: str) -> None:
     state, ingest, status = pipeline()
     broker = url_for(vhost)
-    check_real_worker_events(AmqpEventStream(broker, ingest, status, queue_prefix="ce-test"), state, status, broker, "amqp-stream-test")
+    check_real_worker_events(AmqpEventStream(settings(broker, event_queue_prefix="ce-test"), ingest, status), state, status, broker, "amqp-stream-test")
 
 
 @pytest.mark.integration
 def test_wrong_password_is_reported_redacted_and_retried() -> None:
     state, ingest, status = pipeline()
-    stream = AmqpEventStream("amqp://guest:not-the-pw-77@127.0.0.1:5672//", ingest, status,
+    stream = AmqpEventStream(settings("amqp://guest:not-the-pw-77@127.0.0.1:5672//"), ingest, status,
                              backoff=Backoff(initial=0.05, cap=0.1, jitter=0.0))
     with running(stream, status, connect=False):
         wait_until(lambda: status.last_error, 15, "the authentication failure")

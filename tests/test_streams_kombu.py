@@ -20,6 +20,7 @@ from _stream_helpers import (
     lines,
     pipeline,
     running,
+    settings,
     total,
     wait_until,
 )
@@ -45,7 +46,7 @@ def send(producer: Any, body: str | bytes, routing_key: str = "task.multi",
 
 def test_captured_bodies_give_exact_counts(producer: Any) -> None:
     state, ingest, status = pipeline()
-    with running(KombuEventStream(MEMORY, ingest, status), status):
+    with running(KombuEventStream(settings(MEMORY), ingest, status), status):
         for m in lines("amqp_messages.jsonl"):
             send(producer, m["body"], m["routing_key"])
         wait_until(lambda: total(state) == EXPECTED_TOTAL, 15, "96 events")
@@ -64,7 +65,7 @@ def test_refused_bodies_are_counted_never_unpickled(producer: Any) -> None:
 
     good = lines("amqp_messages.jsonl")[0]
     state, ingest, status = pipeline()
-    with running(KombuEventStream(MEMORY, ingest, status), status) as thread:
+    with running(KombuEventStream(settings(MEMORY), ingest, status), status) as thread:
         send(producer, pickle.dumps(Boom()), "task.sent", "application/x-python-serialize", "binary")
         send(producer, b"{broken", "task.sent")
         send(producer, b'[{"type": "task-sent"}, 7]', "task.multi")
@@ -83,7 +84,7 @@ def test_timestamps_are_adjusted_once_by_our_decoder(producer: Any) -> None:
     event = {"type": "worker-heartbeat", "hostname": "w@west", "timestamp": sent_at, "utcoffset": offset,
              "freq": 2.0, "active": 0, "sw_ver": "5.7.0", "sw_sys": "Linux"}
     state, ingest, status = pipeline()
-    with running(KombuEventStream(MEMORY, ingest, status), status):
+    with running(KombuEventStream(settings(MEMORY), ingest, status), status):
         send(producer, json.dumps(event), "worker.heartbeat")
         wait_until(lambda: total(state) == 1, 15, "the heartbeat")
     assert state.last_event_ts == pytest.approx(sent_at + 5 * 3600, abs=1e-3)
@@ -94,7 +95,7 @@ def test_fallback_reads_real_redis_through_kombus_transport() -> None:
     srv = RedisServer().start()
     try:
         state, ingest, status = pipeline()
-        with running(KombuEventStream(srv.url(15), ingest, status), status):
+        with running(KombuEventStream(settings(srv.url(15)), ingest, status), status):
             c = srv.client()
             n = 0
             for m in lines("redis_payloads.jsonl"):  # the bytes real workers PUBLISH

@@ -22,6 +22,7 @@ from _stream_helpers import (
     lines,
     pipeline,
     running,
+    settings,
     total,
     wait_until,
 )
@@ -57,7 +58,7 @@ def test_event_channel_pattern(db: int, options: dict, pattern: str) -> None:
 def test_sentinel_url_needs_master_name() -> None:
     _state, ingest, status = pipeline()
     with pytest.raises(BrokerSettingsError, match="master_name"):
-        RedisEventStream("sentinel://127.0.0.1:26379/0", ingest, status, {})
+        RedisEventStream(settings("sentinel://127.0.0.1:26379/0"), ingest, status)
 
 
 # ---------------------------------------------------------------- fixtures
@@ -95,7 +96,7 @@ def test_pattern_matches_what_kombu_publishes(server: RedisServer, options: dict
 @pytest.mark.integration
 def test_captured_payloads_give_exact_counts(server: RedisServer) -> None:
     state, ingest, status = pipeline()
-    stream = RedisEventStream(server.url(15), ingest, status)
+    stream = RedisEventStream(settings(server.url(15)), ingest, status)
     with running(stream, status):
         # A message for another db's exchange must not be seen.
         server.client().publish("/14.celeryev/task.sent", lines("redis_payloads.jsonl")[0]["payload"])
@@ -115,7 +116,8 @@ def test_captured_payloads_give_exact_counts(server: RedisServer) -> None:
 @pytest.mark.integration
 def test_global_keyprefix_channels(server: RedisServer) -> None:
     state, ingest, status = pipeline()
-    stream = RedisEventStream(server.url(15), ingest, status, {"global_keyprefix": "pfx:"})
+    stream = RedisEventStream(settings(server.url(15), broker_transport_options={"global_keyprefix": "pfx:"}),
+                              ingest, status)
     assert stream.pattern == "pfx:/15.celeryev/*"
     with running(stream, status):
         publish_captured(server.client(), "redis_payloads.jsonl")  # unprefixed: not ours
@@ -135,7 +137,7 @@ def test_malformed_messages_are_counted_and_the_loop_goes_on(server: RedisServer
     not_event = dict(envelope, body=base64.b64encode(b"[1, 2]").decode())
     no_type = dict(envelope, body=base64.b64encode(b'{"timestamp": 1.0}').decode())
     state, ingest, status = pipeline()
-    with running(RedisEventStream(server.url(15), ingest, status), status):
+    with running(RedisEventStream(settings(server.url(15)), ingest, status), status):
         c = server.client()
         for payload in (b"\xff\xfe", b"[]", json.dumps(bad_b64), json.dumps(pickled), json.dumps(not_event),
                         json.dumps(no_type), good["payload"]):
@@ -156,7 +158,7 @@ def test_killed_and_restarted_server_reconnects_and_keeps_counting() -> None:
     n_first = sum(events_in(base64.b64decode(json.loads(p["payload"])["body"])) for p in first)
     try:
         state, ingest, status = pipeline()
-        stream = RedisEventStream(srv.url(15), ingest, status, backoff=fast_backoff())
+        stream = RedisEventStream(settings(srv.url(15)), ingest, status, backoff=fast_backoff())
         with running(stream, status):
             for p in first:
                 srv.client().publish(p["channel"], p["payload"])
@@ -181,7 +183,7 @@ def test_hung_server_is_detected_by_the_health_ping() -> None:
     srv = RedisServer().start()
     try:
         state, ingest, status = pipeline()
-        stream = RedisEventStream(srv.url(15), ingest, status, backoff=fast_backoff(),
+        stream = RedisEventStream(settings(srv.url(15)), ingest, status, backoff=fast_backoff(),
                                   health_interval=0.3, ping_timeout=0.5)
         with running(stream, status):
             beat = status.heartbeat
@@ -206,14 +208,14 @@ def test_password_never_reaches_status_or_logs() -> None:
     try:
         state, ingest, status = pipeline()
         bad = f"redis://:wrong-pw-42@127.0.0.1:{srv.port}/15"
-        with capture_logs() as logs, running(RedisEventStream(bad, ingest, status,
+        with capture_logs() as logs, running(RedisEventStream(settings(bad), ingest, status,
                                                               backoff=fast_backoff()), status, False):
             wait_until(lambda: status.last_error, 10, "an authentication error")
         assert "wrong-pw-42" not in status.last_error
         assert "wrong-pw-42" not in repr(logs)
         assert any(e.get("broker") == f"redis://:***@127.0.0.1:{srv.port}/15" for e in logs)
         good = f"redis://:s3cr3t-pw@127.0.0.1:{srv.port}/15"
-        with running(RedisEventStream(good, ingest, status), status):
+        with running(RedisEventStream(settings(good), ingest, status), status):
             publish_captured(redis.Redis(port=srv.port, db=15, password="s3cr3t-pw"))
             wait_until(lambda: total(state) == EXPECTED_TOTAL, 10, "96 events")
     finally:
@@ -227,7 +229,8 @@ def test_sentinel_discovers_the_master() -> None:
     try:
         state, ingest, status = pipeline()
         url = f"sentinel://127.0.0.1:{sentinel.port}/15"
-        stream = RedisEventStream(url, ingest, status, {"master_name": "mymaster"})
+        stream = RedisEventStream(settings(url, broker_transport_options={"master_name": "mymaster"}), ingest,
+                                  status)
         with running(stream, status):
             publish_captured(master.client())
             wait_until(lambda: total(state) == EXPECTED_TOTAL, 10, "96 events via the sentinel's master")
@@ -241,4 +244,4 @@ def test_sentinel_discovers_the_master() -> None:
 def test_real_celery_worker_events(server: RedisServer) -> None:
     state, ingest, status = pipeline()
     broker = server.url(15)
-    check_real_worker_events(RedisEventStream(broker, ingest, status), state, status, broker, "redis-stream-test")
+    check_real_worker_events(RedisEventStream(settings(broker), ingest, status), state, status, broker, "redis-stream-test")

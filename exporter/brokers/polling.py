@@ -13,11 +13,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
+import structlog
+
 from exporter.brokers.model import PollResult, Rules, cap_queues, exact_names
 from exporter.brokers.scheduler import STALE_POLLS, Poller, Polling, PollStore, SourceRunner
 from exporter.brokers.settings import PollSettings
 from exporter.secrets import url_secrets
 from exporter.state import OVERFLOW_LABEL
+
+log = structlog.get_logger("exporter.brokers")
 
 
 class Capped:
@@ -51,9 +55,13 @@ def pinned_queues(settings: PollSettings) -> tuple[str, ...]:
 def build_pollers(settings: PollSettings, queues_seen: Callable[[], Iterable[str]],
                   monotonic: Callable[[], float] = time.monotonic) -> list[Poller]:
     """The (capped) pollers for ``settings.broker_url``; none for a broker we cannot poll."""
-    from exporter.brokers.registry import package_for
+    from exporter.brokers.registry import pollers_for, scheme_of
 
-    pollers = package_for(settings.broker_url).pollers(settings, queues_seen, monotonic)
+    pollers = pollers_for(settings, queues_seen, monotonic)
+    if pollers is None:
+        log.info("queue polling is not available for this broker transport",
+                 scheme=scheme_of(settings.broker_url))
+        return []
     return [Capped(p, settings.max_queues, pinned_queues(settings)) for p in pollers]
 
 

@@ -88,6 +88,12 @@ class Supervisor:
         self.clock = clock
         self._up_at: float | None = None
 
+    def turn(self) -> None:
+        """What every reader does at the end of each loop turn (at least every TICK): beat the liveness
+        heartbeat and let the ingest run its housekeeping."""
+        self.status.beat()
+        self.ingest.idle()
+
     def _on_up(self) -> None:
         self._up_at = self.clock()
         self.status.up()

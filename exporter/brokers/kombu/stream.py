@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -45,35 +45,21 @@ class KombuEventStream:
     """Event reader for any kombu transport, through Celery's EventReceiver; see the module docstring."""
 
     def __init__(
-        self,
-        url: str,
-        ingest: Ingest,
-        status: StreamStatus,
-        transport_options: Mapping[str, Any] | None = None,
-        queue_prefix: str = "celeryev.celery-exporter",
-        queue_ttl: float = 60.0,
-        queue_expires: float = 300.0,
-        backoff: Backoff | None = None,
+        self, settings: StreamSettings, ingest: Ingest, status: StreamStatus, backoff: Backoff | None = None,
     ) -> None:
+        url, queue_prefix = settings.broker_url, settings.queue_prefix
         self.ingest = ingest
         self.status = status
         self.app = Celery("celery-exporter", broker=url, set_as_current=False)
-        self.app.conf.broker_transport_options = dict(transport_options or {})
+        self.app.conf.broker_transport_options = dict(settings.transport_options)
         self.app.conf.broker_connection_retry_on_startup = False
         self.queue_prefix = queue_prefix
         self.node_id = node_id()  # one queue name for the life of the process
-        self.queue_ttl = queue_ttl or None
-        self.queue_expires = queue_expires or None
+        self.queue_ttl = settings.queue_ttl or None  # 0 means none, for Celery as for us
+        self.queue_expires = settings.queue_expires or None
         self.supervisor = Supervisor("kombu", url, ingest, status, backoff,
                                      context={"queue": f"{queue_prefix}.{self.node_id}"})
         self._pending: list[Any] = []
-
-    @classmethod
-    def from_settings(cls, settings: StreamSettings, ingest: Ingest,
-                      status: StreamStatus) -> KombuEventStream:
-        return cls(settings.broker_url, ingest, status, settings.transport_options,
-                   queue_prefix=settings.queue_prefix, queue_ttl=settings.queue_ttl,
-                   queue_expires=settings.queue_expires)
 
     def run(self, stop: threading.Event) -> None:
         self.supervisor.run(self.session, stop)
@@ -106,8 +92,7 @@ class KombuEventStream:
         drain = conn.drain_events
         pending = self._pending
         feed = self.ingest.feed_objects
-        beat = self.status.beat
-        idle = self.ingest.idle
+        turn = self.supervisor.turn
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):  # socket.timeout: nothing (more) to read
                 drain(timeout=TICK)
@@ -117,5 +102,4 @@ class KombuEventStream:
                 batch = pending[:]
                 pending.clear()  # the receiver's handler appends to this very list
                 feed(batch)
-            beat()
-            idle()
+            turn()

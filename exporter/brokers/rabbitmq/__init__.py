@@ -6,7 +6,7 @@
 * ``poller.py``: the management-API poller and the passive-declare poller (the I/O);
 * ``classify.py``: what the API's queues, arguments, policies and bindings mean (pure).
 
-``event_stream()`` and ``pollers()`` are what ``brokers/registry.py`` calls.
+``pollers()`` is what ``brokers/registry.py`` calls for polling; the stream class is named there.
 """
 
 from __future__ import annotations
@@ -19,17 +19,9 @@ import structlog
 from exporter.brokers.model import exact_names, is_glob
 from exporter.brokers.polling import pinned_queues, rules_for
 from exporter.brokers.scheduler import Poller
-from exporter.brokers.settings import PollSettings, StreamSettings
-from exporter.brokers.supervisor import EventStream
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.brokers.settings import PollSettings
 
 log = structlog.get_logger("exporter.brokers")
-
-
-def event_stream(settings: StreamSettings, ingest: Ingest, status: StreamStatus) -> EventStream:
-    from exporter.brokers.rabbitmq.stream import AmqpEventStream
-
-    return AmqpEventStream.from_settings(settings, ingest, status)
 
 
 def pollers(settings: PollSettings, queues_seen: Callable[[], Iterable[str]],

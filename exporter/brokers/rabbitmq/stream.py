@@ -53,21 +53,14 @@ class AmqpEventStream:
     """Consumer of the ``celeryev`` exchange over AMQP 0-9-1; see the module docstring."""
 
     def __init__(
-        self,
-        url: str,
-        ingest: Ingest,
-        status: StreamStatus,
-        queue_prefix: str = "celeryev.celery-exporter",
-        queue_ttl: float = 60.0,
-        queue_expires: float = 300.0,
-        prefetch: int = 2_000,
-        backoff: Backoff | None = None,
+        self, settings: StreamSettings, ingest: Ingest, status: StreamStatus, backoff: Backoff | None = None,
     ) -> None:
+        url = settings.broker_url
         self.ingest = ingest
         self.status = status
-        self.queue = f"{queue_prefix}.{node_id()}"[:255]
-        self.arguments = queue_arguments(queue_ttl, queue_expires)
-        self.prefetch = prefetch
+        self.queue = f"{settings.queue_prefix}.{node_id()}"[:255]
+        self.arguments = queue_arguments(settings.queue_ttl, settings.queue_expires)
+        self.prefetch = prefetch = settings.prefetch
         self.client_name = f"celery-exporter events {self.queue}"
         self.parameters = connection_parameters(
             url, client_name=self.client_name, heartbeat=HEARTBEAT, socket_timeout=CONNECT_TIMEOUT,
@@ -78,13 +71,6 @@ class AmqpEventStream:
                                      context={"queue": self.queue, "prefetch": prefetch})
         self._pending: list[tuple[bytes, str | None, str | None]] = []
         self._last_tag = 0
-
-    @classmethod
-    def from_settings(cls, settings: StreamSettings, ingest: Ingest,
-                      status: StreamStatus) -> AmqpEventStream:
-        return cls(settings.broker_url, ingest, status, queue_prefix=settings.queue_prefix,
-                   queue_ttl=settings.queue_ttl, queue_expires=settings.queue_expires,
-                   prefetch=settings.prefetch)
 
     def run(self, stop: threading.Event) -> None:
         self.supervisor.run(self.session, stop)
@@ -127,13 +113,11 @@ class AmqpEventStream:
         process = conn.process_data_events
         feed = self.ingest.feed_amqp
         ack = channel.basic_ack
-        beat = self.status.beat
-        idle = self.ingest.idle
+        turn = self.supervisor.turn
         while not stop.is_set():
             process(time_limit=TICK)
             if self._pending:
                 batch, self._pending = self._pending, []
                 feed(batch)
                 ack(self._last_tag, multiple=True)
-            beat()
-            idle()
+            turn()

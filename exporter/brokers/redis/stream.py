@@ -90,16 +90,15 @@ class RedisEventStream:
 
     def __init__(
         self,
-        url: str,
+        settings: StreamSettings,
         ingest: Ingest,
         status: StreamStatus,
-        transport_options: Mapping[str, Any] | None = None,
         backoff: Backoff | None = None,
         health_interval: float = 15.0,
         ping_timeout: float = 5.0,
     ) -> None:
-        self.url = url
-        self.transport_options = dict(transport_options or {})
+        url = self.url = settings.broker_url
+        self.transport_options = dict(settings.transport_options)
         self.ingest = ingest
         self.status = status
         self.health_interval = health_interval
@@ -110,11 +109,6 @@ class RedisEventStream:
         self.supervisor = Supervisor("redis", url, ingest, status, backoff,
                                      extra_secrets=secrets_of(self.transport_options),
                                      context={"pattern": self.pattern})
-
-    @classmethod
-    def from_settings(cls, settings: StreamSettings, ingest: Ingest,
-                      status: StreamStatus) -> RedisEventStream:
-        return cls(settings.broker_url, ingest, status, settings.transport_options)
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -139,8 +133,7 @@ class RedisEventStream:
         can_read = conn.can_read
         read = conn.read_response
         feed = self.ingest.feed_redis
-        beat = self.status.beat
-        idle = self.ingest.idle
+        turn = self.supervisor.turn
         monotonic = time.monotonic
         sleep = time.sleep
         last_read = monotonic()
@@ -176,5 +169,4 @@ class RedisEventStream:
                 elif now - last_read >= self.health_interval:
                     conn.send_command("PING")
                     ping_sent = now
-            beat()
-            idle()
+            turn()
