@@ -85,3 +85,24 @@ def test_the_ca_file_path_is_not_a_secret(tls_redis: dict[str, Any]) -> None:
     from exporter.secrets import redact_url
 
     assert str(tls_redis["ca"]) in redact_url(tls_url(tls_redis))
+
+
+def test_one_builder_reads_every_redis_url_shape() -> None:
+    import redis
+
+    from exporter.brokers.redis.connection import connection_pool
+
+    pool, db = connection_pool("redis://:p%40w@h:6380/3?health_check_interval=5&fanout_prefix=x", {},
+                               socket_timeout=1.0)
+    kw = pool.connection_kwargs
+    assert (db, kw["host"], kw["port"], kw["password"], kw["health_check_interval"], kw["socket_timeout"]) == (
+        3, "h", 6380, "p@w", 5, 1.0)
+    assert "fanout_prefix" not in kw  # kombu-only: redis-py would refuse it at connect
+    pool, db = connection_pool("rediss://h/2?ssl_cert_reqs=CERT_REQUIRED&ssl_ca_certs=/ca.pem", {})
+    assert pool.connection_class is redis.SSLConnection and db == 2
+    assert (pool.connection_kwargs["ssl_cert_reqs"], pool.connection_kwargs["ssl_ca_certs"]) == ("required", "/ca.pem")
+    pool, db = connection_pool("redis://h/1?ssl_cert_reqs=none", {})
+    assert "ssl_cert_reqs" not in pool.connection_kwargs and pool.connection_class is redis.Connection
+    pool, db = connection_pool("redis+socket:///run/redis.sock?virtual_host=4", {})
+    assert pool.connection_class is redis.UnixDomainSocketConnection and db == 4
+    assert pool.connection_kwargs["path"] == "/run/redis.sock"

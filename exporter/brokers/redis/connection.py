@@ -4,8 +4,10 @@ It reads a kombu Redis broker URL the way kombu does and returns a redis-py conn
 
 * ``redis://[user:password@]host[:port][/db]`` and ``rediss://`` (TLS). Query options: the ``ssl_*`` ones
   redis-py knows (``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
-  ``ssl_ca_path``, ``ssl_check_hostname``) are honoured, with kombu's spelling ``CERT_REQUIRED`` accepted;
-  kombu-only options are dropped, since redis-py would pass them to the connection and fail.
+  ``ssl_ca_path``, ``ssl_check_hostname``) are honoured, with kombu's spelling ``CERT_REQUIRED`` accepted,
+  and so are redis-py's ``db``, ``health_check_interval``, ``max_connections``, ``retry_on_timeout`` and
+  socket options (the caller's own timeouts win); kombu-only options are dropped, since redis-py would
+  pass them to the connection and fail.
 * ``redis+socket:///path/to/sock`` and ``socket://``: a Unix socket (``?virtual_host=N`` or ``?db=N``
   selects the database).
 * ``sentinel://[:password@]host:port[/db];sentinel://host2:port2;...``: the master named by the
@@ -32,6 +34,11 @@ SCHEMES = ("redis", "rediss", "redis+socket", "socket", "sentinel")
 SSL_QUERY_OPTIONS = frozenset({
     "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path", "ssl_check_hostname",
 })
+# redis-py's own URL options that both callers can live with (their ``overrides`` win over these).
+URL_QUERY_OPTIONS = SSL_QUERY_OPTIONS | {
+    "db", "health_check_interval", "max_connections", "retry_on_timeout", "socket_keepalive",
+    "socket_timeout", "socket_connect_timeout",
+}
 
 
 def _first(url: str) -> str:
@@ -76,10 +83,14 @@ def connection_pool(url: str, options: Mapping[str, Any],
             username=unquote(split.username) if split.username else None,
             password=unquote(split.password) if split.password else None, **overrides)
         return pool, db
-    tls_query = urlencode([(k, v) for k, v in parse_qsl(split.query) if k in SSL_QUERY_OPTIONS])
-    kwargs = parse_url(urlunsplit((scheme, split.netloc, split.path, tls_query, "")))
-    kwargs.update(ssl_options(split.query))
-    pool = redis.ConnectionPool(**kwargs, **overrides)
+    # TLS options on a plain redis:// URL would reach a plain Connection, which rejects them.
+    allowed = URL_QUERY_OPTIONS if scheme == "rediss" else URL_QUERY_OPTIONS - SSL_QUERY_OPTIONS
+    known = urlencode([(k, v) for k, v in parse_qsl(split.query) if k in allowed])
+    kwargs = parse_url(urlunsplit((scheme, split.netloc, split.path, known, "")))
+    if scheme == "rediss":
+        kwargs.update(ssl_options(split.query))
+    kwargs.update(overrides)
+    pool = redis.ConnectionPool(**kwargs)
     return pool, int(kwargs.get("db") or 0)
 
 
