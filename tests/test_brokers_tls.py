@@ -106,3 +106,23 @@ def test_one_builder_reads_every_redis_url_shape() -> None:
     pool, db = connection_pool("redis+socket:///run/redis.sock?virtual_host=4", {})
     assert pool.connection_class is redis.UnixDomainSocketConnection and db == 4
     assert pool.connection_kwargs["path"] == "/run/redis.sock"
+
+
+def test_amqp_stream_and_poller_read_the_same_tls_options(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # No TLS RabbitMQ here: check that both build their pika parameters from the one builder, so the
+    # poller trusts the private CA the stream trusts (before, the poller used the system store only).
+    from exporter.brokers.rabbitmq.poller import amqp_parameters
+    from exporter.brokers.rabbitmq.stream import AmqpEventStream
+    from tests._stream_helpers import settings
+
+    pki = tmp_path_factory.mktemp("amqp-pki")
+    ca, _cert, _key = make_ca(pki, "amqp-private-ca")
+    url = f"amqps://u:p@rabbit.internal:5671/prod?ssl_ca_certs={ca.cert}"
+    _state, ingest, status = pipeline()
+    (streamed,) = AmqpEventStream(settings(url), ingest, status).parameters
+    (polled,) = amqp_parameters(url, timeout=4.0, heartbeat=60)
+    for params in (streamed, polled):
+        assert (params.host, params.port, params.virtual_host) == ("rabbit.internal", 5671, "prod")
+        assert params.ssl_options.server_hostname == "rabbit.internal"
+        subjects = [dict(x[0] for x in c["subject"]) for c in params.ssl_options.context.get_ca_certs()]
+        assert subjects == [{"commonName": "amqp-private-ca"}]
