@@ -78,6 +78,10 @@ class KombuEventStream:
             consumer.on_decode_error = self._on_decode_error
             consumer.consume()
             self._pending.clear()
+            # kombu's Redis transport subscribes to the fanout channel on the first drain, not in
+            # consume(): drain once before reporting "up", so nothing published after that is missed.
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=0.01)
             on_up()
             self._consume(conn, stop)
         finally:
