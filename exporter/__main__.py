@@ -39,6 +39,7 @@ def run(config: object) -> int:
     import structlog
 
     from exporter.app import App
+    from exporter.brokers.settings import BrokerSettingsError
     from exporter.config import Config
     from exporter.config_values import join_host_port
     from exporter.logs import configure_logging
@@ -48,7 +49,7 @@ def run(config: object) -> int:
     log = structlog.get_logger("exporter")
     try:
         app = App(config)
-    except ConfigError as exc:
+    except (ConfigError, BrokerSettingsError) as exc:
         print(f"celery-exporter: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

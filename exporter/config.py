@@ -8,7 +8,7 @@ receive (``state_settings``) are built from ``Config``, and ``exporter.cli``, th
 ``docs/configuration.md`` are generated from it. A bad value, an unknown YAML key or environment variable,
 a missing broker URL or one that can never work raises ``ConfigError`` naming the flag and where the value
 came from; ``__main__`` turns it into exit status 2. Secrets (passwords in URLs) are redacted by
-``redact_url`` wherever a URL is shown.
+``exporter.secrets.redact_url`` wherever a URL is shown.
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar, dataclass_transform
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import yaml
 
 from exporter import config_values as v
 from exporter.records import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS, StateSettings
+from exporter.secrets import redact_url, yaml_error
 
 ENV_PREFIX = "CELERY_EXPORTER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -260,27 +260,6 @@ def state_settings(config: Config | None = None, **overrides: Any) -> StateSetti
     return StateSettings(**{**values, **overrides})
 
 
-_USERINFO = re.compile(r"(?<=://)([^/@:]*):([^@/]*)@")
-
-
-def redact_url(url: str) -> str:
-    """``redis://:secret@host/0`` -> ``redis://:***@host/0``; also handles ``;``-separated failover lists."""
-    parts = []
-    for one in url.split(";"):
-        try:
-            split = urlsplit(one)
-        except ValueError:
-            parts.append(_USERINFO.sub(r"\1:***@", one))
-            continue
-        if split.password is None:
-            parts.append(one)
-            continue
-        netloc = split.netloc.rsplit("@", 1)[1]
-        user = split.username or ""
-        parts.append(urlunsplit(split._replace(netloc=f"{user}:***@{netloc}")))
-    return ";".join(parts)
-
-
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Build the Config from flags > environment > YAML file > defaults. Raises ConfigError."""
     from exporter.cli import parse_flags  # the parser is built from OPTIONS, so it imports this module
@@ -361,10 +340,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         # Not str(exc): PyYAML quotes the offending line, which may hold a broker password.
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "parse error"
-        raise ConfigError("config", path, f"not valid YAML: {problem}{where}") from None
+        raise ConfigError("config", path, f"not valid YAML: {yaml_error(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -191,9 +191,10 @@ def polled_registry(polling: Any, clock: Callable[[], float], *others: Any) -> C
 
 def poll(config: Any, clock: FakeClock, seen: tuple[str, ...] = ()) -> Samples:
     """One synchronous poll of every source ``config`` gives, and the samples its collectors serve."""
-    from exporter.brokers import build_polling
+    from exporter.app import poll_settings
+    from exporter.brokers.polling import build_polling
 
-    polling = build_polling(config, lambda: seen)
+    polling = build_polling(poll_settings(config), lambda: seen)
     try:
         polling.poll_once()
         return samples(polled_registry(polling, clock))

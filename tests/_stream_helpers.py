@@ -19,6 +19,9 @@ from typing import Any
 
 from celery import Celery
 
+from exporter.app import stream_settings
+from exporter.brokers.settings import StreamSettings
+from exporter.config import Config
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.state import ClusterState
 from tests._support import celery_worker as support_worker
@@ -56,6 +59,11 @@ def invalid(state: ClusterState) -> dict[str, int]:
 def by_type(state: ClusterState) -> dict[str, int]:
     with state.lock:
         return dict(state.events_by_type)
+
+
+def settings(url: str, **config: Any) -> StreamSettings:
+    """The stream settings the app would build for ``url`` and these Config options (defaults otherwise)."""
+    return stream_settings(Config(broker_url=url, **config))
 
 
 def pipeline() -> tuple[ClusterState, Ingest, StreamStatus]:

@@ -16,7 +16,8 @@ import redis
 from celery import Celery
 from kombu import Connection
 
-from exporter.brokers import build_polling
+from exporter.app import poll_settings
+from exporter.brokers.polling import build_polling
 from exporter.collectors.tasks import TaskCollector
 from exporter.config import Config
 from exporter.state import ClusterState
@@ -104,7 +105,7 @@ def test_seed_dead_letter_list_and_sorted_set_with_oldest_age(rdb: RedisDb) -> N
 
     clock = FakeClock(T)
     config = Config(REDIS_URL)  # the defaults find both conventions
-    polling = build_polling(config, lambda: ())
+    polling = build_polling(poll_settings(config), lambda: ())
     registry = polled_registry(polling, clock)
     try:
         polling.poll_once()
@@ -171,7 +172,7 @@ def test_a_broker_that_hangs_or_goes_away_fails_its_poll_alone(redis_server: Red
     client.sadd("_kombu.binding.emails", f"emails{SEP}{SEP}emails")
     client.lpush("emails", "m1", "m2")
     config = Config(f"redis://127.0.0.1:{port}/0", poll_timeout=0.5, poll_interval=1.0)
-    polling = build_polling(config, state.queues_seen)
+    polling = build_polling(poll_settings(config), state.queues_seen)
     registry = polled_registry(polling, clock, TaskCollector(state.take_snapshot))
     src = (("source", "redis"),)
     try:
@@ -218,7 +219,7 @@ def _task_sent(got: dict) -> float:
 
 def test_run_polls_in_the_background_until_stopped(redis_server: RedisServer) -> None:
     redis_server.client().lpush("celery", "m1")
-    polling = build_polling(Config(redis_server.url(), poll_interval=0.05), lambda: ())
+    polling = build_polling(poll_settings(Config(redis_server.url(), poll_interval=0.05)), lambda: ())
     registry = polled_registry(polling, time.time)
     stop = threading.Event()
     runner = threading.Thread(target=polling.run, args=(stop,))

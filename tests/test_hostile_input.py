@@ -397,12 +397,14 @@ def test_the_kombu_fallback_path_never_unpickles(tmp_path: Path) -> None:
 
     from kombu import Connection, Exchange, Producer
 
-    from exporter.events.kombu_stream import KombuEventStream
+    from exporter.app import stream_settings
+    from exporter.brokers.kombu.stream import KombuEventStream
+    from exporter.config import Config
 
     marker = tmp_path / "unpickled"
     state, ingest = new_state(now=time.time())
     status = StreamStatus()
-    stream = KombuEventStream("memory://", ingest, status)
+    stream = KombuEventStream(stream_settings(Config("memory://")), ingest, status)
     stop = threading.Event()
     thread = threading.Thread(target=stream.run, args=(stop,), daemon=True)
     thread.start()

@@ -15,8 +15,9 @@ import pika
 import pytest
 import requests
 
-from exporter.events.amqp_stream import AmqpEventStream, connection_parameters, queue_arguments
-from exporter.events.backoff import Backoff
+from exporter.brokers.backoff import Backoff
+from exporter.brokers.rabbitmq.connection import connection_parameters
+from exporter.brokers.rabbitmq.stream import AmqpEventStream, queue_arguments
 from tests._broker_helpers import amqp_url, rabbit_vhost
 from tests._stream_helpers import (
     EXPECTED_TOTAL,
@@ -28,6 +29,7 @@ from tests._stream_helpers import (
     lines,
     pipeline,
     running,
+    settings,
     total,
 )
 from tests._support import wait_for
@@ -45,6 +47,11 @@ def test_queue_arguments_in_whole_milliseconds_and_no_ttl_when_zero() -> None:
                                                "x-message-ttl": 1}
 
 
+def parameters(url: str, name: str) -> list[Any]:
+    return connection_parameters(url, client_name=name, heartbeat=30, socket_timeout=5.0, stack_timeout=15.0,
+                                 blocked_timeout=None)
+
+
 @pytest.mark.parametrize(
     ("url", "host", "port", "vhost", "user", "tls"),
     [
@@ -58,7 +65,7 @@ def test_queue_arguments_in_whole_milliseconds_and_no_ttl_when_zero() -> None:
 def test_connection_parameters_read_urls_like_kombu(
     url: str, host: str, port: int, vhost: str, user: str, tls: bool
 ) -> None:
-    (params,) = connection_parameters(url, "name")
+    (params,) = parameters(url, "name")
     assert (params.host, params.port, params.virtual_host) == (host, port, vhost)
     assert params.credentials.username == user
     assert (params.ssl_options is not None) == tls
@@ -66,7 +73,7 @@ def test_connection_parameters_read_urls_like_kombu(
 
 
 def test_failover_list_gives_one_parameter_set_per_broker() -> None:
-    params = connection_parameters("amqp://a:1@h1//;amqp://b:2@h2:5680/v", "n")
+    params = parameters("amqp://a:1@h1//;amqp://b:2@h2:5680/v", "n")
     assert [(p.host, p.port, p.virtual_host) for p in params] == [("h1", 5672, "/"), ("h2", 5680, "v")]
 
 
@@ -119,8 +126,8 @@ def close_connection(client_name: str) -> None:
 @pytest.mark.integration
 def test_captured_messages_give_exact_counts_and_the_queue_is_built_to_last(vhost: str) -> None:
     state, ingest, status = pipeline()
-    stream = AmqpEventStream(amqp_url(vhost), ingest, status, queue_prefix="ce-test", queue_ttl=60,
-                             queue_expires=300, prefetch=50)
+    stream = AmqpEventStream(settings(amqp_url(vhost), event_queue_prefix="ce-test", event_queue_ttl=60,
+                                      event_queue_expires=300, event_prefetch=50), ingest, status)
     with running(stream, status):
         assert publish(vhost, lines("amqp_messages.jsonl")) == EXPECTED_TOTAL
         wait_for(lambda: total(state) == EXPECTED_TOTAL, 15, what="96 events")
@@ -150,7 +157,7 @@ def test_malformed_messages_are_counted_and_acked(vhost: str) -> None:
          "content_encoding": "utf-8"},
     ]
     state, ingest, status = pipeline()
-    stream = AmqpEventStream(amqp_url(vhost), ingest, status, queue_prefix="ce-test")
+    stream = AmqpEventStream(settings(amqp_url(vhost), event_queue_prefix="ce-test"), ingest, status)
     with running(stream, status):
         publish(vhost, [*bad, good])
         wait_for(lambda: total(state) == 1 and sum(invalid(state).values()) == 4, 15, what="all five")
@@ -167,7 +174,7 @@ def test_events_published_while_the_connection_is_down_are_not_lost(vhost: str) 
     first, second = msgs[:41], msgs[41:]
     state, ingest, status = pipeline()
     # A fixed 2 s pause before reconnecting leaves a window to publish into while we are away.
-    stream = AmqpEventStream(amqp_url(vhost), ingest, status, queue_prefix="ce-test",
+    stream = AmqpEventStream(settings(amqp_url(vhost), event_queue_prefix="ce-test"), ingest, status,
                              backoff=Backoff(initial=2.0, cap=2.0, jitter=0.0))
     with running(stream, status):
         n_first = publish(vhost, first)
@@ -187,13 +194,13 @@ def test_events_published_while_the_connection_is_down_are_not_lost(vhost: str) 
 def test_real_celery_worker_events(vhost: str) -> None:
     state, ingest, status = pipeline()
     broker = amqp_url(vhost)
-    check_real_worker_events(AmqpEventStream(broker, ingest, status, queue_prefix="ce-test"), state, status, broker, "amqp-stream-test")
+    check_real_worker_events(AmqpEventStream(settings(broker, event_queue_prefix="ce-test"), ingest, status), state, status, broker, "amqp-stream-test")
 
 
 @pytest.mark.integration
 def test_wrong_password_is_reported_redacted_and_retried() -> None:
     state, ingest, status = pipeline()
-    stream = AmqpEventStream("amqp://guest:not-the-pw-77@127.0.0.1:5672//", ingest, status,
+    stream = AmqpEventStream(settings("amqp://guest:not-the-pw-77@127.0.0.1:5672//"), ingest, status,
                              backoff=Backoff(initial=0.05, cap=0.1, jitter=0.0))
     with running(stream, status, connect=False):
         wait_for(lambda: status.last_error, 15, what="the authentication failure")

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from kombu import Connection, Exchange, Producer
 
+from exporter.brokers.kombu.stream import KombuEventStream
 from exporter.events.decode import LOCAL_UTCOFFSET
-from exporter.events.kombu_stream import KombuEventStream
 from tests._broker_helpers import RedisServer
 from tests._stream_helpers import (
     EXPECTED_TOTAL,
@@ -24,6 +24,7 @@ from tests._stream_helpers import (
     lines,
     pipeline,
     running,
+    settings,
     total,
 )
 from tests._support import wait_for
@@ -45,7 +46,7 @@ def send(producer: Any, body: str | bytes, routing_key: str = "task.multi",
 
 def test_captured_bodies_give_exact_counts(producer: Any) -> None:
     state, ingest, status = pipeline()
-    with running(KombuEventStream(MEMORY, ingest, status), status):
+    with running(KombuEventStream(settings(MEMORY), ingest, status), status):
         for m in lines("amqp_messages.jsonl"):
             send(producer, m["body"], m["routing_key"])
         wait_for(lambda: total(state) == EXPECTED_TOTAL, 15, what="96 events")
@@ -64,7 +65,7 @@ def test_refused_bodies_are_counted_never_unpickled(producer: Any) -> None:
 
     good = lines("amqp_messages.jsonl")[0]
     state, ingest, status = pipeline()
-    with running(KombuEventStream(MEMORY, ingest, status), status) as thread:
+    with running(KombuEventStream(settings(MEMORY), ingest, status), status) as thread:
         send(producer, pickle.dumps(Boom()), "task.sent", "application/x-python-serialize", "binary")
         send(producer, b"{broken", "task.sent")
         send(producer, b'[{"type": "task-sent"}, 7]', "task.multi")
@@ -83,7 +84,7 @@ def test_timestamps_are_adjusted_once_by_our_decoder(producer: Any) -> None:
     event = {"type": "worker-heartbeat", "hostname": "w@west", "timestamp": sent_at, "utcoffset": offset,
              "freq": 2.0, "active": 0, "sw_ver": "5.7.0", "sw_sys": "Linux"}
     state, ingest, status = pipeline()
-    with running(KombuEventStream(MEMORY, ingest, status), status):
+    with running(KombuEventStream(settings(MEMORY), ingest, status), status):
         send(producer, json.dumps(event), "worker.heartbeat")
         wait_for(lambda: total(state) == 1, 15, what="the heartbeat")
     assert state.last_event_ts == pytest.approx(sent_at + 5 * 3600, abs=1e-3)
@@ -92,7 +93,7 @@ def test_timestamps_are_adjusted_once_by_our_decoder(producer: Any) -> None:
 @pytest.mark.integration
 def test_fallback_reads_real_redis_through_kombus_transport(redis_server: RedisServer) -> None:
     state, ingest, status = pipeline()
-    with running(KombuEventStream(redis_server.url(15), ingest, status), status):
+    with running(KombuEventStream(settings(redis_server.url(15)), ingest, status), status):
         c = redis_server.client(15)
         n = 0
         for m in lines("redis_payloads.jsonl"):  # the bytes real workers PUBLISH

@@ -12,9 +12,9 @@ import pytest
 import redis
 from kombu import Connection
 
-from exporter.config import ConfigError
-from exporter.events.backoff import Backoff
-from exporter.events.redis_stream import RedisEventStream, event_channel_pattern
+from exporter.brokers.backoff import Backoff
+from exporter.brokers.redis.stream import RedisEventStream, event_channel_pattern
+from exporter.brokers.settings import BrokerSettingsError
 from exporter.state import SUCCEEDED
 from tests._broker_helpers import RedisSentinel, RedisServer
 from tests._stream_helpers import (
@@ -27,6 +27,7 @@ from tests._stream_helpers import (
     lines,
     pipeline,
     running,
+    settings,
     total,
 )
 from tests._support import wait_for
@@ -55,8 +56,8 @@ def test_event_channel_pattern(db: int, options: dict, pattern: str) -> None:
 
 def test_sentinel_url_needs_master_name() -> None:
     _state, ingest, status = pipeline()
-    with pytest.raises(ConfigError, match="master_name"):
-        RedisEventStream("sentinel://127.0.0.1:26379/0", ingest, status, {})
+    with pytest.raises(BrokerSettingsError, match="master_name"):
+        RedisEventStream(settings("sentinel://127.0.0.1:26379/0"), ingest, status)
 
 
 # ---------------------------------------------------------------- fixtures
@@ -94,7 +95,7 @@ def test_pattern_matches_what_kombu_publishes(server: RedisServer, options: dict
 @pytest.mark.integration
 def test_captured_payloads_give_exact_counts(server: RedisServer) -> None:
     state, ingest, status = pipeline()
-    stream = RedisEventStream(server.url(15), ingest, status)
+    stream = RedisEventStream(settings(server.url(15)), ingest, status)
     with running(stream, status):
         # A message for another db's exchange must not be seen.
         server.client(15).publish("/14.celeryev/task.sent", lines("redis_payloads.jsonl")[0]["payload"])
@@ -114,7 +115,8 @@ def test_captured_payloads_give_exact_counts(server: RedisServer) -> None:
 @pytest.mark.integration
 def test_global_keyprefix_channels(server: RedisServer) -> None:
     state, ingest, status = pipeline()
-    stream = RedisEventStream(server.url(15), ingest, status, {"global_keyprefix": "pfx:"})
+    stream = RedisEventStream(settings(server.url(15), broker_transport_options={"global_keyprefix": "pfx:"}),
+                              ingest, status)
     assert stream.pattern == "pfx:/15.celeryev/*"
     with running(stream, status):
         publish_captured(server.client(15), "redis_payloads.jsonl")  # unprefixed: not ours
@@ -134,7 +136,7 @@ def test_malformed_messages_are_counted_and_the_loop_goes_on(server: RedisServer
     not_event = dict(envelope, body=base64.b64encode(b"[1, 2]").decode())
     no_type = dict(envelope, body=base64.b64encode(b'{"timestamp": 1.0}').decode())
     state, ingest, status = pipeline()
-    with running(RedisEventStream(server.url(15), ingest, status), status):
+    with running(RedisEventStream(settings(server.url(15)), ingest, status), status):
         c = server.client(15)
         for payload in (b"\xff\xfe", b"[]", json.dumps(bad_b64), json.dumps(pickled), json.dumps(not_event),
                         json.dumps(no_type), good["payload"]):
@@ -153,7 +155,7 @@ def test_killed_and_restarted_server_reconnects_and_keeps_counting(redis_server:
     first, second = payloads[:40], payloads[40:]
     n_first = sum(events_in(base64.b64decode(json.loads(p["payload"])["body"])) for p in first)
     state, ingest, status = pipeline()
-    stream = RedisEventStream(redis_server.url(15), ingest, status, backoff=fast_backoff())
+    stream = RedisEventStream(settings(redis_server.url(15)), ingest, status, backoff=fast_backoff())
     with running(stream, status):
         for p in first:
             redis_server.client(15).publish(p["channel"], p["payload"])
@@ -174,7 +176,7 @@ def test_killed_and_restarted_server_reconnects_and_keeps_counting(redis_server:
 @pytest.mark.integration
 def test_hung_server_is_detected_by_the_health_ping(redis_server: RedisServer) -> None:
     state, ingest, status = pipeline()
-    stream = RedisEventStream(redis_server.url(15), ingest, status, backoff=fast_backoff(),
+    stream = RedisEventStream(settings(redis_server.url(15)), ingest, status, backoff=fast_backoff(),
                               health_interval=0.3, ping_timeout=0.5)
     with running(stream, status):
         beat = status.heartbeat
@@ -197,14 +199,14 @@ def test_password_never_reaches_status_or_logs() -> None:
     try:
         state, ingest, status = pipeline()
         bad = f"redis://:wrong-pw-42@127.0.0.1:{srv.port}/15"
-        with capture_logs() as logs, running(RedisEventStream(bad, ingest, status,
+        with capture_logs() as logs, running(RedisEventStream(settings(bad), ingest, status,
                                                               backoff=fast_backoff()), status, False):
             wait_for(lambda: status.last_error, 10, what="an authentication error")
         assert "wrong-pw-42" not in status.last_error
         assert "wrong-pw-42" not in repr(logs)
         assert any(e.get("broker") == f"redis://:***@127.0.0.1:{srv.port}/15" for e in logs)
         good = f"redis://:s3cr3t-pw@127.0.0.1:{srv.port}/15"
-        with running(RedisEventStream(good, ingest, status), status):
+        with running(RedisEventStream(settings(good), ingest, status), status):
             publish_captured(redis.Redis(port=srv.port, db=15, password="s3cr3t-pw"))
             wait_for(lambda: total(state) == EXPECTED_TOTAL, 10, what="96 events")
     finally:
@@ -218,7 +220,8 @@ def test_sentinel_discovers_the_master() -> None:
     try:
         state, ingest, status = pipeline()
         url = f"sentinel://127.0.0.1:{sentinel.port}/15"
-        stream = RedisEventStream(url, ingest, status, {"master_name": "mymaster"})
+        stream = RedisEventStream(settings(url, broker_transport_options={"master_name": "mymaster"}), ingest,
+                                  status)
         with running(stream, status):
             publish_captured(master.client(15))
             wait_for(lambda: total(state) == EXPECTED_TOTAL, 10, what="96 events via the sentinel's master")
@@ -232,4 +235,4 @@ def test_sentinel_discovers_the_master() -> None:
 def test_real_celery_worker_events(server: RedisServer) -> None:
     state, ingest, status = pipeline()
     broker = server.url(15)
-    check_real_worker_events(RedisEventStream(broker, ingest, status), state, status, broker, "redis-stream-test")
+    check_real_worker_events(RedisEventStream(settings(broker), ingest, status), state, status, broker, "redis-stream-test")

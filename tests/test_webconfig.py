@@ -486,3 +486,14 @@ def test_the_daemon_serves_every_endpoint_over_tls_with_auth(tmp_path: Path, pki
     with pytest.raises((http.client.HTTPException, ConnectionError)):
         daemon.get("/metrics")  # plain HTTP
     assert daemon.terminate() == 0
+
+
+def test_broken_yaml_is_reported_by_line_and_column_never_by_content(tmp_path: Path) -> None:
+    # PyYAML's own message quotes the offending line: here a bcrypt hash and a pasted password.
+    path = tmp_path / "web.yml"
+    path.write_text('basic_auth_users:\n  admin: "$2b$12$SeCrEtHaSh\n  other: [pw-SeCrEt\n')
+    with pytest.raises(ConfigError) as err:
+        load_web_config(str(path))
+    message = str(err.value)
+    assert "SeCrEt" not in message and "$2b$" not in message, message
+    assert "not valid YAML" in message and "line " in message and "column " in message

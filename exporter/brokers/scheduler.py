@@ -20,8 +20,9 @@ from typing import Any, Protocol
 
 import structlog
 
-from exporter.brokers.model import PollResult, describe_error
+from exporter.brokers.model import PollResult
 from exporter.logs import RateLimitedLog
+from exporter.secrets import describe_error
 
 log = structlog.get_logger("exporter.brokers")
 
