@@ -16,9 +16,10 @@ from exporter.app import stream_settings
 from exporter.brokers.redis.stream import RedisEventStream
 from exporter.brokers.registry import build_stream
 from exporter.config import Config
-from tests._broker_helpers import FakeClock, by_queue, poll
-from tests._reliability_helpers import free_port, make_ca, make_leaf, publisher
-from tests._stream_helpers import RedisServer, pipeline, running, total, wait_until
+from tests._broker_helpers import RedisServer, by_queue, poll
+from tests._reliability_helpers import make_ca, make_leaf, publisher
+from tests._stream_helpers import pipeline, running, total
+from tests._support import FakeClock, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,7 @@ def test_private_ca_works_for_the_event_stream(tls_redis: dict[str, Any]) -> Non
     stream = build_stream(stream_settings(Config(tls_url(tls_redis))), ingest, status)
     assert isinstance(stream, RedisEventStream)
     with running(stream, status), publisher(tls_redis["server"].port, channel_db=0) as sent:
-        wait_until(lambda: total(state) > 0 and sent["sent"] > 0, 15, "events over TLS")
+        wait_for(lambda: total(state) > 0 and sent["sent"] > 0, 15, what="events over TLS")
     assert status.reconnects == 0
 
 
@@ -75,8 +76,8 @@ def test_without_the_ca_neither_the_stream_nor_the_poller_trusts_the_server(
     _state, ingest, status = pipeline()
     stream = build_stream(stream_settings(Config(tls_url(tls_redis, with_ca=False))), ingest, status)
     with running(stream, status, connect=False):
-        wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in (status.last_error or ""), 15,
-                   "the TLS handshake to fail on the unknown CA")
+        wait_for(lambda: "CERTIFICATE_VERIFY_FAILED" in (status.last_error or ""), 15,
+                 what="the TLS handshake to fail on the unknown CA")
         assert not status.connected
 
 

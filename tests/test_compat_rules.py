@@ -19,18 +19,16 @@ import pytest
 import requests
 import yaml
 
-from tests._broker_helpers import amqp_url, management_available, private_redis, rabbit_vhost
+from tests._broker_helpers import RedisServer, amqp_url, management_available, rabbit_vhost
 from tests._prom_helpers import (
     PROMETHEUS,
     PROMTOOL,
     ROOT,
     Processes,
-    free_port,
     iter_rules,
     load_rules,
-    wait_for,
 )
-from tests._support import celery_worker
+from tests._support import celery_worker, free_port, wait_for
 
 SHIM = ROOT / "alerts" / "compat" / "danihodovic.rules.yml"
 RECORDED = [r["record"] for r in iter_rules(load_rules(SHIM))]
@@ -81,8 +79,8 @@ def broker(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
         if request.param == "redis":
             if not shutil.which("redis-server"):
                 pytest.skip("no redis-server")
-            port, _ = stack.enter_context(private_redis())
-            yield "redis", f"redis://127.0.0.1:{port}/0"
+            server = stack.enter_context(RedisServer().start())
+            yield "redis", server.url()
         else:
             if not management_available():
                 pytest.skip("no RabbitMQ with its management API on 127.0.0.1")
@@ -136,8 +134,9 @@ def test_every_mapped_series_exists_in_real_prometheus(tmp_path: Path, broker: t
                                    f"--storage.tsdb.path={tmp_path / 'prom-data'}",
                                    f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"])
         with celery_worker("compat_tasks", QUEUE, "compat1@%h", env, tmp_path, pool="solo", concurrency=1):
-            wait_for("the worker through Prometheus", lambda: prom.query('celery_worker_up{worker!=""} == 1'),
-                     deadline, context=procs.logs, errors=(OSError, ValueError, KeyError, AssertionError))
+            wait_for(lambda: prom.query('celery_worker_up{worker!=""} == 1'), deadline - time.monotonic(),
+                     what="the worker through Prometheus", context=procs.logs,
+                     errors=(OSError, ValueError, KeyError, AssertionError))
             from celery import Celery
 
             producer = Celery("compat-producer", broker=url)
@@ -153,7 +152,8 @@ def test_every_mapped_series_exists_in_real_prometheus(tmp_path: Path, broker: t
                 found = compat_series(prom)
                 return found if set(found) >= EXPECTED[kind] else None
 
-            found = wait_for("every mapped series", all_there, deadline, every=1.0,
+            found = wait_for(all_there, deadline - time.monotonic(), what="every mapped series", every=1.0,
+                             errors=(OSError, ValueError, KeyError),
                              context=lambda: f"missing {sorted(EXPECTED[kind] - set(compat_series(prom)))}\n"
                              + procs.logs())
             time.sleep(3)  # a few more evaluations: a rule reading back its own output would show now
