@@ -128,7 +128,7 @@ def test_every_mapped_series_exists_in_real_prometheus(tmp_path: Path, broker: t
     try:
         procs.start("exporter", [sys.executable, "-m", "exporter", "--broker-url", url, "--listen-address",
                                  "127.0.0.1", "--port", str(exporter_port), "--poll-interval", "1",
-                                 "--queues", QUEUE, "--log-level", "warning"],
+                                 "--queues", QUEUE, "--default-queue", QUEUE, "--log.level", "warning"],
                     cwd=ROOT, env={**os.environ, **env})
         procs.start("prometheus", [PROMETHEUS or "", f"--config.file={tmp_path / 'prometheus.yml'}",
                                    f"--storage.tsdb.path={tmp_path / 'prom-data'}",
@@ -205,7 +205,7 @@ def test_migrating_doc_names_only_real_flags_metrics_and_every_compat_rule() -> 
 
     text = MIGRATING.read_text()
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| `")]
-    flags = {o.flag for o in OPTIONS} | {"--config"}
+    flags = {f for o in OPTIONS for f in o.all_flags} | {"--config"}
     envs = {o.env for o in OPTIONS}
     ours_metrics = {s.name for s in all_specs()}
     checked = 0
