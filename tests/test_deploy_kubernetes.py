@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from exporter import http
 from exporter.config import OPTIONS, load_config

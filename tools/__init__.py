@@ -1,5 +1,4 @@
-"""Generators of the repository's derived files (docs tables, alert rules, PrometheusRule, dashboards).
-
-They are development tools, not part of the installed exporter: ``python -m tools.generate`` rewrites
-everything, ``python -m tools.generate --check`` (run by scripts/test.sh and the tests) fails on drift.
+"""Development tools, not part of the installed exporter: the generators of the repository's derived files
+(docs tables, alert rules, PrometheusRule, Compose rules, dashboards) behind ``python -m tools.generate``
+(``--check`` fails on drift; scripts/test.sh runs it), and ``tools.capture_events`` for test data.
 """

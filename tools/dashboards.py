@@ -87,6 +87,7 @@ def exporter_health() -> list[Panel]:
 def overview() -> dict[str, Any]:
     s = sel(QUEUE_VAR)
     ok, failed = f"queue:celery_task_succeeded:rate5m{s}", f"queue:celery_task_failed:rate5m{s}"
+    run_time = one(f"rate(celery_task_duration_seconds_bucket{s}{RI})")
     panels = [
         *exporter_health(),
         row("Now"),
@@ -134,8 +135,7 @@ def overview() -> dict[str, Any]:
              "{{queue}} q{{quantile}}"),
         ], "s"),
         timeseries("Run time, all tasks", "Run-time quantiles over every selected task and outcome.", [
-            (f"histogram_quantile({q}, sum by (le) ({one(f'rate(celery_task_duration_seconds_bucket{s}{RI})')}))", name)
-            for q, name in QUANTILES
+            (f"histogram_quantile({q}, sum by (le) ({run_time}))", name) for q, name in QUANTILES
         ], "s"),
         timeseries("Tasks running by queue", "Tasks started and not finished, from the event stream.", [
             (f"sum by (queue) ({one(f'celery_tasks_active{s}')})", "{{queue}}"),
@@ -151,10 +151,10 @@ def overview() -> dict[str, Any]:
             (f"sum by (worker) ({one(f'celery_worker_tasks_active{sel()}')})", "{{worker}}"),
         ], "none", stack=True),
         timeseries("Exporter: events /s by type", "Celery events applied, and events refused by reason.", [
-            (f"sum by (type) (rate(celery_exporter_events_total{sel()}{RI}))", "{{type}}"),
-            (f"sum by (reason) (rate(celery_exporter_events_invalid_total{sel()}{RI}))",
+            (f"sum by (type) ({one(f'rate(celery_exporter_events_total{sel()}{RI})')})", "{{type}}"),
+            (f"sum by (reason) ({one(f'rate(celery_exporter_events_invalid_total{sel()}{RI})')})",
              "refused: {{reason}}"),
-            (f"sum by (label) (rate(celery_exporter_label_overflow_total{sel()}{RI}))",
+            (f"sum by (label) ({one(f'rate(celery_exporter_label_overflow_total{sel()}{RI})')})",
              "overflow: {{label}}"),
         ], "ops"),
     ]
@@ -184,7 +184,8 @@ def task_drilldown() -> dict[str, Any]:
              "window, so the number does not change with the dashboard's time range).",
              f"sum({one(f'increase(celery_task_retries_exhausted_total{t}[24h])')}) or on () vector(0)",
              "none", thresholds=ANY_IS_BAD),
-        stat("Running now", "Runs started and not finished.", f"sum({one(f'celery_tasks_active{t}')})", "none"),
+        stat("Running now", "Runs started and not finished.",
+             f"sum({one(f'celery_tasks_active{t}')})", "none"),
         stat("Run time p95", "95th percentile of run time, all outcomes.",
              f"histogram_quantile(0.95, sum by (le) ({r('celery_task_duration_seconds_bucket')}))", "s"),
         row("Outcomes"),
@@ -215,9 +216,8 @@ def task_drilldown() -> dict[str, Any]:
              f"(sum by (state) ({r('celery_task_duration_seconds_count')}) > 0)", "{{state}}"),
         ], "s"),
         heatmap("Run time distribution (succeeded)", "Successful runs per run-time bucket.",
-                "sum by (le) ("
-                + one(f"increase(celery_task_duration_seconds_bucket{sel(TASK_VAR, QUEUE_VAR, STATE_SUCCEEDED)}{RI})")
-                + ")"),
+                "sum by (le) (" + one("increase(celery_task_duration_seconds_bucket"
+                                      f"{sel(TASK_VAR, QUEUE_VAR, STATE_SUCCEEDED)}{RI})") + ")"),
         timeseries("Queue wait", "Time from task-sent (or ETA) to task-started: p50, p95, p99.", [
             (f"histogram_quantile({q}, sum by (le) ({r('celery_task_queue_wait_seconds_bucket')}))", name)
             for q, name in QUANTILES

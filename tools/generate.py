@@ -24,6 +24,10 @@ GENERATORS: dict[str, Callable[[], dict[Path, str]]] = {
 }
 
 
+def _show(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def stale() -> list[Path]:
     """Generated files whose committed text differs from what the generators produce now."""
     out = []
@@ -70,12 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         drifted = stale()
         for path in drifted:
-            print(f"stale: {path.relative_to(ROOT)}", file=sys.stderr)
+            print(f"stale: {_show(path)}", file=sys.stderr)
         if drifted:
             print("run: python -m tools.generate", file=sys.stderr)
         return 1 if drifted else 0
     for path in write_all():
-        print(f"wrote {path.relative_to(ROOT)}")
+        print(f"wrote {_show(path)}")
     return 0
 
 
