@@ -211,7 +211,7 @@ def test_dlq_burst_pages_once_and_a_blind_exporter_pages_only_blind(tmp_path: Pa
             after = _names(received[before:])
             assert {name for _, name, _ in after} == {BLIND}, after
             assert all(path == "/pager" and status == "firing" for path, _, status in after), after
-            blind = [a for n in received[before:] for a in n["alerts"]][0]
+            blind = next(a for n in received[before:] for a in n["alerts"])
             assert "event stream connected" in blind["annotations"]["description"]
             # Not merely inhibited at Alertmanager: gated on the stream, they do not fire at all.
             assert not prom.firing() & {"CeleryNoWorkersOnline", "CeleryWorkerDown", "CeleryTaskEventsStalled"}
