@@ -98,6 +98,16 @@ def test_every_inhibit_rule_pairs_alerts_of_the_rule_file() -> None:
     assert "queue" in per_queue["equal"]
 
 
+def test_docs_show_the_configuration_the_test_loads() -> None:
+    """docs/alerting.md's example differs from the Compose file only in its receivers' integrations."""
+    doc = (ROOT / "docs" / "alerting.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", doc, re.DOTALL) if "inhibit_rules:" in b]
+    shown, tested = yaml.safe_load(block), yaml.safe_load(AM_CONFIG.read_text())
+    assert shown["route"] == tested["route"]
+    assert shown["inhibit_rules"] == tested["inhibit_rules"]
+    assert [r["name"] for r in shown["receivers"]] == [r["name"] for r in tested["receivers"]]
+
+
 def test_notifications_are_grouped_per_cluster_and_namespace() -> None:
     route = yaml.safe_load(AM_CONFIG.read_text())["route"]
     assert {"cluster", "namespace", "job", "queue", "alertname"} <= set(route["group_by"])

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tools import rules
 from tools.grafana import (
     Panel,
     common_vars,
@@ -28,11 +29,10 @@ from tools.grafana import (
 
 DASHBOARDS_DIR = Path(__file__).resolve().parent.parent / "dashboards"
 SCOPE = 'cluster=~"$cluster",namespace=~"$namespace",job=~"$job",instance=~"$instance"'
-# Labels that differ between replicas of one exporter; everything else (cluster, namespace, job, the
-# series' own labels) is kept, so folding never merges two deployments.
-REPLICA_LABELS = "instance, pod"
-
-
+# Labels that differ between replicas of one exporter, as the rules fold them (alerts/config.yaml);
+# everything else (cluster, namespace, job, the series' own labels) is kept, so folding never merges two
+# deployments.
+REPLICA_LABELS = ", ".join(rules.load_config()["replica_labels"])
 # Recording rules that fold replicas have no instance label: select them without it.
 SCOPE_NO_INSTANCE = 'cluster=~"$cluster",namespace=~"$namespace",job=~"$job"'
 
