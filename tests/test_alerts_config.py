@@ -87,6 +87,16 @@ def test_an_override_renders_valid_rules_with_its_values(tmp_path: Path) -> None
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+def test_a_copy_of_the_template_renders_with_the_same_config(tmp_path: Path) -> None:
+    copy = tmp_path / "my.template.yml"
+    copy.write_text(rules.TEMPLATE.read_text().replace(
+        "queue:celery_dead_letter_messages_added:increase_page_window >= ${dlq_page_letters}",
+        'queue:celery_dead_letter_messages_added:increase_page_window{queue!="dlq:reports"} >= ${dlq_page_letters}'))
+    rendered = {a["alert"]: a for a in alert_rules(yaml.safe_load(rules.render_rules(rules.load_config(), copy)))}
+    assert rendered["CeleryDeadLetterQueueGrowing"]["expr"].startswith(
+        'queue:celery_dead_letter_messages_added:increase_page_window{queue!="dlq:reports"} >= 50')
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

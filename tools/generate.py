@@ -56,11 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     custom = sub.add_parser("rules", help="render the rules with an override of alerts/config.yaml")
     custom.add_argument("--config", type=Path, required=True, help="YAML with the keys you change")
     custom.add_argument("--output", type=Path, help="rule file to write (default: stdout)")
+    custom.add_argument("--template", type=Path, default=rules.TEMPLATE,
+                        help="your copy of alerts/rules.template.yml (default: the repository's)")
     custom.add_argument("--prometheusrule", action="store_true", help="emit a PrometheusRule manifest")
     args = parser.parse_args(argv)
     if args.command == "rules":
         try:
-            text = rules.render_rules(rules.load_config(args.config))
+            text = rules.render_rules(rules.load_config(args.config), args.template)
         except rules.ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
