@@ -23,9 +23,6 @@ from prometheus_client.openmetrics.exposition import generate_latest as _om_late
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-
 _LABEL_CACHE: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
 _LABEL_CACHE_MAX = 200_000
 
@@ -50,7 +47,7 @@ def label_text(names: tuple[str, ...], values: tuple[str, ...]) -> str:
 
 def _num(value: float) -> str:
     if value.__class__ is int:
-        return f"{value}.0" if -(2**53) < value < 2**53 else floatToGoString(value)  # type: ignore[arg-type]
+        return f"{value}.0" if -(2**53) < value < 2**53 else floatToGoString(value)
     if math.isfinite(value):
         return repr(float(value))
     return floatToGoString(value)
@@ -74,7 +71,7 @@ class TableFamily(Metric):
         self._samples: list[Sample] | None = None
 
     # Metric.__init__ assigns self.samples = []; keep that assignment harmless and build lazily.
-    @property  # type: ignore[override]
+    @property
     def samples(self) -> list[Sample]:
         if self._samples is None:
             self._samples = list(self._build_samples())

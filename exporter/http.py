@@ -10,6 +10,7 @@ bounded. TLS and basic auth come from an exporter-toolkit web config (``exporter
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import html
 import io
@@ -34,7 +35,6 @@ METRICS_PATH = "/metrics"
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 INDEX_PATH = "/"
-PATHS = (METRICS_PATH, HEALTH_PATH, READY_PATH, INDEX_PATH)
 
 REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request or read the answer
 MAX_CONNECTIONS = 64
@@ -66,6 +66,7 @@ class _Server(ThreadingHTTPServer):
     extra_headers: tuple[tuple[str, str], ...]
     slots: threading.BoundedSemaphore
     ssl_context: ssl.SSLContext | None
+    metrics_path: str
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()
@@ -121,6 +122,11 @@ class _DeadlineReader(io.RawIOBase):
 class _Server6(_Server):
     address_family = socket.AF_INET6
 
+    def server_bind(self) -> None:
+        if self.server_address[0] == "::":  # dual-stack whatever the host's net.ipv6.bindv6only says
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
@@ -166,7 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         path = self.path.split("?", 1)[0]
-        if path == METRICS_PATH:
+        if path == self.server.metrics_path:
             self._metrics(head)
         elif path == HEALTH_PATH:
             self._check(self.server.health.alive, head)
@@ -207,7 +213,8 @@ class _Handler(BaseHTTPRequestHandler):
             f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
             for k, v in self.server.health.index_info().items()
         )
-        links = "".join(f'<li><a href="{p}">{p}</a></li>' for p in (METRICS_PATH, HEALTH_PATH, READY_PATH))
+        paths = (self.server.metrics_path, HEALTH_PATH, READY_PATH)
+        links = "".join(f'<li><a href="{html.escape(p)}">{html.escape(p)}</a></li>' for p in paths)
         return (
             "<!doctype html><html><head><title>Celery Exporter</title></head><body>"
             f"<h1>Celery Exporter {html.escape(__version__)}</h1><ul>{links}</ul>"
@@ -240,9 +247,19 @@ class MetricsServer:
         ssl_context: ssl.SSLContext | None = None,
         authorize: Callable[[str | None], bool] | None = None,
         headers: Mapping[str, str] | None = None,
+        metrics_path: str = METRICS_PATH,
     ) -> None:
-        server_cls: type[_Server] = _Server6 if ":" in address else _Server  # ":" only in IPv6 literals
-        self._server = server_cls((address, port), _Handler)
+        if address:
+            server_cls: type[_Server] = _Server6 if ":" in address else _Server  # ":" only in IPv6 literals
+            self._server = server_cls((address, port), _Handler)
+        else:  # every address: IPv6 and (dual-stack) IPv4, or IPv4 alone on a host without IPv6
+            try:
+                self._server = _Server6(("::", port), _Handler)
+            except OSError as exc:
+                if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                    raise
+                self._server = _Server(("0.0.0.0", port), _Handler)
+        self._server.metrics_path = metrics_path
         self._server.registry = registry
         self._server.health = health
         self._server.authorize = authorize

@@ -6,13 +6,13 @@ tests/test_alertmanager_e2e.py (routing and inhibition).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,12 +23,16 @@ import redis
 import requests
 import yaml
 
-from tests._prom_helpers import ALERTMANAGER, PROMETHEUS, ROOT, Processes, free_port, wait_for
+from tests._broker_helpers import RedisServer
+from tests._prom_helpers import ALERTMANAGER, PROMETHEUS, ROOT, Processes
+from tests._support import wait_for
 from tools import rules
 
 REDIS_SERVER = shutil.which("redis-server")
 # Without the binary: db 14 of the shared Redis (flushed before and after).
 SHARED_BROKER = "redis://127.0.0.1:6379/14"
+# What a server that is not up yet raises, for wait_for; anything else (a child died) fails at once.
+NOT_UP = (OSError, ValueError, KeyError)
 
 
 class _Webhook(BaseHTTPRequestHandler):
@@ -61,26 +65,19 @@ def webhook() -> Iterator[tuple[int, list[dict[str, Any]]]]:
 
 
 @contextmanager
-def private_redis(procs: Processes) -> Iterator[tuple[str, redis.Redis]]:
-    """(broker URL, client) of an empty Redis database this test alone uses; ``procs`` owns the server
-    (``procs.procs["redis"]``), so a test can stop the broker."""
-    if REDIS_SERVER:
-        port = free_port()
-        procs.start("redis", [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no"])
-        url = f"redis://127.0.0.1:{port}/0"
-    else:
-        url = SHARED_BROKER
-    client = redis.Redis.from_url(url, socket_timeout=5)
-    try:
-        wait_for("redis", client.ping, time.monotonic() + 10, every=0.05, context=procs.logs,
-                 errors=(redis.RedisError,))
+def private_redis() -> Iterator[tuple[str, redis.Redis, RedisServer | None]]:
+    """(broker URL, client, server) of an empty Redis database this test alone uses: a private
+    redis-server (which a test may kill) or, without the binary, db 14 of the shared one (server None)."""
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(RedisServer()) if REDIS_SERVER else None
+        url = server.url() if server is not None else SHARED_BROKER
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        stack.callback(client.close)
+        wait_for(client.ping, 10, what="redis", errors=(redis.RedisError,))
         client.flushdb()
-        yield url, client
-        if not REDIS_SERVER:
+        yield url, client, server
+        if server is None:
             client.flushdb()
-    finally:
-        client.close()
 
 
 def render_rules(tmp: Path, **overrides: Any) -> Path:

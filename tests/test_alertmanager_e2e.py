@@ -25,6 +25,7 @@ import requests
 import yaml
 
 from tests._alerting_stack import (
+    NOT_UP,
     REDIS_SERVER,
     Prom,
     child_env,
@@ -37,7 +38,8 @@ from tests._alerting_stack import (
     webhook,
     write_prometheus_config,
 )
-from tests._prom_helpers import ALERTMANAGER, PROMETHEUS, ROOT, Processes, alert_rules, free_port, wait_for
+from tests._prom_helpers import ALERTMANAGER, PROMETHEUS, ROOT, Processes, alert_rules
+from tests._support import free_port, wait_for
 
 AM_CONFIG = ROOT / "deploy" / "compose" / "alertmanager" / "alertmanager.yml"
 QUEUE = "am-e2e"
@@ -156,7 +158,8 @@ def test_dlq_burst_pages_once_and_a_blind_exporter_pages_only_blind(tmp_path: Pa
     prom = Prom(prom_port)
     deadline = time.monotonic() + 90
     try:
-        with private_redis(procs) as (broker, client), webhook() as (hook_port, received):
+        with private_redis() as (broker, client, server), webhook() as (hook_port, received):
+            assert server is not None  # REDIS_SERVER: the test stops its private broker
             rules = render_rules(tmp_path, **RULE_OVERRIDES)
             start_alertmanager(procs, tmp_path, _alertmanager_config(tmp_path, hook_port), am_port)
             start_prometheus(procs, tmp_path, write_prometheus_config(tmp_path, rules, exporter_port, am_port),
@@ -173,9 +176,13 @@ def test_dlq_burst_pages_once_and_a_blind_exporter_pages_only_blind(tmp_path: Pa
             def context() -> str:
                 return f"{prom.api('alerts')}\n{_names(received)}\n{procs.logs('prometheus', 'alertmanager')}"
 
-            wait_for("a worker up and the stream connected, through Prometheus",
-                     lambda: value('celery_workers{state="up"}') >= 1
-                     and value("celery_exporter_broker_connected") == 1, deadline, context=procs.logs)
+            def left() -> float:
+                return deadline - time.monotonic()
+
+            wait_for(lambda: value('celery_workers{state="up"}') >= 1
+                     and value("celery_exporter_broker_connected") == 1, left(), every=0.5,
+                     what="a worker up and the stream connected, through Prometheus", errors=NOT_UP,
+                     context=procs.logs)
 
             def letter() -> str:
                 return json.dumps({"task_name": "am.e2e", "error": "boom",
@@ -183,19 +190,20 @@ def test_dlq_burst_pages_once_and_a_blind_exporter_pages_only_blind(tmp_path: Pa
 
             # An old letter, seen for the first time: not growth, so nothing fires.
             client.lpush(DLQ, letter())
-            wait_for("the DLQ in Prometheus", lambda: value(f'celery_dead_letter_queue_length{{queue="{DLQ}"}}') == 1,
-                     deadline, context=context)
+            wait_for(lambda: value(f'celery_dead_letter_queue_length{{queue="{DLQ}"}}') == 1, left(), every=0.5,
+                     what="the DLQ in Prometheus", errors=NOT_UP, context=context)
             time.sleep(4)
             assert not prom.firing() & {PAGE, TICKET}, context()
 
             # The burst: 200 dead letters at once.
             client.lpush(DLQ, *(letter() for _ in range(200)))
-            wait_for("the page at the webhook", lambda: [n for n in _names(received) if n[1] == PAGE], deadline,
-                     context=context)
+            wait_for(lambda: [n for n in _names(received) if n[1] == PAGE], left(), every=0.5,
+                     what="the page at the webhook", errors=NOT_UP, context=context)
             # The ticket for the same queue fires too, and Alertmanager holds it back.
-            inhibited = wait_for("the ticket inhibited at Alertmanager", lambda: [
+            inhibited = wait_for(lambda: [
                 a for a in _am_alerts(am_port, TICKET) if a["status"]["state"] == "suppressed"
-                and a["status"]["inhibitedBy"]], deadline, context=context)
+                and a["status"]["inhibitedBy"]], left(), every=0.5, what="the ticket inhibited at Alertmanager",
+                errors=NOT_UP, context=context)
             assert inhibited[0]["labels"]["queue"] == DLQ
             time.sleep(4)  # several group intervals: anything else would have been sent by now
             pages = [n for n in received if any(a["labels"]["alertname"] == PAGE for a in n["alerts"])]
@@ -209,14 +217,12 @@ def test_dlq_burst_pages_once_and_a_blind_exporter_pages_only_blind(tmp_path: Pa
 
             # The exporter loses its broker (here the broker itself stops): one page, "blind".
             before = len(received)
-            broker_server = procs.procs.pop("redis")  # stopped on purpose: no longer checked alive
-            broker_server.terminate()
-            broker_server.wait(timeout=10)
-            wait_for("the blind page", lambda: [n for n in _names(received[before:]) if n[1] == BLIND],
-                     deadline, context=context)
+            server.kill()
+            wait_for(lambda: [n for n in _names(received[before:]) if n[1] == BLIND], left(), every=0.5,
+                     what="the blind page", errors=NOT_UP, context=context)
             # The exporter now calls the worker down (no heartbeats): the ungated worker alerts would fire.
-            wait_for("the worker down in the exporter's metrics",
-                     lambda: value('celery_workers{state="up"}') == 0, deadline, context=context)
+            wait_for(lambda: value('celery_workers{state="up"}') == 0, left(), every=0.5,
+                     what="the worker down in the exporter's metrics", errors=NOT_UP, context=context)
             time.sleep(8)  # past every test-sized `for` and group interval
             after = _names(received[before:])
             assert {name for _, name, _ in after} == {BLIND}, after

@@ -49,11 +49,11 @@ def test_every_celery_metric_named_in_readme_exists() -> None:
 
 
 def test_every_flag_named_in_readme_exists() -> None:
-    flags = {o.flag for o in OPTIONS} | {"--config", "--version", "--help"}
+    flags = {f for o in OPTIONS for f in o.all_flags} | {"--config", "--version", "--help"}
     # Commands of other tools (docker, kubectl, the benchmark scripts, the generators) have flags of their own.
     ours = re.sub(r"`(?:docker|kubectl|python benchmarks/|python -m tools)[^`]*`", "", README)
     ours = re.sub(r"(?m)^python -m tools.*$", "", ours)
-    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", ours))
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z.-]*[a-z])", ours))
     assert named <= flags, named - flags
 
 

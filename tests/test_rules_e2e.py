@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests._alerting_stack import (
+    NOT_UP,
     Prom,
     child_env,
     private_redis,
@@ -30,13 +31,12 @@ from tests._prom_helpers import (
     RULES_FILE,
     Processes,
     dashboard_exprs,
-    free_port,
     iter_rules,
     load_dashboards,
     substitute_grafana_vars,
     variable_query_expr,
-    wait_for,
 )
+from tests._support import free_port, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -132,7 +132,7 @@ def test_rules_and_dashboards_against_real_prometheus(tmp_path: Path) -> None:
     deadline = time.monotonic() + 80
     prom = Prom(prom_port)
     try:
-        with private_redis(procs) as (broker, client):
+        with private_redis() as (broker, client, _):
             config = write_prometheus_config(tmp_path, RULES_FILE, exporter_port, None)
             (tmp_path / "e2e_tasks.py").write_text(TASKS_MODULE.format(broker=broker, queue=QUEUE,
                                                                         max_retries=MAX_RETRIES))
@@ -146,8 +146,8 @@ def test_rules_and_dashboards_against_real_prometheus(tmp_path: Path) -> None:
                 procs.check_alive()
                 return prom.value(expr) >= want
 
-            wait_for("two workers up, seen through Prometheus", lambda: at_least('celery_workers{state="up"}', 2),
-                     deadline, context=procs.logs)
+            wait_for(lambda: at_least('celery_workers{state="up"}', 2), deadline - time.monotonic(), every=0.5,
+                     what="two workers up, seen through Prometheus", errors=NOT_UP, context=procs.logs)
 
             # Traffic: successes, failures, and retrying tasks that end in the dead-letter list. Two waves: rate()
             # ignores a series' first sample, so Prometheus must have scraped each counter before most of the
@@ -175,8 +175,8 @@ def test_rules_and_dashboards_against_real_prometheus(tmp_path: Path) -> None:
                      'celery_task_failed_total{task_name="e2e.fail",exception="ValueError"}': 1,
                      'celery_task_retries_exhausted_total{task_name="e2e.flaky"}': 1}
             send(1, 1, 1)
-            wait_for("the first wave in Prometheus", lambda: outcomes_reach(first), deadline,
-                     context=lambda: report(first))
+            wait_for(lambda: outcomes_reach(first), deadline - time.monotonic(), every=0.5,
+                     what="the first wave in Prometheus", errors=NOT_UP, context=lambda: report(first))
             send(N_OK - 1, N_FAIL - 1, N_FLAKY - 1)
             outcomes = {
                 'sum(celery_task_succeeded_total{task_name="e2e.ok"})': N_OK,
@@ -186,8 +186,8 @@ def test_rules_and_dashboards_against_real_prometheus(tmp_path: Path) -> None:
                 'task_name_queue:celery_task_failure:ratio_rate5m{task_name="e2e.fail"}': 1,
                 'task_name_queue:celery_task_retry:ratio_rate5m{task_name="e2e.flaky"}': 0.5,
             }
-            wait_for("every task's outcome in Prometheus", lambda: outcomes_reach(outcomes), deadline,
-                     context=lambda: report(outcomes))
+            wait_for(lambda: outcomes_reach(outcomes), deadline - time.monotonic(), every=0.5,
+                     what="every task's outcome in Prometheus", errors=NOT_UP, context=lambda: report(outcomes))
             producer.close()
             assert client.llen(DLQ) == N_FLAKY  # the workers dead-lettered exactly the exhausted tasks
 
