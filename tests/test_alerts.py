@@ -8,6 +8,7 @@ every metric any rule reads is one the exporter exports.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,7 @@ def test_not_yet_firing_cases_bite(name: str, tmp_path: Path) -> None:
     (tmp_path / "alerts").mkdir()
     (tmp_path / "alerts" / RULES_FILE.name).write_text(yaml.safe_dump(rules, sort_keys=False))
     (tmp_path / "alerts" / "tests").mkdir()
+    shutil.copytree(RULES_FILE.parent / "compat", tmp_path / "alerts" / "compat")  # compat_test.yml loads it
     files = [p for p in TEST_FILES if f"alertname: {name}\n" in p.read_text()]
     assert files, f"no promtool test mentions {name}"
     for path in files:
