@@ -43,6 +43,9 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test,dev]'
 
+log "generated files are current: python -m tools.generate --check"
+.venv/bin/python -m tools.generate --check
+
 log "lint: ruff and mypy"
 .venv/bin/ruff check exporter tests benchmarks dashboards deploy tools
 .venv/bin/mypy exporter

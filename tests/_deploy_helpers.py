@@ -256,6 +256,19 @@ _RULE = {
     "additionalProperties": False,
 }
 
+_HPA_POLICIES = {"type": "array", "items": {
+    "type": "object", "required": ["type", "value", "periodSeconds"],
+    "properties": {"type": {"enum": ["Pods", "Percent"]}, "value": {"type": "integer", "minimum": 1},
+                   "periodSeconds": {"type": "integer", "minimum": 1, "maximum": 1800}},
+    "additionalProperties": False}}
+_HPA_RULES = {"type": "object", "properties": {
+    "stabilizationWindowSeconds": {"type": "integer", "minimum": 0, "maximum": 3600},
+    "selectPolicy": {"enum": ["Max", "Min", "Disabled"]}, "policies": _HPA_POLICIES},
+    "additionalProperties": False}
+# autoscaling/v2 HorizontalPodAutoscalerBehavior, as KEDA's advanced.horizontalPodAutoscalerConfig takes it.
+_HPA_BEHAVIOR = {"type": "object", "properties": {"scaleUp": _HPA_RULES, "scaleDown": _HPA_RULES},
+                 "additionalProperties": False}
+
 CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): _crd("monitoring.coreos.com/v1", "ServiceMonitor", {
         "type": "object",
@@ -296,6 +309,16 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
             "maxReplicaCount": {"type": "integer", "minimum": 1},
             "pollingInterval": {"type": "integer", "minimum": 1},
             "cooldownPeriod": {"type": "integer", "minimum": 0},
+            # Used by the fallback when the trigger's query fails (exporter down: no series).
+            "fallback": {"type": "object", "required": ["failureThreshold", "replicas"],
+                         "properties": {"failureThreshold": {"type": "integer", "minimum": 1},
+                                        "replicas": {"type": "integer", "minimum": 0}},
+                         "additionalProperties": False},
+            "advanced": {"type": "object", "properties": {
+                "restoreToOriginalReplicaCount": {"type": "boolean"},
+                "horizontalPodAutoscalerConfig": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "behavior": _HPA_BEHAVIOR}, "additionalProperties": False}},
+                "additionalProperties": False},
             "triggers": {"type": "array", "minItems": 1, "items": {
                 "type": "object", "required": ["type", "metadata"],
                 "properties": {"type": {"type": "string"}, "name": {"type": "string"},

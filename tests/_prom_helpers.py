@@ -100,9 +100,15 @@ def recorded_names(rules: dict[str, Any] | None = None) -> set[str]:
     return {r["record"] for r in iter_rules(rules) if "record" in r}
 
 
+# Read by the rules and dashboards ahead of the exporter: the dead-letters-added counter (issue 13 item 2)
+# lands in the broker pollers; until then, and with an older exporter, the rules fall back to the queue
+# length (alerts/tests/dead_letters_test.yml runs both paths).
+AHEAD_OF_EXPORTER = frozenset({"celery_dead_letter_messages_added_total"})
+
+
 def known_names() -> set[str]:
     """What a rule or panel may read: exported samples, recording rules, and Prometheus' own ``up``."""
-    return exported_names() | recorded_names() | {"up"}
+    return exported_names() | recorded_names() | {"up"} | AHEAD_OF_EXPORTER
 
 
 def parse_duration(text: str) -> float:

@@ -1,11 +1,14 @@
-"""The alerting and recording rules in alerts/: promtool accepts them and their unit tests pass, every alert
-carries the metadata on-call needs, its runbook anchor exists, its promtool tests cover "not yet firing",
-"firing" and "healthy", and every metric any rule reads is one the exporter exports.
+"""The alerting and recording rules in alerts/: they are generated from alerts/config.yaml (and a user's
+override renders valid rules), promtool accepts them and their unit tests pass, every alert carries the
+metadata on-call needs, its runbook anchor exists, its promtool tests cover "not yet firing", "firing" and
+"healthy", the blind-exporter scenarios check every alert, selectors name the exporter's job exactly, and
+every metric any rule reads is one the exporter exports.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,7 @@ def test_not_yet_firing_cases_bite(name: str, tmp_path: Path) -> None:
     (tmp_path / "alerts").mkdir()
     (tmp_path / "alerts" / RULES_FILE.name).write_text(yaml.safe_dump(rules, sort_keys=False))
     (tmp_path / "alerts" / "tests").mkdir()
+    shutil.copytree(RULES_FILE.parent / "compat", tmp_path / "alerts" / "compat")  # compat_test.yml loads it
     files = [p for p in TEST_FILES if f"alertname: {name}\n" in p.read_text()]
     assert files, f"no promtool test mentions {name}"
     for path in files:
@@ -132,10 +136,10 @@ def test_alert_metadata(alert: dict[str, Any]) -> None:
     for key in ("summary", "description", "runbook_url"):
         assert annotations.get(key, "").strip(), f"{name} lacks annotation {key}"
     expr = alert["expr"].strip()
-    # absent() has no labels to show; a `== 0` condition has no value worth showing (it is always 0).
+    # absent() has no labels to show; a `== 0`/`== 1` condition has no value worth showing (a flag).
     if not expr.startswith("absent("):
         assert "$labels" in annotations["description"], f"{name}: description shows no $labels"
-    if not (expr.startswith("absent(") or expr.endswith("== 0")):
+    if not (expr.startswith("absent(") or re.search(r"== [01]\b", expr)):
         assert "$value" in annotations["description"], f"{name}: description does not show $value"
     parse_duration(alert["for"])
 
@@ -144,10 +148,25 @@ def test_alert_names_unique() -> None:
     assert len(ALERT_IDS) == len(set(ALERT_IDS))
 
 
-def test_only_dead_letter_growth_and_total_outages_page() -> None:
+def test_only_dead_letter_growth_total_outages_and_blindness_page() -> None:
     critical = {a["alert"] for a in ALERTS if a["labels"]["severity"] == "critical"}
-    assert "CeleryDeadLetterQueueGrowing" in critical
-    assert critical <= {"CeleryDeadLetterQueueGrowing", "CeleryNoWorkersOnline", "CeleryQueueNoConsumers"}
+    assert {"CeleryDeadLetterQueueGrowing", "CeleryExporterBlind"} <= critical
+    assert critical <= {"CeleryDeadLetterQueueGrowing", "CeleryNoWorkersOnline", "CeleryQueueNoConsumers",
+                        "CeleryExporterBlind"}
+
+
+@pytest.mark.parametrize("alert", ALERTS, ids=ALERT_IDS)
+def test_alert_says_what_signal_it_reads(alert: dict[str, Any]) -> None:
+    """Alertmanager's inhibit rules pair on `signal` (docs/alerting.md): every alert must carry one."""
+    assert alert["labels"].get("signal") in {"events", "broker", "exporter"}, alert["alert"]
+
+
+@pytest.mark.parametrize("alert", ALERTS, ids=ALERT_IDS)
+def test_message_counts_print_whole(alert: dict[str, Any]) -> None:
+    """"grew by 4.188 messages": a count of messages is printed with printf "%.0f", never humanize."""
+    description = alert["annotations"]["description"]
+    if re.search(r"\$value[^}]*}}\s+(messages|tasks|running)", description):
+        assert re.search(r'\$value \| printf "%\.0f"', description), description
 
 
 @pytest.mark.parametrize("alert", ALERTS, ids=ALERT_IDS)
@@ -227,7 +246,7 @@ def test_exported_names_come_from_the_specs() -> None:
         ('a:b:c > 0 and on (job) (x offset 5m) unless ignoring(le) y[1h:5m]', {"a:b:c", "x", "y"}),
         ('histogram_quantile(0.95, sum by (le) (rate(h_bucket{q="by(x) and z"}[$__rate_interval])))', {"h_bucket"}),
         ('label_replace(up{job=~"$job"}, "dst", "$1", "src", "(.*)") == bool 1e3', {"up"}),
-        ("absent(up{job=~\".*celery.*\"}) or vector(0) > Inf", {"up"}),
+        ("absent(up{job=\"celery-exporter\"}) or vector(0) > Inf", {"up"}),
         ("time() - celery_worker_last_heartbeat_timestamp_seconds @ end()", {"celery_worker_last_heartbeat_timestamp_seconds"}),
     ],
 )

@@ -1,16 +1,16 @@
 """The Grafana dashboards in dashboards/: the committed JSON is the generator's output, the dashboards
 import as-is (no ``__inputs``, a ``datasource`` variable every panel and query uses, stable unique uids, a
 current schemaVersion), every PromQL expression parses (checked offline with ``promtool check rules``),
-reads only metrics the exporter exports or recording rules, and is scoped by ``$job`` and ``$instance``.
+reads only metrics the exporter exports or recording rules, and is scoped by ``$cluster``, ``$namespace``,
+``$job`` and ``$instance``; every sum folds exporter replicas first; the exporter-health row shows red,
+not "No data"; retries-exhausted panels do not depend on the zoom.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -37,14 +37,6 @@ EXPECTED_UIDS = {
 DASHBOARDS = load_dashboards()
 
 
-def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("dashboards_generate", DASHBOARDS_DIR / "generate.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _all_exprs() -> list[tuple[str, str, str]]:
     """(file, where, PromQL) for every panel query and variable query."""
     out = []
@@ -66,20 +58,26 @@ EXPRS = _all_exprs()
 
 # ------------------------------------------------------------------------------------------ generated
 def test_committed_json_is_the_generator_output() -> None:
-    rendered = _generator().render()
+    from tools import dashboards
+
+    rendered = {path.name: text for path, text in dashboards.targets().items()}
     assert set(rendered) == set(DASHBOARDS), "dashboards/ holds JSON the generator does not produce"
     for name, text in rendered.items():
         committed = (DASHBOARDS_DIR / name).read_text(encoding="utf-8")
-        assert committed == text, f"dashboards/{name} is stale: run python dashboards/generate.py"
+        assert committed == text, f"dashboards/{name} is stale: run python -m tools.generate"
 
 
-def test_generator_check_mode_detects_a_stale_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    gen = _generator()
-    monkeypatch.setattr(gen, "HERE", tmp_path)
-    assert gen.main([]) == 0
-    assert gen.main(["--check"]) == 0
+def test_generate_check_mode_detects_a_stale_dashboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tools import dashboards, generate
+
+    assert generate.main(["--check"]) == 0
+    monkeypatch.setattr(dashboards, "DASHBOARDS_DIR", tmp_path)
+    assert generate.main(["--check"]) == 1  # missing files are stale
+    assert generate.main([]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(DASHBOARDS)
+    assert generate.main(["--check"]) == 0
     (tmp_path / "celery-task.json").write_text("{}\n")
-    assert gen.main(["--check"]) == 1
+    assert generate.main(["--check"]) == 1
 
 
 # ------------------------------------------------------------------------------------------ importable
@@ -99,7 +97,7 @@ def test_importable_as_is(name: str) -> None:
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    for required in ("job", "instance"):
+    for required in ("cluster", "namespace", "job", "instance"):
         assert variables[required]["type"] == "query", required
     for var in variables.values():
         if var["type"] == "query":
@@ -151,16 +149,76 @@ def test_expression_reads_only_exported_metrics(name: str, where: str, expr: str
     assert not unknown, f"{name} {where} reads unknown metrics {sorted(unknown)}"
 
 
+# Recording rules that already folded the replicas have no instance label to filter on.
+FOLDED_RULES = {"queue:celery_queue_length:time_to_drain_seconds",
+                "queue:celery_dead_letter_messages_added:increase_page_window"}
+SCOPE = ('cluster=~"$cluster"', 'namespace=~"$namespace"', 'job=~"$job"')
+
+
 @pytest.mark.parametrize(("name", "where", "expr"), EXPRS, ids=[f"{n}:{w}" for n, w, _ in EXPRS])
-def test_expression_is_scoped_to_job_and_instance(name: str, where: str, expr: str) -> None:
-    if where in ("variable job", "variable instance"):
+def test_expression_is_scoped_to_cluster_namespace_job_and_instance(name: str, where: str, expr: str) -> None:
+    if where.startswith("variable"):  # each variable is scoped by the ones before it (checked below)
         return
     for metric in promql_metric_names(expr):
         for match in re.finditer(rf"(?<![\w:]){re.escape(metric)}(?![\w:])(\{{[^}}]*\}})?", expr):
             selector = match.group(1) or ""
-            assert 'job=~"$job"' in selector and 'instance=~"$instance"' in selector, (
-                f"{name} {where}: {metric} is not filtered by $job and $instance"
-            )
+            assert all(m in selector for m in SCOPE), f"{name} {where}: {metric} is not scoped"
+            if metric not in FOLDED_RULES:
+                assert 'instance=~"$instance"' in selector, f"{name} {where}: {metric} lacks $instance"
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_scope_variables_chain(name: str) -> None:
+    variables = {v["name"]: v["query"] for v in DASHBOARDS[name]["templating"]["list"] if v["type"] == "query"}
+    assert variables["cluster"] == "label_values(celery_exporter_build_info, cluster)"
+    assert 'cluster=~"$cluster"' in variables["namespace"]
+    assert 'namespace=~"$namespace"' in variables["job"]
+    assert 'job=~"$job"' in variables["instance"]
+
+
+_SUM = re.compile(r"\bsum(?:\s+by\s*\([^)]*\))?\s*\(")
+_FOLDED_START = re.compile(r"\s*(max without \(instance, pod\) \(|"
+                           + "|".join(re.escape(r) for r in FOLDED_RULES) + ")")
+
+
+@pytest.mark.parametrize(("name", "where", "expr"), EXPRS, ids=[f"{n}:{w}" for n, w, _ in EXPRS])
+def test_every_sum_folds_exporter_replicas_first(name: str, where: str, expr: str) -> None:
+    """Two exporter replicas (HA, rollout, sidecar) report the same cluster: summing them doubles it."""
+    for match in _SUM.finditer(expr):
+        assert _FOLDED_START.match(expr, match.end()), f"{name} {where}: sums unfolded replicas: {expr}"
+
+
+def test_overview_queue_variable_lists_every_polled_queue() -> None:
+    """A queue nobody consumes has no task events: only celery_queue_length knows it."""
+    for name in ("celery-overview.json", "celery-queues.json"):
+        (query,) = [v["query"] for v in DASHBOARDS[name]["templating"]["list"] if v["name"] == "queue"]
+        assert query.startswith("label_values(celery_queue_length{"), (name, query)
+
+
+@pytest.mark.parametrize("name", ["celery-overview.json", "celery-queues.json"])
+def test_exporter_health_row_turns_red_instead_of_no_data(name: str) -> None:
+    panels = list(iter_panels(DASHBOARDS[name]))
+    titles = [p["title"] for p in panels]
+    row = titles.index("Exporter health")
+    health = panels[row + 1:row + 4]
+    read = set()
+    for panel in health:
+        (target,) = panel["targets"]
+        assert target["expr"].endswith("or on () vector(0)"), panel["title"]  # missing series -> 0
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert steps[0] == {"color": "red", "value": None} and steps[-1] == {"color": "green", "value": 1}
+        read |= promql_metric_names(target["expr"])
+    assert read == {"up", "celery_exporter_broker_connected", "celery_exporter_poll_success"}
+
+
+def test_retries_exhausted_panels_do_not_change_with_zoom() -> None:
+    found = 0
+    for dash in DASHBOARDS.values():
+        for where, expr in dash_exprs(dash):
+            if "celery_task_retries_exhausted_total" in expr:
+                found += 1
+                assert "$__range" not in expr and "$__rate_interval" not in expr and "$__interval" not in expr, where
+    assert found >= 3
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package 'prometheus')")
@@ -195,4 +253,6 @@ def test_key_views_exist() -> None:
     assert {"celery_task_failed_total", "celery_task_retried_total", "celery_task_duration_seconds_bucket",
             "celery_task_queue_wait_seconds_bucket"} <= read["celery-task.json"]
     assert {"celery_queue_length", "celery_retry_queue_length", "celery_dead_letter_queue_length",
-            "celery_dead_letter_queue_oldest_message_age_seconds"} <= read["celery-queues.json"]
+            "celery_dead_letter_queue_oldest_message_age_seconds",
+            "queue:celery_dead_letter_messages_added:increase_page_window",
+            "queue:celery_queue_length:time_to_drain_seconds"} <= read["celery-queues.json"]

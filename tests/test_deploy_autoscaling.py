@@ -56,11 +56,19 @@ def test_hpa_reads_celery_queue_length_of_queue_default(hpa: dict[str, Any]) -> 
     assert set(metric["external"]["metric"]["selector"]["matchLabels"]) <= series["celery_queue_length"]
 
 
-def test_hpa_is_the_seed_manifest(hpa: dict[str, Any]) -> None:
+def test_hpa_is_the_seed_manifest_plus_a_scale_down_behaviour(hpa: dict[str, Any]) -> None:
     seed = seed_hpa()
     if seed is None:
         pytest.skip("shared/seeds is not beside the repository")
-    assert hpa == seed
+    ours = {**hpa, "spec": {k: v for k, v in hpa["spec"].items() if k != "behavior"}}
+    assert ours == seed
+
+
+def test_hpa_scales_down_gradually(hpa: dict[str, Any]) -> None:
+    """Between bursts the queue empties: the HPA must not drop to the minimum at once."""
+    down = hpa["spec"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] >= 300
+    assert all(p["type"] == "Percent" and p["value"] <= 50 for p in down["policies"])
 
 
 def test_hpa_scales_the_sidecar_overlays_worker(hpa: dict[str, Any]) -> None:
@@ -131,6 +139,21 @@ def test_keda_trigger_mirrors_the_hpa(scaled_object: dict[str, Any], hpa: dict[s
     assert trigger["metadata"]["threshold"] == hpa["spec"]["metrics"][0]["external"]["target"]["averageValue"]
     assert trigger["metadata"]["serverAddress"].startswith("http")
     assert promql_problems(trigger["metadata"]["query"]) == []
+    assert 'job="celery-exporter"' in trigger["metadata"]["query"]
+    # The same scale-down as the HPA overlay.
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"] == hpa["spec"]["behavior"]["scaleDown"]
+
+
+def test_keda_falls_back_to_a_fixed_worker_count_when_the_exporter_is_down(scaled_object: dict[str, Any]) -> None:
+    """With ignoreNullValues "false" a missing series is a query error, which is what KEDA's fallback
+    counts; it needs metricType AverageValue (KEDA refuses a fallback on Value triggers)."""
+    spec = scaled_object["spec"]
+    (trigger,) = spec["triggers"]
+    assert trigger["metadata"]["ignoreNullValues"] == "false" and trigger["metricType"] == "AverageValue"
+    fallback = spec["fallback"]
+    assert fallback["failureThreshold"] >= 1
+    assert spec["minReplicaCount"] <= fallback["replicas"] <= spec["maxReplicaCount"]
 
 
 def test_two_exporter_replicas_do_not_double_the_queue_length(

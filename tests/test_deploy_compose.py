@@ -97,7 +97,7 @@ def test_every_mounted_path_exists(services: dict[str, dict[str, Any]]) -> None:
     for name, host in mounts:
         assert host.exists(), f"{name}: mounts {host}, which does not exist"
     hosts = {host for _, host in mounts}
-    assert {REPO / "alerts", REPO / "dashboards"} <= hosts
+    assert {COMPOSE_DIR / "prometheus" / "rules", REPO / "dashboards"} <= hosts
 
 
 def test_published_ports_do_not_collide(services: dict[str, dict[str, Any]]) -> None:
@@ -135,14 +135,17 @@ def test_prometheus_scrapes_every_exporter(services: dict[str, dict[str, Any]]) 
     assert am == ["alertmanager:9093"] and "alertmanager" in services
 
 
-def test_prometheus_loads_every_rule_file_of_alerts(services: dict[str, dict[str, Any]]) -> None:
+def test_prometheus_loads_the_rules_rendered_for_compose(services: dict[str, dict[str, Any]]) -> None:
+    """The demo loads the rules rendered from alerts/ with its own overrides (tools/rules.py)."""
+    from tools import rules
+
     prom = services["prometheus"]
     config = load_yaml(_host_path(prom, "/etc/prometheus/prometheus.yml"))
     globs = [_host_path(prom, g) for g in config["rule_files"]]
     loaded = {p for g in globs for p in g.parent.glob(g.name)}
-    top_level = {p for p in (REPO / "alerts").iterdir() if p.suffix in (".yml", ".yaml")}
-    # Rule files are the top-level YAML of alerts/ (promtool unit tests live in alerts/tests/).
-    assert loaded == top_level
+    assert loaded == {rules.COMPOSE_RULES}
+    assert rules.COMPOSE_RULES.read_text(encoding="utf-8") == rules.render_rules(
+        rules.load_config(rules.COMPOSE_CONFIG))
 
 
 def test_promtool_accepts_the_prometheus_config_and_its_rules(

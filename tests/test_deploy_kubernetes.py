@@ -1,23 +1,22 @@
 """The Kubernetes manifests (deploy/kubernetes): every file and every rendered overlay validates against
 the Kubernetes schemas (kubernetes-validate, pinned version) or our CRD schemas; the exporter containers
 are hardened and probe endpoints the HTTP server serves; the sidecar overlay replaces the standalone
-Deployment; the PrometheusRule is generated from alerts/. Autoscaling: test_deploy_autoscaling.py."""
+Deployment; the PrometheusRule is generated from alerts/ and, like the ServiceMonitor, carries the
+operator's selector label. Autoscaling: test_deploy_autoscaling.py."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-import yaml
 
 from exporter import http
 from exporter.config import OPTIONS, load_config
 from tests._deploy_helpers import (
     CRD_SCHEMAS,
     K8S,
+    REPO,
     container_named,
     is_pinned,
     kustomize,
@@ -36,16 +35,6 @@ MANIFEST_FILES = sorted(p for p in K8S.rglob("*.yaml") if p.name not in NOT_MANI
 
 def _rel(path: Path) -> str:
     return str(path.relative_to(K8S))
-
-
-@pytest.fixture(scope="module")
-def generator() -> ModuleType:
-    path = K8S / "generate_prometheusrule.py"
-    spec = importlib.util.spec_from_file_location("generate_prometheusrule", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ------------------------------------------------------------------------------------ schema validation
@@ -119,7 +108,10 @@ def _exporter_containers() -> list[tuple[str, dict[str, Any]]]:
 @pytest.mark.parametrize(("where", "container"), _exporter_containers(), ids=lambda v: v if isinstance(v, str) else "")
 def test_exporter_container_is_hardened_and_probes_real_endpoints(where: str, container: dict[str, Any]) -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == http.HEALTH_PATH
-    assert container["readinessProbe"]["httpGet"]["path"] == http.READY_PATH
+    # A sidecar's readiness gates the worker pod's rollout: it must not depend on the exporter's broker
+    # connection (/readyz), or a broker blip would stall worker deploys. The standalone exporter uses it.
+    ready = http.HEALTH_PATH if where.startswith("overlays/sidecar") else http.READY_PATH
+    assert container["readinessProbe"]["httpGet"]["path"] == ready
     (port,) = container["ports"]
     assert (port["name"], port["containerPort"]) == ("http-metrics", EXPORTER_PORT)
     for probe in ("livenessProbe", "readinessProbe"):
@@ -179,24 +171,19 @@ def test_sidecar_overlay_replaces_the_standalone_exporter() -> None:
 
 
 # ------------------------------------------------------------------------------------ PrometheusRule
-def test_prometheusrule_is_generated_from_alerts(generator: ModuleType) -> None:
+def test_prometheusrule_is_generated_from_the_rules() -> None:
+    from tools import rules
+
     committed = (K8S / "base" / "prometheusrule.yaml").read_text(encoding="utf-8")
-    assert generator.render() == committed, "stale: run python deploy/kubernetes/generate_prometheusrule.py"
-    groups = only(load_yaml_docs(committed), "PrometheusRule")["spec"]["groups"]
-    expected = [g for p in generator.rule_files() for g in (load_yaml(p) or {}).get("groups") or []]
-    assert groups == expected
+    assert rules.targets()[rules.PROMETHEUSRULE] == committed, "stale: run python -m tools.generate"
+    manifest = only(load_yaml_docs(committed), "PrometheusRule")
+    assert manifest["spec"]["groups"] == load_yaml(rules.RULES)["groups"]
 
 
-def test_generator_merges_rule_files_and_rejects_duplicate_groups(generator: ModuleType, tmp_path: Path) -> None:
-    alerts = tmp_path / "alerts"
-    alerts.mkdir()
-    rule = {"alert": "A", "expr": "up == 0\nor\nvector(1)", "for": "5m"}
-    (alerts / "b.rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "b", "rules": [rule]}]}))
-    (alerts / "a.rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "a", "rules": []}]}))
-    (alerts / "a_test.yml").write_text("rule_files: [a.rules.yml]\n")  # promtool tests are not rules
-    rendered = only(load_yaml_docs(generator.render(tmp_path)), "PrometheusRule")
-    assert rendered["spec"]["groups"] == [{"name": "a", "rules": []}, {"name": "b", "rules": [rule]}]
-    assert "expr: |" in generator.render(tmp_path)  # multi-line PromQL stays readable
-    (alerts / "c.rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "a", "rules": []}]}))
-    with pytest.raises(ValueError, match="also defined"):
-        generator.render(tmp_path)
+def test_operator_resources_carry_the_selector_label() -> None:
+    """kube-prometheus-stack selects ServiceMonitors and PrometheusRules by `release` (documented and
+    overridable in docs/deployment.md): both must carry it, with the same value."""
+    monitor = only(manifest_docs(K8S / "base" / "servicemonitor.yaml"), "ServiceMonitor")
+    rule = only(manifest_docs(K8S / "base" / "prometheusrule.yaml"), "PrometheusRule")
+    assert monitor["metadata"]["labels"]["release"] == rule["metadata"]["labels"]["release"]
+    assert "release" in (REPO / "docs" / "deployment.md").read_text(encoding="utf-8")

@@ -8,14 +8,30 @@ from pathlib import Path
 
 from exporter.collectors import all_specs
 from exporter.config import OPTIONS
-from exporter.docs import main as docs_main
+from tools import docs, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
 def test_generated_docs_are_current() -> None:
-    assert docs_main(["--check"]) == 0, "run: python -m exporter.docs"
+    for path, text in docs.targets().items():
+        assert path.read_text(encoding="utf-8") == text, f"{path} is stale: run python -m tools.generate"
+
+
+def test_one_check_mode_covers_every_generated_file() -> None:
+    """`python -m tools.generate --check` (run by scripts/test.sh) passes on a clean tree and knows every
+    generated file: docs tables, rules, PrometheusRule, Compose rules and dashboards."""
+    assert generate.main(["--check"]) == 0
+    names = {path.relative_to(ROOT).as_posix() for make in generate.GENERATORS.values() for path in make()}
+    assert {"README.md", "docs/metrics.md", "alerts/celery-exporter.rules.yml",
+            "deploy/kubernetes/base/prometheusrule.yaml", "dashboards/celery-overview.json"} <= names
+
+
+def test_generators_live_outside_the_runtime_package() -> None:
+    assert not (ROOT / "exporter" / "docs.py").exists()
+    assert not (ROOT / "dashboards" / "generate.py").exists()
+    assert not (ROOT / "deploy" / "kubernetes" / "generate_prometheusrule.py").exists()
 
 
 def test_every_metric_is_in_the_readme_table_and_no_other() -> None:
@@ -34,8 +50,9 @@ def test_every_celery_metric_named_in_readme_exists() -> None:
 
 def test_every_flag_named_in_readme_exists() -> None:
     flags = {f for o in OPTIONS for f in o.all_flags} | {"--config", "--version", "--help"}
-    # Commands of other tools (docker, kubectl, the benchmark scripts) have flags of their own.
-    ours = re.sub(r"`(?:docker|kubectl|python benchmarks/)[^`]*`", "", README)
+    # Commands of other tools (docker, kubectl, the benchmark scripts, the generators) have flags of their own.
+    ours = re.sub(r"`(?:docker|kubectl|python benchmarks/|python -m tools)[^`]*`", "", README)
+    ours = re.sub(r"(?m)^python -m tools.*$", "", ours)
     named = set(re.findall(r"(?<![\w-])(--[a-z][a-z.-]*[a-z])", ours))
     assert named <= flags, named - flags
 

@@ -1,8 +1,5 @@
 """Generates the reference tables of README.md, docs/metrics.md and docs/configuration.md from the code
-(``MetricSpec`` declarations and the config ``OPTIONS`` table).
-
-    python -m exporter.docs          # rewrite the generated parts
-    python -m exporter.docs --check  # exit 1 if any of them drifted (tests/test_docs.py does this)
+(``MetricSpec`` declarations and the config ``OPTIONS`` table). Run through ``python -m tools.generate``.
 
 Generated parts of README.md sit between ``<!-- BEGIN GENERATED: name -->`` and
 ``<!-- END GENERATED: name -->``.
@@ -11,8 +8,6 @@ Generated parts of README.md sit between ``<!-- BEGIN GENERATED: name -->`` and
 from __future__ import annotations
 
 import re
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from exporter.collectors import all_specs
@@ -57,7 +52,7 @@ GENERATED = {"metrics": metrics_table, "configuration": config_table}
 
 METRICS_DOC = """# Metrics reference
 
-Generated from the code by `python -m exporter.docs`; `tests/test_docs.py` fails when it drifts.
+Generated from the code by `python -m tools.generate`; `tests/test_docs.py` fails when it drifts.
 Every metric below is served on `/metrics`. Task metrics never carry the worker's name (pods churn);
 label values are bounded by `--max-task-names`, `--max-exception-types`, `--max-queues` and `--max-workers`,
 and what overflows is folded into `__overflow__` and counted in `celery_exporter_label_overflow_total`.
@@ -69,7 +64,7 @@ The exporter also serves client_python's standard `process_*`, `python_info` and
 
 CONFIG_DOC = """# Configuration reference
 
-Generated from the code by `python -m exporter.docs`; `tests/test_docs.py` fails when it drifts.
+Generated from the code by `python -m tools.generate`; `tests/test_docs.py` fails when it drifts.
 Precedence: command-line flag > environment variable > YAML file (`--config`) > default. An unknown YAML
 key or `CELERY_EXPORTER_*` variable, a bad value, a missing broker URL or one that can never work (a
 transport kombu does not know or whose library is not installed, a Redis database that is not a number)
@@ -112,23 +107,3 @@ def targets() -> dict[Path, str]:
     if readme.exists():
         out[readme] = render(readme.read_text(encoding="utf-8"))
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    check = "--check" in (sys.argv[1:] if argv is None else argv)
-    drifted = []
-    for path, text in targets().items():
-        current = path.read_text(encoding="utf-8") if path.exists() else ""
-        if current != text:
-            drifted.append(path)
-            if not check:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text, encoding="utf-8")
-    if check and drifted:
-        print("out of date (run python -m exporter.docs):", ", ".join(str(p) for p in drifted))
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
