@@ -21,6 +21,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
 from exporter.brokers import build_polling
+from exporter.collectors.render import RenderErrorsCollector
 from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
@@ -71,6 +72,7 @@ class App:
             TaskCollector(snapshots),
             WorkerCollector(snapshots),
             StreamCollector(snapshots, self.status),
+            RenderErrorsCollector(),
         ):
             self.registry.register(collector)
         for builtin in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):

@@ -2,31 +2,54 @@
 ``/healthz`` (process and event loop alive), ``/readyz`` (connected to the broker), and an index page.
 
 A scrape only renders what the collectors already hold: it never talks to a worker or waits on the broker.
-Each connection gets its own thread with a socket time-out, so a slow or stalled client ties up only
-itself; the number of connections served at once is capped, and request lines, headers and bodies are
-bounded. TLS and basic auth come from an exporter-toolkit web config (``exporter.webconfig``).
+
+Design: one asyncio event loop in the ``http`` thread owns every connection, the way Go's net/http
+(which exporter-toolkit builds on) keeps a cheap goroutine per connection. A connection that is idle,
+half-open, in its TLS handshake or trickling its headers costs a socket and a bounded buffer, never a
+thread or a slot, so such clients cannot lock out a scrape:
+
+* **Connections**: at most ``MAX_CONNECTIONS`` open. A new connection over the cap closes the oldest
+  *idle* one (no complete request yet, or kept alive between requests), so a flood of idle or
+  slowloris clients only ever evicts itself once real clients keep connecting.
+* **Deadlines**: a new connection must complete its TLS handshake and its request line and headers
+  within ``REQUEST_TIMEOUT`` of being accepted; a kept-alive connection may wait ``IDLE_TIMEOUT`` for
+  its next request's first byte, then has ``REQUEST_TIMEOUT`` for the rest. A response must be taken
+  within ``REQUEST_TIMEOUT`` too.
+* **Header budget**: request line plus headers at most ``MAX_HEADER_BYTES`` (431 beyond, 414 for a
+  request line alone over it) and ``MAX_HEADERS`` lines. The stream reader stops reading a connection
+  whose unparsed buffer exceeds twice that, so a connection never holds more, pipelined bytes included.
+  Headers are parsed before authentication (they carry it), so this budget is what an anonymous client
+  can make the exporter hold: ``MAX_CONNECTIONS`` x 128 KiB at worst.
+* **Slots only for parsed requests**: rendering ``/metrics`` runs in a small thread pool (it needs the
+  GIL, not the loop), at most ``MAX_RENDERS`` at once; a complete request waits for a slot up to its
+  deadline, then gets 503. ``/healthz``, ``/readyz`` and ``/`` need no slot and are answered on the loop,
+  so a probe never fails because of other clients. Basic-auth checks that miss the cache (bcrypt, slow
+  by design) run in their own pool, so wrong passwords cannot delay scrapes with cached credentials.
+
+Request bodies are refused (and the connection closed, so a body cannot be smuggled in as a second
+request). TLS and basic auth come from an exporter-toolkit web config (``exporter.webconfig``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 import html
-import io
 import socket
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import structlog
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
-from exporter.exposition import render
+from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, render
 
 log = structlog.get_logger("exporter.http")
 
@@ -34,11 +57,19 @@ METRICS_PATH = "/metrics"
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 INDEX_PATH = "/"
-PATHS = (METRICS_PATH, HEALTH_PATH, READY_PATH, INDEX_PATH)
 
-REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request or read the answer
-MAX_CONNECTIONS = 64
-BUSY_RESPONSE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+REQUEST_TIMEOUT = 10.0  # seconds to send a request (from the first byte) or to take a response
+IDLE_TIMEOUT = 60.0  # seconds a kept-alive connection may wait for its next request
+MAX_CONNECTIONS = 256  # open connections; the oldest idle one is closed to admit a new one
+MAX_HEADER_BYTES = 64 * 1024  # request line + headers, per request
+MAX_HEADERS = 100
+MAX_RENDERS = 4  # /metrics renders at once; more complete requests wait for a slot
+TEXT = "text/plain; charset=utf-8"
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+            408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
+            505: "HTTP Version Not Supported"}
 
 
 class Health:
@@ -55,181 +86,53 @@ class Health:
         self.index_info = index_info or (lambda: {})
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    registry: CollectorRegistry
-    health: Health
-    authorize: Callable[[str | None], bool] | None
-    extra_headers: tuple[tuple[str, str], ...]
-    slots: threading.BoundedSemaphore
-    ssl_context: ssl.SSLContext | None
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = super().get_request()
-        sock.settimeout(REQUEST_TIMEOUT)
-        return sock, addr
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            with contextlib.suppress(OSError):
-                request.sendall(BUSY_RESPONSE)
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            if self.ssl_context is not None:
-                # Handshake in the connection's own thread, under its time-out, never in the accept loop.
-                request = self.ssl_context.wrap_socket(request, server_side=True)
-            super().process_request_thread(request, client_address)
-        except (OSError, ssl.SSLError) as exc:
-            log.debug("connection failed", client=client_address[0], error=str(exc))
-            self.shutdown_request(request)
-        finally:
-            self.slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("request handling failed", client=client_address[0], exc_info=True)
+def negotiate(accept: str) -> str:
+    """The Content-Type to answer ``accept`` with: OpenMetrics 1.0.0 when it is preferred to the text
+    format, else text 0.0.4. Only variants the renderer implements are ever announced: OpenMetrics
+    0.0.1 is answered as 1.0.0 (Prometheus parses both alike), text 1.0.0 as 0.0.4, and no ``escaping``
+    parameter is sent because every name served is a legacy name (valid under any escaping scheme)."""
+    best_om, best_text = -1.0, 0.0  # text 0.0.4 is the default for any client
+    for position, item in enumerate(accept.split(",")[:32]):  # bounded: the header is client input
+        media, *params = (p.strip() for p in item.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        tiebreak = q - position * 1e-6  # equal q: the earlier entry wins
+        if media.lower() == "application/openmetrics-text":
+            best_om = max(best_om, tiebreak)
+        elif media.lower() in ("text/plain", "*/*", "text/*"):
+            best_text = max(best_text, tiebreak)
+    return OPENMETRICS_CONTENT_TYPE if best_om > 0 and best_om >= best_text else TEXT_CONTENT_TYPE
 
 
-class _DeadlineReader(io.RawIOBase):
-    """Socket reads that share one deadline: a per-read time-out alone lets a client trickle a request
-    one byte at a time and keep its connection slot forever (slowloris)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.deadline = time.monotonic() + REQUEST_TIMEOUT
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the request did not arrive in time")
-        self.sock.settimeout(min(left, REQUEST_TIMEOUT))
-        try:
-            return self.sock.recv_into(buffer)
-        finally:
-            self.sock.settimeout(REQUEST_TIMEOUT)  # writes keep the full per-operation time-out
+@dataclass(eq=False)
+class _Conn:
+    writer: asyncio.StreamWriter
+    idle: bool = True
+    served: int = 0  # requests answered on this connection
 
 
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+@dataclass
+class _Request:
+    method: str
+    path: str
+    version: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    server_version = f"celery-exporter/{__version__}"
-    sys_version = ""
-
-    def setup(self) -> None:
-        super().setup()
-        self.rfile.close()  # the plain makefile() reader; it holds a reference that delays the socket close
-        self._reader = _DeadlineReader(self.connection)
-        self.rfile = io.BufferedReader(self._reader)
-
-    def handle_one_request(self) -> None:
-        # The request line and headers (and, on a kept-alive connection, the wait for them) must all
-        # arrive within REQUEST_TIMEOUT of each other.
-        self._reader.deadline = time.monotonic() + REQUEST_TIMEOUT
-        super().handle_one_request()
-
-    def end_headers(self) -> None:
-        for name, value in self.server.extra_headers:  # http_server_config.headers, on every response
-            self.send_header(name, value)
-        super().end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http request", client=self.client_address[0], line=format % args)
-
-    def do_HEAD(self) -> None:
-        self.do_GET(head=True)
-
-    def do_GET(self, head: bool = False) -> None:
-        length = self.headers.get("Content-Length")
-        if length not in (None, "0") or self.headers.get("Transfer-Encoding"):
-            # The body is never read, so the connection must end here: otherwise its bytes would be
-            # parsed as the next request on this connection (request smuggling).
-            self.close_connection = True
-            self._send(413, b"request bodies are not accepted\n", "text/plain; charset=utf-8", head)
-            return
-        if self.server.authorize is not None and not self.server.authorize(self.headers.get("Authorization")):
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="celery-exporter"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        path = self.path.split("?", 1)[0]
-        if path == METRICS_PATH:
-            self._metrics(head)
-        elif path == HEALTH_PATH:
-            self._check(self.server.health.alive, head)
-        elif path == READY_PATH:
-            self._check(self.server.health.ready, head)
-        elif path == INDEX_PATH:
-            self._send(200, self._index(), "text/html; charset=utf-8", head)
-        else:
-            self._send(404, b"not found\n", "text/plain; charset=utf-8", head)
-
-    def do_POST(self) -> None:
-        self.close_connection = True  # the body, if any, is unread: see do_GET
-        self._send(405, b"method not allowed\n", "text/plain; charset=utf-8", False)
-
-    do_PUT = do_DELETE = do_PATCH = do_POST
-
-    def _metrics(self, head: bool) -> None:
-        _, content_type = choose_encoder(self.headers.get("Accept") or "")
-        openmetrics = content_type.startswith("application/openmetrics-text")
-        try:
-            body = render(self.server.registry, openmetrics=openmetrics)
-        except Exception:
-            log.exception("rendering /metrics failed")
-            self._send(500, b"error rendering metrics\n", "text/plain; charset=utf-8", head)
-            return
-        encoding = None
-        if "gzip" in (self.headers.get("Accept-Encoding") or ""):
-            body = gzip.compress(body, compresslevel=1)
-            encoding = "gzip"
-        self._send(200, body, content_type, head, encoding)
-
-    def _check(self, probe: Callable[[], tuple[bool, str]], head: bool) -> None:
-        ok, detail = probe()
-        self._send(200 if ok else 503, (detail + "\n").encode(), "text/plain; charset=utf-8", head)
-
-    def _index(self) -> bytes:
-        rows = "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-            for k, v in self.server.health.index_info().items()
-        )
-        links = "".join(f'<li><a href="{p}">{p}</a></li>' for p in (METRICS_PATH, HEALTH_PATH, READY_PATH))
-        return (
-            "<!doctype html><html><head><title>Celery Exporter</title></head><body>"
-            f"<h1>Celery Exporter {html.escape(__version__)}</h1><ul>{links}</ul>"
-            f"<table>{rows}</table></body></html>"
-        ).encode()
-
-    def _send(
-        self, code: int, body: bytes, content_type: str, head: bool, encoding: str | None = None
-    ) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        if encoding:
-            self.send_header("Content-Encoding", encoding)
-            self.send_header("Vary", "Accept-Encoding")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
+class _HTTPError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class MetricsServer:
-    """Owns the listening socket and the accept thread."""
+    """Owns the listening socket, the event loop thread and the connections."""
 
     def __init__(
         self,
@@ -241,24 +144,267 @@ class MetricsServer:
         authorize: Callable[[str | None], bool] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        server_cls: type[_Server] = _Server6 if ":" in address else _Server  # ":" only in IPv6 literals
-        self._server = server_cls((address, port), _Handler)
-        self._server.registry = registry
-        self._server.health = health
-        self._server.authorize = authorize
-        self._server.extra_headers = tuple((headers or {}).items())
-        self._server.ssl_context = ssl_context
-        self._server.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+        self.registry = registry
+        self.health = health
+        self.ssl_context = ssl_context
+        self.authorize = authorize
+        self.extra_headers = tuple((headers or {}).items())  # http_server_config.headers
+        # Bound here, as before, so a port in use fails at construction and .port is known at once.
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET  # ":" only in IPv6 literals
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._sock.bind((address, port))
+            self._sock.listen(128)
+        except OSError:
+            self._sock.close()
+            raise
+        self._loop = asyncio.new_event_loop()
+        self._conns: OrderedDict[_Conn, None] = OrderedDict()  # oldest idle first
+        self._renders = ThreadPoolExecutor(MAX_RENDERS, thread_name_prefix="http-render")
+        self._auth = ThreadPoolExecutor(2, thread_name_prefix="http-auth")
+        self._slots: asyncio.Semaphore | None = None
+        self._started = threading.Event()
+        self._stopping: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="http", daemon=True)
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return int(self._sock.getsockname()[1])
 
     def start(self) -> None:
         self._thread.start()
+        self._started.wait(10)
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=2)
+        if self._thread.is_alive() and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+            self._thread.join(timeout=5)
+        self._renders.shutdown(wait=False, cancel_futures=True)
+        self._auth.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    # ------------------------------------------------------------------ loop and connections
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        self._stopping = asyncio.Event()
+        self._slots = asyncio.Semaphore(MAX_RENDERS)
+        server = await asyncio.start_server(self._serve, sock=self._sock, limit=MAX_HEADER_BYTES)
+        self._started.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            server.close()
+            for conn in list(self._conns):
+                conn.writer.transport.abort()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await server.wait_closed()
+
+    def _admit(self, conn: _Conn) -> bool:
+        """Make room for ``conn``: close the oldest idle connection when at the cap."""
+        while len(self._conns) >= MAX_CONNECTIONS:
+            oldest = next((c for c in self._conns if c.idle), None)
+            if oldest is None:
+                return False  # every connection is being answered: refuse the newcomer instead
+            del self._conns[oldest]
+            oldest.writer.transport.abort()
+            log.debug("closed the oldest idle connection to admit a new one")
+        self._conns[conn] = None
+        return True
+
+    def _mark_idle(self, conn: _Conn) -> None:
+        conn.idle = True
+        if conn in self._conns:
+            self._conns.move_to_end(conn)  # idle since now: the youngest idle connection
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _Conn(writer)
+        peer = (writer.get_extra_info("peername") or ("?",))[0]
+        if not self._admit(conn):
+            writer.transport.abort()
+            return
+        deadline = time.monotonic() + REQUEST_TIMEOUT
+        clean = False  # True once the last answer was drained and the connection may close gracefully
+        try:
+            if self.ssl_context is not None:
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    await writer.start_tls(self.ssl_context)
+            # drain() then waits until the whole response is handed to the kernel, under its deadline.
+            writer.transport.set_write_buffer_limits(high=0)
+            while True:
+                if conn.served:
+                    # Kept alive: wait for the next request's first byte, then the usual deadline.
+                    async with asyncio.timeout(IDLE_TIMEOUT):
+                        first = await reader.readexactly(1)
+                    deadline = time.monotonic() + REQUEST_TIMEOUT
+                else:
+                    first = b""
+                try:
+                    async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                        request = await self._read_request(reader, first)
+                except _HTTPError as exc:
+                    await self._send(writer, exc.code, (str(exc) + "\n").encode(), TEXT, close=True)
+                    clean = True
+                    return
+                conn.idle = False
+                keep_alive = await self._respond(request, writer, deadline)
+                conn.served += 1
+                if not keep_alive:
+                    clean = True
+                    return
+                self._mark_idle(conn)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError) as exc:
+            log.debug("connection closed", client=peer, error=type(exc).__name__)
+        except asyncio.CancelledError:  # server shutdown; asyncio logs a cancelled handler as an error
+            pass
+        finally:
+            self._conns.pop(conn, None)
+            if clean:
+                # A graceful close flushes what TLS may still buffer; abort() bounds how long that takes.
+                writer.close()
+                asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, writer.transport.abort)
+            else:
+                writer.transport.abort()
+
+    async def _read_request(self, reader: asyncio.StreamReader, first: bytes) -> _Request:
+        budget = MAX_HEADER_BYTES - len(first)
+        try:
+            line = first + await reader.readuntil(b"\r\n")
+        except asyncio.LimitOverrunError:
+            raise _HTTPError(414, "request line too long") from None
+        budget -= len(line)
+        parts = line.decode("latin-1").rstrip("\r\n").split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            raise _HTTPError(400 if len(parts) != 3 else 505, "bad request line")
+        request = _Request(parts[0], parts[1].split("?", 1)[0], parts[2])
+        for _ in range(MAX_HEADERS + 1):
+            try:
+                raw = await reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError:
+                raise _HTTPError(431, "request headers too large") from None
+            budget -= len(raw)
+            if budget < 0:
+                raise _HTTPError(431, "request headers too large")
+            if raw == b"\r\n":
+                return request
+            name, sep, value = raw.decode("latin-1").partition(":")
+            if not sep or not name or name != name.strip():
+                raise _HTTPError(400, "bad header line")
+            key, value = name.lower(), value.strip()
+            request.headers[key] = f"{request.headers[key]}, {value}" if key in request.headers else value
+        raise _HTTPError(431, "too many request headers")
+
+    # ------------------------------------------------------------------ answering
+    async def _respond(self, request: _Request, writer: asyncio.StreamWriter, deadline: float) -> bool:
+        """Answer one parsed request; returns whether the connection may serve another."""
+        h = request.headers
+        keep = h.get("connection", "").lower() != "close" and (
+            request.version != "HTTP/1.0" or h.get("connection", "").lower() == "keep-alive"
+        )
+        head = request.method == "HEAD"
+        if request.method not in ("GET", "HEAD"):
+            # The body, if any, is unread, so the connection must end here (request smuggling).
+            await self._send(writer, 405, b"method not allowed\n", TEXT, close=True)
+            return False
+        if h.get("content-length", "0") != "0" or "transfer-encoding" in h:
+            await self._send(writer, 413, b"request bodies are not accepted\n", TEXT, head, close=True)
+            return False
+        if self.authorize is not None and not await self._authorized(h.get("authorization")):
+            await self._send(writer, 401, b"", TEXT, head, close=not keep,
+                             extra=(("WWW-Authenticate", 'Basic realm="celery-exporter"'),))
+            return keep
+        path = request.path
+        if path == METRICS_PATH:
+            code, body, ctype, encoding = await self._metrics(h, deadline)
+            await self._send(writer, code, body, ctype, head, close=not keep, encoding=encoding)
+        elif path == HEALTH_PATH:
+            await self._check(writer, self.health.alive, head, keep)
+        elif path == READY_PATH:
+            await self._check(writer, self.health.ready, head, keep)
+        elif path == INDEX_PATH:
+            await self._send(writer, 200, self._index(), "text/html; charset=utf-8", head, close=not keep)
+        else:
+            await self._send(writer, 404, b"not found\n", TEXT, head, close=not keep)
+        return keep
+
+    async def _authorized(self, header: str | None) -> bool:
+        assert self.authorize is not None
+        quick = getattr(self.authorize, "cached_ok", None)  # BasicAuth: a cache hit needs no bcrypt
+        if quick is not None and quick(header):
+            return True
+        return await asyncio.get_running_loop().run_in_executor(self._auth, self.authorize, header)
+
+    async def _metrics(self, h: dict[str, str], deadline: float) -> tuple[int, bytes, str, str | None]:
+        content_type = negotiate(h.get("accept", ""))
+        openmetrics = content_type == OPENMETRICS_CONTENT_TYPE
+        assert self._slots is not None
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                await self._slots.acquire()
+        except TimeoutError:
+            return 503, b"too many scrapes at once\n", TEXT, None
+        gz = "gzip" in h.get("accept-encoding", "")
+        try:
+            loop = asyncio.get_running_loop()
+            body = await loop.run_in_executor(self._renders, _render, self.registry, openmetrics, gz)
+        except Exception:  # render() isolates families; this is only for what it cannot
+            log.exception("rendering /metrics failed")
+            return 500, b"error rendering metrics\n", TEXT, None
+        finally:
+            self._slots.release()
+        return 200, body, content_type, "gzip" if gz else None
+
+    async def _check(
+        self, writer: asyncio.StreamWriter, probe: Callable[[], tuple[bool, str]], head: bool, keep: bool
+    ) -> None:
+        ok, detail = probe()  # cheap by contract (thread liveness, flags): answered on the loop
+        await self._send(writer, 200 if ok else 503, (detail + "\n").encode(), TEXT, head, close=not keep)
+
+    def _index(self) -> bytes:
+        rows = "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+            for k, v in self.health.index_info().items()
+        )
+        links = "".join(f'<li><a href="{p}">{p}</a></li>' for p in (METRICS_PATH, HEALTH_PATH, READY_PATH))
+        return (
+            "<!doctype html><html><head><title>Celery Exporter</title></head><body>"
+            f"<h1>Celery Exporter {html.escape(__version__)}</h1><ul>{links}</ul>"
+            f"<table>{rows}</table></body></html>"
+        ).encode()
+
+    async def _send(
+        self, writer: asyncio.StreamWriter, code: int, body: bytes, content_type: str, head: bool = False,
+        close: bool = False, encoding: str | None = None, extra: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        lines = [f"HTTP/1.1 {code} {_REASONS.get(code, '')}", f"Server: celery-exporter/{__version__}",
+                 f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S GMT', time.gmtime())}"]
+        if code != 401 or body:
+            lines.append(f"Content-Type: {content_type}")
+        if encoding:
+            lines += [f"Content-Encoding: {encoding}", "Vary: Accept-Encoding"]
+        lines.append(f"Content-Length: {len(body)}")
+        if close:
+            lines.append("Connection: close")
+        lines += [f"{k}: {v}" for k, v in (*extra, *self.extra_headers)]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace"))
+        if not head:
+            writer.write(body)
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            await writer.drain()
+
+
+def _render(registry: CollectorRegistry, openmetrics: bool, gz: bool) -> bytes:
+    body = render(registry, openmetrics=openmetrics)
+    return gzip.compress(body, compresslevel=1) if gz else body
