@@ -64,6 +64,8 @@ MAX_CONNECTIONS = 256  # open connections; the oldest idle one is closed to admi
 MAX_HEADER_BYTES = 64 * 1024  # request line + headers, per request
 MAX_HEADERS = 100
 MAX_RENDERS = 4  # /metrics renders at once; more complete requests wait for a slot
+LINGER = 1.0  # seconds, and bytes below, of a refused request's input discarded before closing
+LINGER_BYTES = 1024 * 1024
 TEXT = "text/plain; charset=utf-8"
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
@@ -256,12 +258,16 @@ class MetricsServer:
                         request = await self._read_request(reader, first)
                 except _HTTPError as exc:
                     await self._send(writer, exc.code, (str(exc) + "\n").encode(), TEXT, close=True)
+                    await _linger(reader, writer)
                     clean = True
                     return
                 conn.idle = False
                 keep_alive = await self._respond(request, writer, deadline)
                 conn.served += 1
                 if not keep_alive:
+                    if request.method not in ("GET", "HEAD") or "content-length" in request.headers or (
+                            "transfer-encoding" in request.headers):
+                        await _linger(reader, writer)  # a body may still be arriving
                     clean = True
                     return
                 self._mark_idle(conn)
@@ -403,6 +409,19 @@ class MetricsServer:
             writer.write(body)
         async with asyncio.timeout(REQUEST_TIMEOUT):
             await writer.drain()
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After refusing a request whose bytes may still be arriving, half-close and discard input for a
+    moment (bounded in time and bytes), so the client reads the refusal rather than a connection reset
+    (closing a socket with unread input makes the kernel send RST). Go's net/http does the same."""
+    with contextlib.suppress(Exception):
+        if writer.can_write_eof():
+            writer.write_eof()
+        got = 0
+        async with asyncio.timeout(LINGER):
+            while got < LINGER_BYTES and (chunk := await reader.read(65536)):
+                got += len(chunk)
 
 
 def _render(registry: CollectorRegistry, openmetrics: bool, gz: bool) -> bytes:
