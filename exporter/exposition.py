@@ -39,6 +39,37 @@ log = structlog.get_logger("exporter.exposition")
 # every name the exporter serves is a valid legacy name).
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+_OPENMETRICS_VERSIONS = ("", "0.0.1", "1.0.0")  # what an OpenMetrics 1.0.0 answer satisfies
+
+
+def negotiate(accept: str) -> str:
+    """The Content-Type to answer ``accept`` with: OpenMetrics 1.0.0 when it is preferred to the text
+    format, else text 0.0.4. Only variants the renderer implements are ever announced: OpenMetrics
+    0.0.1 is answered as 1.0.0 (Prometheus parses both alike), any other OpenMetrics version is not
+    taken as OpenMetrics, text 1.0.0 is answered as 0.0.4, and no ``escaping``
+    parameter is sent because every name served is a legacy name (valid under any escaping scheme)."""
+    best_om, best_text = -1.0, 0.0  # text 0.0.4 is the default for any client
+    for position, item in enumerate(accept.split(",")[:32]):  # bounded: the header is client input
+        media, *params = (p.strip() for p in item.split(";"))
+        q, version = 1.0, ""
+        for param in params:
+            key, _, value = param.partition("=")
+            key = key.strip().lower()
+            if key == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+            elif key == "version":
+                version = value.strip()
+        tiebreak = q - position * 1e-6  # equal q: the earlier entry wins
+        if media.lower() == "application/openmetrics-text":
+            if version in _OPENMETRICS_VERSIONS:  # OpenMetrics 2.0 is not implemented: not offered
+                best_om = max(best_om, tiebreak)
+        elif media.lower() in ("text/plain", "*/*", "text/*"):
+            best_text = max(best_text, tiebreak)
+    return OPENMETRICS_CONTENT_TYPE if best_om > 0 and best_om >= best_text else TEXT_CONTENT_TYPE
+
 
 _LABEL_CACHE: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
 _LABEL_CACHE_MAX = 200_000

@@ -6,25 +6,29 @@ A scrape only renders what the collectors already hold: it never talks to a work
 Design: one asyncio event loop in the ``http`` thread owns every connection, the way Go's net/http
 (which exporter-toolkit builds on) keeps a cheap goroutine per connection. A connection that is idle,
 half-open, in its TLS handshake or trickling its headers costs a socket and a bounded buffer, never a
-thread or a slot, so such clients cannot lock out a scrape:
+thread or a slot, so such clients cannot lock out a scrape. (The thread-per-connection server this
+replaced took one of 64 slots on connect: 64 silent clients made /metrics and /healthz answer 503.)
 
 * **Connections**: at most ``MAX_CONNECTIONS`` open. A new connection over the cap closes the oldest
   *idle* one (no complete request yet, or kept alive between requests), so a flood of idle or
-  slowloris clients only ever evicts itself once real clients keep connecting.
+  slowloris clients only ever evicts itself once real clients keep connecting. The cap is total, not
+  per client IP: Prometheus, the kubelet's probes and an attacker may all share one (node or NAT)
+  address, and a per-IP cap would then lock the probes out along with the attacker.
 * **Deadlines**: a new connection must complete its TLS handshake and its request line and headers
   within ``REQUEST_TIMEOUT`` of being accepted; a kept-alive connection may wait ``IDLE_TIMEOUT`` for
   its next request's first byte, then has ``REQUEST_TIMEOUT`` for the rest. A response must be taken
   within ``REQUEST_TIMEOUT`` too.
-* **Header budget**: request line plus headers at most ``MAX_HEADER_BYTES`` (431 beyond, 414 for a
-  request line alone over it) and ``MAX_HEADERS`` lines. The stream reader stops reading a connection
-  whose unparsed buffer exceeds twice that, so a connection never holds more, pipelined bytes included.
-  Headers are parsed before authentication (they carry it), so this budget is what an anonymous client
-  can make the exporter hold: ``MAX_CONNECTIONS`` x 128 KiB at worst.
-* **Slots only for parsed requests**: rendering ``/metrics`` runs in a small thread pool (it needs the
-  GIL, not the loop), at most ``MAX_RENDERS`` at once; a complete request waits for a slot up to its
-  deadline, then gets 503. ``/healthz``, ``/readyz`` and ``/`` need no slot and are answered on the loop,
-  so a probe never fails because of other clients. Basic-auth checks that miss the cache (bcrypt, slow
-  by design) run in their own pool, so wrong passwords cannot delay scrapes with cached credentials.
+* **Header budget** (``exporter.http_wire``): request line plus headers at most ``MAX_HEADER_BYTES``
+  (431 beyond, 414 for a request line alone over it) and ``MAX_HEADERS`` lines; the stream reader stops
+  reading a connection whose unparsed input exceeds twice that. Headers are parsed before
+  authentication (they carry it), so this is what an anonymous client can make the exporter hold:
+  ``MAX_CONNECTIONS`` x 128 KiB at worst.
+* **Slots only for parsed requests**: rendering ``/metrics`` runs in a small thread pool, off the
+  loop so a long render never delays a probe, at most ``MAX_RENDERS`` at once; a complete request
+  waits for a slot up to its deadline, then gets 503. ``/healthz``, ``/readyz`` and ``/`` need no slot
+  and are answered on the loop, so a probe never fails because of other clients. Basic-auth checks that
+  miss the cache (bcrypt, slow by design) run in their own pool, so wrong passwords cannot delay
+  scrapes with cached credentials.
 
 Request bodies are refused (and the connection closed, so a body cannot be smuggled in as a second
 request). TLS and basic auth come from an exporter-toolkit web config (``exporter.webconfig``).
@@ -43,13 +47,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
-from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, render
+from exporter.exposition import OPENMETRICS_CONTENT_TYPE, negotiate, render
+from exporter.http_wire import MAX_HEADER_BYTES, HTTPError, Request, linger, read_request, write_response
 
 log = structlog.get_logger("exporter.http")
 
@@ -61,17 +66,8 @@ INDEX_PATH = "/"
 REQUEST_TIMEOUT = 10.0  # seconds to send a request (from the first byte) or to take a response
 IDLE_TIMEOUT = 60.0  # seconds a kept-alive connection may wait for its next request
 MAX_CONNECTIONS = 256  # open connections; the oldest idle one is closed to admit a new one
-MAX_HEADER_BYTES = 64 * 1024  # request line + headers, per request
-MAX_HEADERS = 100
 MAX_RENDERS = 4  # /metrics renders at once; more complete requests wait for a slot
-LINGER = 1.0  # seconds, and bytes below, of a refused request's input discarded before closing
-LINGER_BYTES = 1024 * 1024
 TEXT = "text/plain; charset=utf-8"
-
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
-            505: "HTTP Version Not Supported"}
 
 
 class Health:
@@ -88,49 +84,11 @@ class Health:
         self.index_info = index_info or (lambda: {})
 
 
-def negotiate(accept: str) -> str:
-    """The Content-Type to answer ``accept`` with: OpenMetrics 1.0.0 when it is preferred to the text
-    format, else text 0.0.4. Only variants the renderer implements are ever announced: OpenMetrics
-    0.0.1 is answered as 1.0.0 (Prometheus parses both alike), text 1.0.0 as 0.0.4, and no ``escaping``
-    parameter is sent because every name served is a legacy name (valid under any escaping scheme)."""
-    best_om, best_text = -1.0, 0.0  # text 0.0.4 is the default for any client
-    for position, item in enumerate(accept.split(",")[:32]):  # bounded: the header is client input
-        media, *params = (p.strip() for p in item.split(";"))
-        q = 1.0
-        for param in params:
-            key, _, value = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        tiebreak = q - position * 1e-6  # equal q: the earlier entry wins
-        if media.lower() == "application/openmetrics-text":
-            best_om = max(best_om, tiebreak)
-        elif media.lower() in ("text/plain", "*/*", "text/*"):
-            best_text = max(best_text, tiebreak)
-    return OPENMETRICS_CONTENT_TYPE if best_om > 0 and best_om >= best_text else TEXT_CONTENT_TYPE
-
-
 @dataclass(eq=False)
 class _Conn:
     writer: asyncio.StreamWriter
     idle: bool = True
     served: int = 0  # requests answered on this connection
-
-
-@dataclass
-class _Request:
-    method: str
-    path: str
-    version: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class _HTTPError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class MetricsServer:
@@ -255,10 +213,10 @@ class MetricsServer:
                     first = b""
                 try:
                     async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-                        request = await self._read_request(reader, first)
-                except _HTTPError as exc:
+                        request = await read_request(reader, first)
+                except HTTPError as exc:
                     await self._send(writer, exc.code, (str(exc) + "\n").encode(), TEXT, close=True)
-                    await _linger(reader, writer)
+                    await linger(reader, writer)
                     clean = True
                     return
                 conn.idle = False
@@ -267,11 +225,14 @@ class MetricsServer:
                 if not keep_alive:
                     if request.method not in ("GET", "HEAD") or "content-length" in request.headers or (
                             "transfer-encoding" in request.headers):
-                        await _linger(reader, writer)  # a body may still be arriving
+                        await linger(reader, writer)  # a body may still be arriving
                     clean = True
                     return
                 self._mark_idle(conn)
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError) as exc:
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:  # an empty one is a client closing between requests: normal
+                log.debug("connection closed mid-request", client=peer)
+        except (TimeoutError, ConnectionError, ssl.SSLError, OSError) as exc:
             log.debug("connection closed", client=peer, error=type(exc).__name__)
         except asyncio.CancelledError:  # server shutdown; asyncio logs a cancelled handler as an error
             pass
@@ -284,36 +245,8 @@ class MetricsServer:
             else:
                 writer.transport.abort()
 
-    async def _read_request(self, reader: asyncio.StreamReader, first: bytes) -> _Request:
-        budget = MAX_HEADER_BYTES - len(first)
-        try:
-            line = first + await reader.readuntil(b"\r\n")
-        except asyncio.LimitOverrunError:
-            raise _HTTPError(414, "request line too long") from None
-        budget -= len(line)
-        parts = line.decode("latin-1").rstrip("\r\n").split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            raise _HTTPError(400 if len(parts) != 3 else 505, "bad request line")
-        request = _Request(parts[0], parts[1].split("?", 1)[0], parts[2])
-        for _ in range(MAX_HEADERS + 1):
-            try:
-                raw = await reader.readuntil(b"\r\n")
-            except asyncio.LimitOverrunError:
-                raise _HTTPError(431, "request headers too large") from None
-            budget -= len(raw)
-            if budget < 0:
-                raise _HTTPError(431, "request headers too large")
-            if raw == b"\r\n":
-                return request
-            name, sep, value = raw.decode("latin-1").partition(":")
-            if not sep or not name or name != name.strip():
-                raise _HTTPError(400, "bad header line")
-            key, value = name.lower(), value.strip()
-            request.headers[key] = f"{request.headers[key]}, {value}" if key in request.headers else value
-        raise _HTTPError(431, "too many request headers")
-
     # ------------------------------------------------------------------ answering
-    async def _respond(self, request: _Request, writer: asyncio.StreamWriter, deadline: float) -> bool:
+    async def _respond(self, request: Request, writer: asyncio.StreamWriter, deadline: float) -> bool:
         """Answer one parsed request; returns whether the connection may serve another."""
         h = request.headers
         keep = h.get("connection", "").lower() != "close" and (
@@ -394,34 +327,8 @@ class MetricsServer:
         self, writer: asyncio.StreamWriter, code: int, body: bytes, content_type: str, head: bool = False,
         close: bool = False, encoding: str | None = None, extra: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        lines = [f"HTTP/1.1 {code} {_REASONS.get(code, '')}", f"Server: celery-exporter/{__version__}",
-                 f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S GMT', time.gmtime())}"]
-        if code != 401 or body:
-            lines.append(f"Content-Type: {content_type}")
-        if encoding:
-            lines += [f"Content-Encoding: {encoding}", "Vary: Accept-Encoding"]
-        lines.append(f"Content-Length: {len(body)}")
-        if close:
-            lines.append("Connection: close")
-        lines += [f"{k}: {v}" for k, v in (*extra, *self.extra_headers)]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace"))
-        if not head:
-            writer.write(body)
-        async with asyncio.timeout(REQUEST_TIMEOUT):
-            await writer.drain()
-
-
-async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """After refusing a request whose bytes may still be arriving, half-close and discard input for a
-    moment (bounded in time and bytes), so the client reads the refusal rather than a connection reset
-    (closing a socket with unread input makes the kernel send RST). Go's net/http does the same."""
-    with contextlib.suppress(Exception):
-        if writer.can_write_eof():
-            writer.write_eof()
-        got = 0
-        async with asyncio.timeout(LINGER):
-            while got < LINGER_BYTES and (chunk := await reader.read(65536)):
-                got += len(chunk)
+        await write_response(writer, code, body, content_type, head=head, close=close, encoding=encoding,
+                             headers=(*extra, *self.extra_headers), timeout=REQUEST_TIMEOUT)
 
 
 def _render(registry: CollectorRegistry, openmetrics: bool, gz: bool) -> bytes:

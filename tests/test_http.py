@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.events.ingest import Ingest, StreamStatus
-from exporter.http import Health, MetricsServer, negotiate
+from exporter.exposition import negotiate
+from exporter.http import Health, MetricsServer
 from exporter.state import ClusterState
 from tests._events import T0, FakeClock, redis_envelope, sent
 
@@ -116,7 +117,8 @@ TEXT = "text/plain; version=0.0.4; charset=utf-8"
     (PROM2_ACCEPT, OM), (PROM3_ACCEPT, OM), (PROM3_TEXT_ONLY, TEXT), (PROM3_PROTO_FIRST, OM),
     ("", TEXT), ("*/*", TEXT), ("text/plain", TEXT), ("application/json", TEXT),
     ("text/plain;version=0.0.4;q=0.9,application/openmetrics-text;version=1.0.0;q=0.5", TEXT),
-    ("application/openmetrics-text;q=0", TEXT),
+    ("application/openmetrics-text;q=0", TEXT), ("application/openmetrics-text;version=2.0.0", TEXT),
+    ("application/openmetrics-text", OM), ("application/openmetrics-text;version=0.0.1", OM),
 ])
 def test_negotiation_announces_only_what_the_renderer_implements(server, accept: str, want: str) -> None:
     srv, _ = server

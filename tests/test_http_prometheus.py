@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 from exporter.collectors.render import RenderErrorsCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.events.ingest import Ingest
-from exporter.http import Health, MetricsServer, negotiate
+from exporter.exposition import negotiate
+from exporter.http import Health, MetricsServer
 from exporter.state import ClusterState
 from tests._events import T0, FakeClock, redis_envelope, sent
 from tests._prom_helpers import PROMETHEUS, wait_for
