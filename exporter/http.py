@@ -120,7 +120,7 @@ class MetricsServer:
             self._sock.close()
             raise
         self._loop = asyncio.new_event_loop()
-        self._conns: OrderedDict[_Conn, None] = OrderedDict()  # oldest idle first
+        self._conns: OrderedDict[asyncio.StreamWriter, _Conn] = OrderedDict()  # oldest idle first
         self._renders = ThreadPoolExecutor(MAX_RENDERS, thread_name_prefix="http-render")
         self._auth = ThreadPoolExecutor(2, thread_name_prefix="http-auth")
         self._slots: asyncio.Semaphore | None = None
@@ -166,8 +166,8 @@ class MetricsServer:
             await self._stopping.wait()
         finally:
             server.close()
-            for conn in list(self._conns):
-                conn.writer.transport.abort()
+            for writer in list(self._conns):
+                writer.transport.abort()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2):
                     await server.wait_closed()
@@ -175,19 +175,19 @@ class MetricsServer:
     def _admit(self, conn: _Conn) -> bool:
         """Make room for ``conn``: close the oldest idle connection when at the cap."""
         while len(self._conns) >= MAX_CONNECTIONS:
-            oldest = next((c for c in self._conns if c.idle), None)
+            oldest = next((w for w, c in self._conns.items() if c.idle), None)
             if oldest is None:
                 return False  # every connection is being answered: refuse the newcomer instead
             del self._conns[oldest]
-            oldest.writer.transport.abort()
+            oldest.transport.abort()
             log.debug("closed the oldest idle connection to admit a new one")
-        self._conns[conn] = None
+        self._conns[conn.writer] = conn
         return True
 
     def _mark_idle(self, conn: _Conn) -> None:
         conn.idle = True
-        if conn in self._conns:
-            self._conns.move_to_end(conn)  # idle since now: the youngest idle connection
+        if conn.writer in self._conns:
+            self._conns.move_to_end(conn.writer)  # idle since now: the youngest idle connection
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Conn(writer)
@@ -237,7 +237,7 @@ class MetricsServer:
         except asyncio.CancelledError:  # server shutdown; asyncio logs a cancelled handler as an error
             pass
         finally:
-            self._conns.pop(conn, None)
+            self._conns.pop(writer, None)
             if clean:
                 # A graceful close flushes what TLS may still buffer; abort() bounds how long that takes.
                 writer.close()
@@ -327,6 +327,10 @@ class MetricsServer:
         self, writer: asyncio.StreamWriter, code: int, body: bytes, content_type: str, head: bool = False,
         close: bool = False, encoding: str | None = None, extra: tuple[tuple[str, str], ...] = (),
     ) -> None:
+        conn = self._conns.get(writer)
+        if conn is not None:
+            # Its request is answered: a client slow to take the answer is as evictable as an idle one.
+            conn.idle = True
         await write_response(writer, code, body, content_type, head=head, close=close, encoding=encoding,
                              headers=(*extra, *self.extra_headers), timeout=REQUEST_TIMEOUT)
 
