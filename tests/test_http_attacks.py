@@ -283,3 +283,14 @@ def test_healthz_answers_while_many_scrapes_wait_for_a_render_slot(daemon: Daemo
     for t in threads:
         t.join(30)
     assert done == [200] * len(threads)
+
+
+def test_headers_before_authentication_are_bounded_too(tls_daemon: tuple[Daemon, ssl.SSLContext]) -> None:
+    # Without credentials, over TLS: the budget refuses the headers before any password check, and a
+    # request within it still needs the password.
+    daemon, ctx = tls_daemon
+    big = {f"X-Pad-{i}": "a" * 2000 for i in range(40)}
+    assert https(daemon.port, ctx, "/metrics", big)[0] == 431
+    assert https(daemon.port, ctx, "/metrics", {**big, **AUTH})[0] == 431
+    assert https(daemon.port, ctx, "/healthz")[0] == 401
+    assert https(daemon.port, ctx, "/healthz", AUTH)[0] == 200
