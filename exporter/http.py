@@ -24,11 +24,15 @@ replaced took one of 64 slots on connect: 64 silent clients made /metrics and /h
   authentication (they carry it), so this is what an anonymous client can make the exporter hold:
   ``MAX_CONNECTIONS`` x 128 KiB at worst.
 * **Slots only for parsed requests**: rendering ``/metrics`` runs in a small thread pool, off the
-  loop so a long render never delays a probe, at most ``MAX_RENDERS`` at once; a complete request
-  waits for a slot up to its deadline, then gets 503. ``/healthz``, ``/readyz`` and ``/`` need no slot
-  and are answered on the loop, so a probe never fails because of other clients. Basic-auth checks that
-  miss the cache (bcrypt, slow by design) run in their own pool, so wrong passwords cannot delay
-  scrapes with cached credentials.
+  loop so a long render never delays a probe, at most ``MAX_RENDERS`` at once; up to ``MAX_WAITING``
+  complete requests wait for a slot until their deadline, more get 503 at once. ``/healthz``,
+  ``/readyz`` and ``/`` need no slot and are answered on the loop, so a probe never fails because of
+  other clients.
+* **Authentication**: a cached credential is checked on the loop; a cache miss (bcrypt, slow by
+  design) runs in its own pool, at most ``MAX_AUTH_PENDING`` queued (other requests get 503 beyond
+  that; probes wait their turn), so wrong passwords cannot delay scrapes with cached credentials.
+  Until authenticated, and while its answer is being taken, a connection counts as idle for eviction:
+  at most ``MAX_RENDERS + MAX_WAITING`` connections are ever not evictable, far below the cap.
 
 Request bodies are refused (and the connection closed, so a body cannot be smuggled in as a second
 request). TLS and basic auth come from an exporter-toolkit web config (``exporter.webconfig``).
@@ -67,6 +71,8 @@ REQUEST_TIMEOUT = 10.0  # seconds to send a request (from the first byte) or to 
 IDLE_TIMEOUT = 60.0  # seconds a kept-alive connection may wait for its next request
 MAX_CONNECTIONS = 256  # open connections; the oldest idle one is closed to admit a new one
 MAX_RENDERS = 4  # /metrics renders at once; more complete requests wait for a slot
+MAX_WAITING = 16  # /metrics requests waiting for a render slot; beyond that, 503 at once
+MAX_AUTH_PENDING = 16  # uncached (bcrypt) password checks queued; beyond that, 503 at once
 TEXT = "text/plain; charset=utf-8"
 
 
@@ -124,6 +130,8 @@ class MetricsServer:
         self._renders = ThreadPoolExecutor(MAX_RENDERS, thread_name_prefix="http-render")
         self._auth = ThreadPoolExecutor(2, thread_name_prefix="http-auth")
         self._slots: asyncio.Semaphore | None = None
+        self._waiting = 0  # /metrics requests waiting for a slot (touched on the loop only)
+        self._auth_pending = 0  # uncached password checks queued or running (touched on the loop only)
         self._started = threading.Event()
         self._stopping: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
@@ -219,7 +227,6 @@ class MetricsServer:
                     await linger(reader, writer)
                     clean = True
                     return
-                conn.idle = False
                 keep_alive = await self._respond(request, writer, deadline)
                 conn.served += 1
                 if not keep_alive:
@@ -260,10 +267,22 @@ class MetricsServer:
         if h.get("content-length", "0") != "0" or "transfer-encoding" in h:
             await self._send(writer, 413, b"request bodies are not accepted\n", TEXT, head, close=True)
             return False
-        if self.authorize is not None and not await self._authorized(h.get("authorization")):
+        # Until authenticated, a request is anonymous: its connection stays evictable like an idle one,
+        # so clients without the password (a bcrypt check each) cannot fill the connection table.
+        authorized = True
+        if self.authorize is not None:
+            probe = request.path in (HEALTH_PATH, READY_PATH)
+            authorized = await self._authorized(h.get("authorization"), may_refuse=not probe)
+        if authorized is None:
+            await self._send(writer, 503, b"too many authentication checks at once\n", TEXT, head, close=True)
+            return False
+        if not authorized:
             await self._send(writer, 401, b"", TEXT, head, close=not keep,
                              extra=(("WWW-Authenticate", 'Basic realm="celery-exporter"'),))
             return keep
+        conn = self._conns.get(writer)
+        if conn is not None:
+            conn.idle = False
         path = request.path
         if path == METRICS_PATH:
             code, body, ctype, encoding = await self._metrics(h, deadline)
@@ -278,22 +297,35 @@ class MetricsServer:
             await self._send(writer, 404, b"not found\n", TEXT, head, close=not keep)
         return keep
 
-    async def _authorized(self, header: str | None) -> bool:
+    async def _authorized(self, header: str | None, may_refuse: bool) -> bool | None:
+        """True or False; None when too many uncached checks are already queued and ``may_refuse``
+        (probes never are refused for that: they wait their turn)."""
         assert self.authorize is not None
         quick = getattr(self.authorize, "cached_ok", None)  # BasicAuth: a cache hit needs no bcrypt
         if quick is not None and quick(header):
             return True
-        return await asyncio.get_running_loop().run_in_executor(self._auth, self.authorize, header)
+        if may_refuse and self._auth_pending >= MAX_AUTH_PENDING:
+            return None  # bcrypt runs one check at a time: a longer queue only grows latency and memory
+        self._auth_pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._auth, self.authorize, header)
+        finally:
+            self._auth_pending -= 1
 
     async def _metrics(self, h: dict[str, str], deadline: float) -> tuple[int, bytes, str, str | None]:
         content_type = negotiate(h.get("accept", ""))
         openmetrics = content_type == OPENMETRICS_CONTENT_TYPE
         assert self._slots is not None
+        if self._waiting >= MAX_WAITING:
+            return 503, b"too many scrapes at once\n", TEXT, None
+        self._waiting += 1
         try:
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
                 await self._slots.acquire()
         except TimeoutError:
             return 503, b"too many scrapes at once\n", TEXT, None
+        finally:
+            self._waiting -= 1
         gz = "gzip" in h.get("accept-encoding", "")
         try:
             loop = asyncio.get_running_loop()
