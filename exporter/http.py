@@ -269,7 +269,7 @@ class MetricsServer:
             return False
         # Until authenticated, a request is anonymous: its connection stays evictable like an idle one,
         # so clients without the password (a bcrypt check each) cannot fill the connection table.
-        authorized = True
+        authorized: bool | None = True
         if self.authorize is not None:
             probe = request.path in (HEALTH_PATH, READY_PATH)
             authorized = await self._authorized(h.get("authorization"), may_refuse=not probe)
