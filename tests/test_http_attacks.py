@@ -19,6 +19,7 @@ from typing import Any
 
 import bcrypt
 import pytest
+from prometheus_client import CollectorRegistry
 
 from exporter import http as http_mod
 from tests._reliability_helpers import (
@@ -294,3 +295,43 @@ def test_headers_before_authentication_are_bounded_too(tls_daemon: tuple[Daemon,
     assert https(daemon.port, ctx, "/metrics", {**big, **AUTH})[0] == 431
     assert https(daemon.port, ctx, "/healthz")[0] == 401
     assert https(daemon.port, ctx, "/healthz", AUTH)[0] == 200
+
+
+def test_slow_password_checks_are_bounded_and_probes_still_answer() -> None:
+    # A stand-in for bcrypt at a high cost: 0.2 s a check, one at a time, nothing cached. 40 clients
+    # with a wrong password at once: at most MAX_AUTH_PENDING checks queue, the rest get 503 at once,
+    # and a probe with the right password waits its turn instead of being refused.
+    lock = threading.Lock()
+
+    def slow_check(header: str | None) -> bool:
+        with lock:
+            time.sleep(0.2)
+        return header == AUTH["Authorization"]
+
+    srv = http_mod.MetricsServer("127.0.0.1", 0, CollectorRegistry(auto_describe=False),
+                                 http_mod.Health(lambda: (True, "ok"), lambda: (True, "ok")), authorize=slow_check)
+    srv.start()
+    try:
+        codes: list[int] = []
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"prometheus:wrong").decode()}
+
+        def attempt() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+            conn.request("GET", "/metrics", headers=wrong)
+            codes.append(conn.getresponse().status)
+            conn.close()
+
+        threads = [threading.Thread(target=attempt) for _ in range(40)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        conn.request("GET", "/healthz", headers=AUTH)
+        assert conn.getresponse().status == 200
+        conn.close()
+        for t in threads:
+            t.join(30)
+        assert sorted(set(codes)) == [401, 503] and len(codes) == 40
+        assert codes.count(401) <= http_mod.MAX_AUTH_PENDING + 2  # + the checks already running
+    finally:
+        srv.stop()
