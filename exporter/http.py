@@ -247,8 +247,10 @@ class MetricsServer:
             self._conns.pop(writer, None)
             if clean:
                 # A graceful close flushes what TLS may still buffer; abort() bounds how long that takes.
+                # Only then: a timer keeps the transport (and its read buffer) alive until it fires.
                 writer.close()
-                asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, writer.transport.abort)
+                if writer.transport.get_write_buffer_size():
+                    asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, writer.transport.abort)
             else:
                 writer.transport.abort()
 

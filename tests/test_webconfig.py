@@ -1,6 +1,6 @@
 """The web config file (exporter-toolkit format) and the locked-down HTTP server: real self-signed
 certificates made in the test, a real TLS server socket, real clients (ssl + http.client, requests).
-Also the limits every HTTP client meets, with or without TLS: slow clients, connection cap, bodies.
+Also the limits every HTTP client meets, with or without TLS: slow clients, bodies, header sizes.
 """
 
 from __future__ import annotations
