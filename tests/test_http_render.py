@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
@@ -23,7 +25,7 @@ from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
 from exporter.events.ingest import Ingest, StreamStatus
-from exporter.exposition import RENDER_ERRORS
+from exporter.exposition import RENDER_ERRORS, TableFamily, render
 from exporter.http import Health, MetricsServer
 from exporter.records import Histogram, Snapshot
 from exporter.state import ClusterState
@@ -179,3 +181,32 @@ def test_a_poison_event_through_ingest_never_costs_the_scrape(serve: Any) -> Non
         errors = {dict(labels)["family"] for _, labels, _ in fams["celery_exporter_render_errors"]}
         assert {name for name in clean if name not in fams} <= errors
     promtool_ok(scrape(srv)[2])
+
+
+class _Families:
+    def __init__(self, *families: TableFamily) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[TableFamily]:
+        return iter(self.families)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(max_size=40), number=st.one_of(st.floats(), st.integers(), st.none(), st.text(max_size=3)))
+def test_any_label_value_or_number_costs_at_most_its_own_family(value: str, number: Any) -> None:
+    poisoned_fam = TableFamily("celery_poisoned", "A family fed arbitrary input.", "gauge", ("label",))
+    poisoned_fam.add((value,), number)
+    clean = TableFamily("celery_clean", "A family fed nothing odd.", "counter", ("queue",))
+    clean.add(("default",), 3)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(poisoned_fam, clean))  # type: ignore[arg-type]
+    before = RENDER_ERRORS.snapshot().get("celery_poisoned", 0)
+    for openmetrics in (False, True):
+        text = render(registry, openmetrics=openmetrics).decode("utf-8")  # always valid UTF-8
+        fams = families(text, openmetrics)
+        assert fams["celery_clean"] == {("celery_clean_total", (("queue", "default"),), 3.0)}
+        if "celery_poisoned" in fams:
+            ((_, labels, _),) = fams["celery_poisoned"]
+            assert labels == (("label", value),)
+        else:
+            assert RENDER_ERRORS.snapshot()["celery_poisoned"] > before
