@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pika
 import redis
 
-from exporter.brokers import build_pollers
+from exporter.app import poll_settings
 from exporter.brokers.model import PollResult
-from exporter.brokers.rabbitmq import ManagementApi
+from exporter.brokers.polling import build_pollers
+from exporter.brokers.rabbitmq.poller import ManagementApi
 from exporter.config import Config
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -75,7 +76,7 @@ def bench_redis(n_queues: int, n_polls: int) -> dict[str, Any]:
     keys = client.dbsize()
 
     config = Config(REDIS_URL, max_queues=n_queues + 100)
-    poller = build_pollers(config, lambda: ())[0]
+    poller = build_pollers(poll_settings(config), lambda: ())[0]
 
     def check(result: PollResult) -> None:
         ready = sum(d.ready for name, d in result.queues.items() if name.startswith("bench-q-"))
@@ -127,12 +128,13 @@ def bench_rabbitmq(n_queues: int, n_polls: int) -> list[dict[str, Any]]:
         _wait_for_stats(api, vhost, n_queues, expected_ready)
         base = Config(AMQP + vhost, max_queues=n_queues + 100, poll_timeout=30.0)
         mgmt_poller = build_pollers(
-            Config(AMQP + vhost, rabbitmq_management_url=MGMT, max_queues=n_queues + 100), lambda: ()
+            poll_settings(Config(AMQP + vhost, rabbitmq_management_url=MGMT, max_queues=n_queues + 100)),
+            lambda: (),
         )[0]
         out = [{"source": "rabbitmq_management", "queues": n_queues,
                 "times": time_polls(mgmt_poller.poll, n_polls, check_mgmt)}]
 
-        amqp_poller = build_pollers(base, lambda: names)[0]
+        amqp_poller = build_pollers(poll_settings(base), lambda: names)[0]
 
         def check_amqp(result: PollResult) -> None:
             ready = sum(d.ready for n, d in result.queues.items() if n.startswith("bench-q-"))

@@ -12,7 +12,6 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from exporter import __version__
 from exporter.config import ConfigError, load_config
 
 
@@ -23,7 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo_main(args[1:])
     if "--version" in args:
-        print(f"celery-exporter {__version__}")
+        from exporter.cli import version_text
+
+        print(version_text())
         return 0
     try:
         config = load_config(args)
@@ -38,7 +39,9 @@ def run(config: object) -> int:
     import structlog
 
     from exporter.app import App
+    from exporter.brokers.settings import BrokerSettingsError
     from exporter.config import Config
+    from exporter.config_values import join_host_port
     from exporter.logs import configure_logging
 
     assert isinstance(config, Config)
@@ -46,11 +49,11 @@ def run(config: object) -> int:
     log = structlog.get_logger("exporter")
     try:
         app = App(config)
-    except ConfigError as exc:
+    except (ConfigError, BrokerSettingsError) as exc:
         print(f"celery-exporter: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        log.error("cannot start", error=str(exc), listen=f"{config.listen_address}:{config.port}")
+        log.error("cannot start", error=str(exc), listen=join_host_port(config.listen_address, config.port))
         return 1
 
     stop = threading.Event()

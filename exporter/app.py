@@ -20,14 +20,13 @@ from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTO
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
-from exporter.brokers import build_polling
-from exporter.collectors.render import RenderErrorsCollector
-from exporter.collectors.stream import StreamCollector
-from exporter.collectors.tasks import TaskCollector
-from exporter.collectors.workers import WorkerCollector
+from exporter.brokers.polling import build_polling
+from exporter.brokers.registry import build_stream
+from exporter.brokers.settings import PollSettings, StreamSettings
+from exporter.collectors import Sources, build_collectors
 from exporter.config import Config
+from exporter.config_values import join_host_port
 from exporter.events.ingest import Ingest, StreamStatus
-from exporter.events.streams import build_stream
 from exporter.http import Health, MetricsServer
 from exporter.state import ClusterState, Snapshot
 
@@ -35,6 +34,38 @@ log = structlog.get_logger("exporter")
 
 STALL_AFTER = 30.0  # /healthz fails when the event loop has not turned for this long
 SNAPSHOT_MAX_AGE = 0.1  # collectors of one scrape share one snapshot
+
+
+def stream_settings(config: Config) -> StreamSettings:
+    """The event stream's slice of the configuration."""
+    return StreamSettings(
+        broker_url=config.broker_url,
+        transport_options=config.broker_transport_options,
+        queue_prefix=config.event_queue_prefix,
+        queue_ttl=config.event_queue_ttl,
+        queue_expires=config.event_queue_expires,
+        prefetch=config.event_prefetch,
+    )
+
+
+def poll_settings(config: Config) -> PollSettings:
+    """The pollers' slice of the configuration."""
+    return PollSettings(
+        broker_url=config.broker_url,
+        transport_options=config.broker_transport_options,
+        management_url=config.rabbitmq_management_url,
+        interval=config.poll_interval,
+        timeout=config.poll_timeout,
+        default_queue=config.default_queue,
+        queues=config.queues,
+        retry_queues=config.retry_queues,
+        dead_letter_queues=config.dead_letter_queues,
+        exclude_queues=config.exclude_queues,
+        event_queue_prefix=config.event_queue_prefix,
+        max_queues=config.max_queues,
+        max_scan_keys=config.max_scan_keys,
+        dlq_timestamp_field=config.dlq_timestamp_field,
+    )
 
 
 class SnapshotSource:
@@ -67,19 +98,13 @@ class App:
         self.status = StreamStatus(clock)
         self.ingest = Ingest(self.state, clock)
         snapshots = SnapshotSource(self.state)
+        self.stream = build_stream(stream_settings(config), self.ingest, self.status)
+        self.polling = build_polling(poll_settings(config), self.state.queues_seen)
+        # Read through self.polling at scrape time: the demo swaps in its own polling after this.
+        sources = Sources(snapshots, self.status, lambda: self.polling.views(), clock)
         self.registry = CollectorRegistry(auto_describe=False)
-        for collector in (
-            TaskCollector(snapshots),
-            WorkerCollector(snapshots),
-            StreamCollector(snapshots, self.status),
-            RenderErrorsCollector(),
-        ):
-            self.registry.register(collector)
-        for builtin in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-            self.registry.register(builtin)
-        self.stream = build_stream(config, self.ingest, self.status)
-        self.polling = build_polling(config, self.state.queues_seen)
-        for collector in self.polling.collectors:
+        # register() reads each collector's describe(): a name declared twice stops start-up here.
+        for collector in (*build_collectors(sources), PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(collector)
         ssl_context, authorize, headers = self._web_security()
         self.http = MetricsServer(
@@ -90,6 +115,7 @@ class App:
             ssl_context=ssl_context,
             authorize=authorize,
             headers=headers,
+            metrics_path=config.web_telemetry_path,
         )
         self._threads: list[threading.Thread] = []
 
@@ -136,7 +162,8 @@ class App:
         log.info(
             "celery-exporter started",
             version=__version__,
-            listen=f"{self.config.listen_address}:{self.http.port}",
+            listen=join_host_port(self.config.listen_address, self.http.port),
+            metrics_path=self.config.web_telemetry_path,
             broker=self._index_info()["broker"],
         )
 

@@ -1,33 +1,41 @@
 """The one typed, validated configuration, built once from CLI flags > ``CELERY_EXPORTER_*`` environment
 variables > a YAML file (``--config``) > defaults.
 
-Every option is declared once in ``OPTIONS``; the argument parser, the environment lookup, the YAML key
-check, the README and ``docs/configuration.md`` all come from that table (a test keeps the docs in sync).
-A bad value, an unknown YAML key or a missing broker URL raises ``ConfigError`` naming the key and where
-it came from; ``__main__`` turns it into exit status 2. Secrets (passwords in URLs) are redacted by
-``redact_url`` wherever a URL is shown.
+Every option is declared once, in ``OPTIONS``: its type (the parser), default, help text, flag spellings,
+environment variable and YAML key. ``Config`` takes its fields' defaults from that table (its class body
+only names the fields and their static types; a test proves it holds no default), the slices components
+receive (``state_settings``) are built from ``Config``, and ``exporter.cli``, the README and
+``docs/configuration.md`` are generated from it. A bad value, an unknown YAML key or environment variable,
+a missing broker URL or one that can never work raises ``ConfigError`` naming the flag and where the value
+came from; ``__main__`` turns it into exit status 2. Secrets (passwords in URLs) are redacted by
+``exporter.secrets.redact_url`` wherever a URL is shown.
 """
 
 from __future__ import annotations
 
-import argparse
-import itertools
-import json
-import math
+import copy
+import difflib
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, TypeVar, dataclass_transform
+from urllib.parse import urlsplit
 
 import yaml
 
-from exporter.state import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS, StateSettings
+from exporter import config_values as v
+from exporter.records import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS, StateSettings
+from exporter.secrets import redact_url, yaml_error
 
 ENV_PREFIX = "CELERY_EXPORTER_"
-LOG_LEVELS = ("debug", "info", "warning", "error")
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+LOG_LEVELS = v.LOG_LEVELS
+# --help sections, in order.
+BROKER, EVENTS, POLLING, WEB, LOGGING = "broker", "events and state", "polling", "web", "logging"
+GROUPS = (BROKER, EVENTS, POLLING, WEB, LOGGING)
+# Precedence of the sources; a higher rank wins.
+_FLAG, _ENV, _FILE = 3, 2, 1
 
 
 class ConfigError(Exception):
@@ -35,129 +43,31 @@ class ConfigError(Exception):
 
     def __init__(self, key: str, source: str, message: str) -> None:
         self.key, self.source, self.message = key, source, message
-        super().__init__(f"invalid configuration: {key} (from {source}): {message}")
-
-
-# ---------------------------------------------------------------- value parsers (str or YAML value)
-def _positive_float(v: Any) -> float:
-    if isinstance(v, bool):
-        raise ValueError("expected a number")
-    f = float(v)
-    if not math.isfinite(f) or f <= 0:
-        raise ValueError("must be a positive number")
-    return f
-
-
-def _non_negative_float(v: Any) -> float:
-    if isinstance(v, bool):
-        raise ValueError("expected a number")
-    f = float(v)
-    if not math.isfinite(f) or f < 0:
-        raise ValueError("must be zero or a positive number")
-    return f
-
-
-def _positive_int(v: Any) -> int:
-    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
-        raise ValueError("expected a whole number")
-    i = int(v)
-    if i <= 0:
-        raise ValueError("must be a positive whole number")
-    return i
-
-
-def _port(v: Any) -> int:
-    i = _positive_int(v)
-    if i > 65535:
-        raise ValueError("must be a TCP port, 1 to 65535")
-    return i
-
-
-def _str(v: Any) -> str:
-    if not isinstance(v, (str, int, float)) or isinstance(v, bool):
-        raise ValueError("expected a string")
-    return str(v)
-
-
-def _opt_str(v: Any) -> str | None:
-    s = _str(v).strip()
-    return s or None
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def parse(v: Any) -> str:
-        s = _str(v).lower()
-        if s not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return s
-
-    return parse
-
-
-def _str_list(v: Any) -> tuple[str, ...]:
-    if isinstance(v, str):
-        items = [p.strip() for p in v.split(",")]
-    elif isinstance(v, (list, tuple)):
-        items = [_str(p).strip() for p in v]
-    else:
-        raise ValueError("expected a list of strings (or a comma-separated string)")
-    return tuple(p for p in items if p)
-
-
-def _buckets(v: Any) -> tuple[float, ...]:
-    raw = v.split(",") if isinstance(v, str) else v
-    if not isinstance(raw, (list, tuple)) or not raw:
-        raise ValueError("expected a non-empty list of bucket upper bounds")
-    out = tuple(_positive_float(x) for x in raw)
-    if any(b >= c for b, c in itertools.pairwise(out)):
-        raise ValueError("bucket bounds must be strictly increasing")
-    return out
-
-
-def _mapping(v: Any) -> dict[str, Any]:
-    if isinstance(v, str):
-        v = json.loads(v) if v.strip() else {}
-    if not isinstance(v, dict):
-        raise ValueError("expected a mapping (YAML) or a JSON object (flag or environment)")
-    return {str(k): val for k, val in v.items()}
-
-
-def _routes(v: Any) -> tuple[tuple[str, str], ...]:
-    """Task-name globs to queues, like Celery's ``task_routes``: ``{"proj.email.*": "email"}``, a
-    value may also be ``{"queue": "email"}``. Flags and env take ``glob=queue,glob=queue``."""
-    if isinstance(v, str):
-        pairs: list[tuple[Any, Any]] = []
-        for part in v.split(","):
-            if part.strip():
-                glob, sep, queue = part.partition("=")
-                if not sep:
-                    raise ValueError(f"{part!r} is not glob=queue")
-                pairs.append((glob.strip(), queue.strip()))
-    elif isinstance(v, dict):
-        pairs = list(v.items())
-    else:
-        raise ValueError("expected a mapping of task-name globs to queue names")
-    out = []
-    for glob, target in pairs:
-        target_queue: Any = target.get("queue") if isinstance(target, dict) else target
-        if not isinstance(glob, str) or not glob or not isinstance(target_queue, str) or not target_queue:
-            raise ValueError(f"route {glob!r}: expected a queue name")
-        out.append((glob, target_queue))
-    return tuple(out)
+        opt = _BY_NAME.get(key)
+        label = opt.flag if opt is not None else key
+        where = "" if source == label else f" (from {source})"
+        super().__init__(f"{label}: {message}{where}")
 
 
 @dataclass(frozen=True)
 class Option:
-    name: str
-    parse: Callable[[Any], Any]
+    name: str  # the YAML key and the Config field; the env var is CELERY_EXPORTER_<NAME>
+    parse: Callable[[Any], Any]  # str or YAML value -> typed value, ValueError with a short message
     default: Any
     help: str
-    metavar: str = "VALUE"
-    cli: bool = True  # mappings are YAML-first but every option can still come from a flag or env
+    metavar: str
+    group: str
+    flags: tuple[str, ...] = ()  # the documented spelling first, then older ones that still work
+    field: bool = True  # False: no Config field of its own (web_listen_address fills listen_address+port)
+    required: bool = False
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return self.flags[0] if self.flags else "--" + self.name.replace("_", "-")
+
+    @property
+    def all_flags(self) -> tuple[str, ...]:
+        return self.flags or (self.flag,)
 
     @property
     def env(self) -> str:
@@ -165,122 +75,169 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("broker_url", _opt_str, None,
+    # ------------------------------------------------------------------ broker
+    Option("broker_url", v.optional_string, None,
            "Celery broker URL (redis://, rediss://, sentinel://, amqp://, amqps://, pyamqp://, or any "
-           "kombu transport). Required.", "URL"),
-    Option("listen_address", _str, "0.0.0.0", "Address the HTTP server binds to.", "ADDR"),
-    Option("port", _port, 9808, "HTTP port for /metrics, /healthz and /readyz.", "PORT"),
-    Option("log_level", _choice(*LOG_LEVELS), "info", "Log level: debug, info, warning or error.", "LEVEL"),
-    Option("log_format", _choice("auto", "json", "console"), "auto",
-           "Log format: json, console, or auto (json when stdout is not a terminal).", "FORMAT"),
-    Option("worker_timeout", _positive_float, 60.0,
-           "Seconds without a heartbeat after which a worker counts as down.", "SECONDS"),
-    Option("worker_purge_after", _positive_float, 600.0,
-           "Seconds after its last event at which a departed worker's series are dropped.", "SECONDS"),
-    Option("max_tracked_tasks", _positive_int, 100_000,
-           "Size of the task table (uuid -> name, queue, times) that pairs events; LRU-evicted.", "N"),
-    Option("task_max_age", _positive_float, 86_400.0,
-           "Seconds after its last event at which a task is dropped from the task table.", "SECONDS"),
-    Option("default_queue", _str, "celery",
-           "Queue label for tasks whose queue is neither in a task-sent event nor in task_routes.", "NAME"),
-    Option("task_routes", _routes, (),
-           "Task-name globs to queue names, like Celery's task_routes (YAML mapping, or glob=queue,...).",
-           "ROUTES"),
-    Option("duration_buckets", _buckets, DEFAULT_DURATION_BUCKETS,
-           "Bucket bounds (seconds) of celery_task_duration_seconds, comma-separated.", "BOUNDS"),
-    Option("queue_wait_buckets", _buckets, DEFAULT_QUEUE_WAIT_BUCKETS,
-           "Bucket bounds (seconds) of celery_task_queue_wait_seconds, comma-separated.", "BOUNDS"),
-    Option("max_task_names", _positive_int, 1_000,
-           "Distinct task names tracked; more fold into task_name=\"__overflow__\".", "N"),
-    Option("max_exception_types", _positive_int, 200,
-           "Distinct exception classes tracked; more fold into exception=\"__overflow__\".", "N"),
-    Option("max_workers", _positive_int, 1_000, "Distinct workers tracked at once.", "N"),
-    Option("max_queues", _positive_int, 1_000,
-           "Distinct queue names tracked from events and broker polls; more fold into "
-           "\"__overflow__\".", "N"),
-    Option("broker_transport_options", _mapping, {},
+           "kombu transport). Required.", "URL", BROKER, required=True),
+    Option("broker_transport_options", v.mapping, {},
            "Kombu transport options, as in Celery's broker_transport_options (global_keyprefix, "
-           "master_name, priority_steps, sep, ...). YAML mapping or JSON object.", "JSON"),
-    Option("event_queue_prefix", _str, "celeryev.celery-exporter",
-           "RabbitMQ: name prefix of the exporter's own event queue (a per-process id is appended).", "NAME"),
-    Option("event_queue_ttl", _non_negative_float, 60.0,
+           "master_name, priority_steps, sep, ...). YAML mapping or JSON object.", "JSON", BROKER),
+    # ------------------------------------------------------------------ events and state
+    Option("worker_timeout", v.positive_float, 60.0,
+           "Seconds without a heartbeat after which a worker counts as down.", "SECONDS", EVENTS),
+    Option("worker_purge_after", v.positive_float, 600.0,
+           "Seconds after its last event at which a departed worker's series are dropped.", "SECONDS",
+           EVENTS),
+    Option("max_tracked_tasks", v.positive_int, 100_000,
+           "Size of the task table (uuid -> name, queue, times) that pairs events; LRU-evicted.", "N",
+           EVENTS),
+    Option("task_max_age", v.positive_float, 86_400.0,
+           "Seconds after its last event at which a task is dropped from the task table.", "SECONDS", EVENTS),
+    Option("default_queue", v.string, "celery",
+           "Queue label for tasks whose queue is neither in a task-sent event nor in task_routes.", "NAME",
+           EVENTS),
+    Option("task_routes", v.routes, (),
+           "Task-name globs to queue names, like Celery's task_routes (YAML mapping, or glob=queue,...).",
+           "ROUTES", EVENTS),
+    Option("duration_buckets", v.buckets, DEFAULT_DURATION_BUCKETS,
+           "Bucket bounds (seconds) of celery_task_duration_seconds, comma-separated.", "BOUNDS", EVENTS),
+    Option("queue_wait_buckets", v.buckets, DEFAULT_QUEUE_WAIT_BUCKETS,
+           "Bucket bounds (seconds) of celery_task_queue_wait_seconds, comma-separated.", "BOUNDS", EVENTS),
+    Option("max_task_names", v.positive_int, 1_000,
+           "Distinct task names tracked; more fold into task_name=\"__overflow__\".", "N", EVENTS),
+    Option("max_exception_types", v.positive_int, 200,
+           "Distinct exception classes tracked; more fold into exception=\"__overflow__\".", "N", EVENTS),
+    Option("max_workers", v.positive_int, 1_000, "Distinct workers tracked at once.", "N", EVENTS),
+    Option("max_queues", v.positive_int, 1_000,
+           "Distinct queue names tracked from events and broker polls; more fold into "
+           "\"__overflow__\".", "N", EVENTS),
+    Option("event_queue_prefix", v.string, "celeryev.celery-exporter",
+           "RabbitMQ: name prefix of the exporter's own event queue (a per-process id is appended).", "NAME",
+           EVENTS),
+    Option("event_queue_ttl", v.non_negative_float, 60.0,
            "RabbitMQ: seconds an event may wait in the exporter's queue before RabbitMQ drops it "
            "(x-message-ttl; 0 for no limit). Celery's own default of 5 s loses events under load.",
-           "SECONDS"),
-    Option("event_queue_expires", _positive_float, 300.0,
+           "SECONDS", EVENTS),
+    Option("event_queue_expires", v.positive_float, 300.0,
            "RabbitMQ: seconds the exporter's event queue outlives a lost connection (x-expires), so a "
-           "reconnect picks up what arrived meanwhile.", "SECONDS"),
-    Option("event_prefetch", _positive_int, 2_000, "RabbitMQ: unacknowledged events in flight (basic.qos).",
-           "N"),
-    Option("poll_interval", _positive_float, 5.0, "Seconds between broker polls of queue depths.",
-           "SECONDS"),
-    Option("poll_timeout", _positive_float, 4.0, "Deadline (seconds) of one broker poll.", "SECONDS"),
-    Option("queues", _str_list, (),
+           "reconnect picks up what arrived meanwhile.", "SECONDS", EVENTS),
+    Option("event_prefetch", v.positive_int, 2_000, "RabbitMQ: unacknowledged events in flight (basic.qos).",
+           "N", EVENTS),
+    # ------------------------------------------------------------------ polling
+    Option("poll_interval", v.positive_float, 5.0, "Seconds between broker polls of queue depths.",
+           "SECONDS", POLLING),
+    Option("poll_timeout", v.positive_float, 4.0, "Deadline (seconds) of one broker poll.", "SECONDS",
+           POLLING),
+    Option("queues", v.string_list, (),
            "Task queues to watch (names or globs), beyond those discovered from the broker and events.",
-           "GLOBS"),
-    Option("retry_queues", _str_list, (),
-           "Queues (names or globs) that are retry/delay queues; overrides discovery.", "GLOBS"),
-    Option("dead_letter_queues", _str_list,
+           "GLOBS", POLLING),
+    Option("retry_queues", v.string_list, (),
+           "Queues (names or globs) that are retry/delay queues; overrides discovery.", "GLOBS", POLLING),
+    Option("dead_letter_queues", v.string_list,
            ("dlq:*", "celery:dead_letter_queue", "dlq", "*.dlq", "dead_letter*"),
            "Queues or Redis keys (names or globs) that are dead-letter queues; overrides discovery.",
-           "GLOBS"),
-    Option("exclude_queues", _str_list, (), "Queues (names or globs) never reported.", "GLOBS"),
-    Option("max_scan_keys", _positive_int, 10_000, "Redis: most keys one poll may SCAN.", "N"),
-    Option("dlq_timestamp_field", _str, "timestamp",
+           "GLOBS", POLLING),
+    Option("exclude_queues", v.string_list, (), "Queues (names or globs) never reported.", "GLOBS", POLLING),
+    Option("max_scan_keys", v.positive_int, 10_000, "Redis: most keys one poll may SCAN.", "N", POLLING),
+    Option("dlq_timestamp_field", v.string, "timestamp",
            "Redis: JSON field of a DLQ list entry holding its enqueue time (for the oldest-age metric).",
-           "FIELD"),
-    Option("rabbitmq_management_url", _opt_str, None,
+           "FIELD", POLLING),
+    Option("rabbitmq_management_url", v.optional_string, None,
            "RabbitMQ management API base URL (http://user:pass@host:15672); without it queues are "
-           "polled with passive declares over AMQP.", "URL"),
-    Option("web_config_file", _opt_str, None,
-           "Prometheus exporter-toolkit web config (TLS, basic auth) for every HTTP endpoint.", "FILE"),
+           "polled with passive declares over AMQP.", "URL", POLLING),
+    # ------------------------------------------------------------------ web
+    Option("web_listen_address", v.listen_address, None,
+           "Address of the HTTP server, [HOST]:PORT as in other Prometheus exporters (:9808 or [::]:9808 "
+           "for every address, 127.0.0.1:9808 for one). Without it: --listen-address and --port.",
+           "[HOST]:PORT", WEB, flags=("--web.listen-address",), field=False),
+    Option("listen_address", v.host_only, "0.0.0.0",
+           "Older spelling: the host part of --web.listen-address (no port).", "HOST", WEB),
+    Option("port", v.port, 9808, "Older spelling: the port part of --web.listen-address.", "PORT", WEB),
+    Option("web_telemetry_path", v.telemetry_path, "/metrics", "Path under which metrics are served.",
+           "PATH", WEB, flags=("--web.telemetry-path",)),
+    Option("web_config_file", v.optional_string, None,
+           "Prometheus exporter-toolkit web config (TLS, basic auth) for every HTTP endpoint.", "FILE", WEB,
+           flags=("--web.config.file", "--web-config-file")),
+    # ------------------------------------------------------------------ logging
+    Option("log_level", v.choice(*LOG_LEVELS, aliases=v.LOG_LEVEL_ALIASES), "info",
+           "Log level: debug, info, warn (or warning) or error.", "LEVEL", LOGGING,
+           flags=("--log.level", "--log-level")),
+    Option("log_format", v.choice("logfmt", "json", "console", "auto"), "auto",
+           "Log format: logfmt, json, console, or auto (json when stdout is not a terminal, console "
+           "when it is).", "FORMAT", LOGGING, flags=("--log.format", "--log-format")),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
+_BY_ENV = {o.env: o for o in OPTIONS}
+
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+def _copier(value: Any) -> Callable[[], Any]:
+    return lambda: copy.deepcopy(value)  # each Config gets its own mutable default
+
+
+@dataclass_transform()
+def _defaults_from_options(cls: type[T]) -> type[T]:
+    """Make ``cls`` a frozen dataclass whose field defaults come from ``OPTIONS``, so no default is
+    written twice; the class body only names the fields and their static types."""
+    for name in cls.__annotations__:
+        if name in cls.__dict__:
+            raise TypeError(f"{cls.__name__}.{name}: defaults belong in OPTIONS, not in the class body")
+        opt = _BY_NAME.get(name)
+        if opt is not None and opt.required:
+            continue
+        default = opt.default if opt is not None else None
+        if isinstance(default, (dict, list)):
+            setattr(cls, name, field(default_factory=_copier(default)))
+        else:
+            setattr(cls, name, default)
+    return dataclass(frozen=True, repr=False)(cls)
+
+
+@_defaults_from_options
 class Config:
-    """The validated configuration. Built by ``load_config``; never mutated."""
+    """The validated configuration. Built by ``load_config``; never mutated. One field per ``OPTIONS``
+    entry (except ``web_listen_address``, which fills ``listen_address`` and ``port``), plus
+    ``config_file``, the YAML file read, if any."""
 
     broker_url: str
-    listen_address: str = "0.0.0.0"
-    port: int = 9808
-    log_level: str = "info"
-    log_format: str = "auto"
-    worker_timeout: float = 60.0
-    worker_purge_after: float = 600.0
-    max_tracked_tasks: int = 100_000
-    task_max_age: float = 86_400.0
-    default_queue: str = "celery"
-    task_routes: tuple[tuple[str, str], ...] = ()
-    duration_buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS
-    queue_wait_buckets: tuple[float, ...] = DEFAULT_QUEUE_WAIT_BUCKETS
-    max_task_names: int = 1_000
-    max_exception_types: int = 200
-    max_workers: int = 1_000
-    max_queues: int = 1_000
-    broker_transport_options: Mapping[str, Any] = field(default_factory=dict)
-    event_queue_prefix: str = "celeryev.celery-exporter"
-    event_queue_ttl: float = 60.0
-    event_queue_expires: float = 300.0
-    event_prefetch: int = 2_000
-    poll_interval: float = 5.0
-    poll_timeout: float = 4.0
-    queues: tuple[str, ...] = ()
-    retry_queues: tuple[str, ...] = ()
-    dead_letter_queues: tuple[str, ...] = (
-        "dlq:*", "celery:dead_letter_queue", "dlq", "*.dlq", "dead_letter*"
-    )
-    exclude_queues: tuple[str, ...] = ()
-    max_scan_keys: int = 10_000
-    dlq_timestamp_field: str = "timestamp"
-    rabbitmq_management_url: str | None = None
-    web_config_file: str | None = None
-    config_file: str | None = None
+    broker_transport_options: Mapping[str, Any]
+    worker_timeout: float
+    worker_purge_after: float
+    max_tracked_tasks: int
+    task_max_age: float
+    default_queue: str
+    task_routes: tuple[tuple[str, str], ...]
+    duration_buckets: tuple[float, ...]
+    queue_wait_buckets: tuple[float, ...]
+    max_task_names: int
+    max_exception_types: int
+    max_workers: int
+    max_queues: int
+    event_queue_prefix: str
+    event_queue_ttl: float
+    event_queue_expires: float
+    event_prefetch: int
+    poll_interval: float
+    poll_timeout: float
+    queues: tuple[str, ...]
+    retry_queues: tuple[str, ...]
+    dead_letter_queues: tuple[str, ...]
+    exclude_queues: tuple[str, ...]
+    max_scan_keys: int
+    dlq_timestamp_field: str
+    rabbitmq_management_url: str | None
+    listen_address: str  # "" means every address (IPv6 and IPv4 where the host has IPv6)
+    port: int
+    web_telemetry_path: str
+    web_config_file: str | None
+    log_level: str  # debug, info, warning or error ("warn" is read as "warning")
+    log_format: str
+    config_file: str | None
 
     def state_settings(self) -> StateSettings:
-        """The slice ClusterState needs: every StateSettings field, by name, from this config."""
-        return StateSettings(**{f.name: getattr(self, f.name) for f in fields(StateSettings)})
+        """The slice ClusterState needs."""
+        return state_settings(self)
 
     @property
     def broker_scheme(self) -> str:
@@ -291,100 +248,87 @@ class Config:
         for key in ("broker_url", "rabbitmq_management_url"):
             if shown[key]:
                 shown[key] = redact_url(shown[key])
-        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+        return "Config(" + ", ".join(f"{k}={val!r}" for k, val in shown.items()) + ")"
 
 
-_USERINFO = re.compile(r"(?<=://)([^/@:]*):([^@/]*)@")
+def state_settings(config: Config | None = None, **overrides: Any) -> StateSettings:
+    """ClusterState's slice: each StateSettings field, by name, from ``config`` (or from the OPTIONS
+    defaults), then ``overrides`` (tests set a few and keep the rest)."""
+    values = {}
+    for f in fields(StateSettings):
+        values[f.name] = getattr(config, f.name) if config is not None else _BY_NAME[f.name].default
+    return StateSettings(**{**values, **overrides})
 
 
-def redact_url(url: str) -> str:
-    """``redis://:secret@host/0`` -> ``redis://:***@host/0``; also handles ``;``-separated failover lists."""
-    parts = []
-    for one in url.split(";"):
-        try:
-            split = urlsplit(one)
-        except ValueError:
-            parts.append(_USERINFO.sub(r"\1:***@", one))
-            continue
-        if split.password is None:
-            parts.append(one)
-            continue
-        netloc = split.netloc.rsplit("@", 1)[1]
-        user = split.username or ""
-        parts.append(urlunsplit(split._replace(netloc=f"{user}:***@{netloc}")))
-    return ";".join(parts)
-
-
-def build_parser(prog: str = "celery-exporter") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Prometheus exporter for Celery: task and worker events, queue depths, retry queues "
-        "and dead-letter queues. Every flag can also be set as CELERY_EXPORTER_<NAME> or in the YAML "
-        "file given by --config. Run 'celery-exporter demo' for a self-contained demo.",
-        argument_default=argparse.SUPPRESS,
-    )
-    parser.add_argument("--config", metavar="FILE", dest="config_file",
-                        help="YAML file with any of the options below (snake_case keys). "
-                        "Env: CELERY_EXPORTER_CONFIG.")
-    for opt in OPTIONS:
-        default = opt.default
-        shown = ", ".join(map(str, default)) if isinstance(default, tuple) else default
-        # Defaults are shown, but a secret-bearing default never exists, so --help is safe.
-        parser.add_argument(opt.flag, dest=opt.name, metavar=opt.metavar,
-                            help=f"{opt.help} Env: {opt.env}. Default: {shown!s}.")
-    parser.add_argument("--version", action="store_true", help="Print the version and exit.")
-    return parser
-
-
-def load_config(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
-) -> Config:
+def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Build the Config from flags > environment > YAML file > defaults. Raises ConfigError."""
-    environ = os.environ if environ is None else environ
-    parser = build_parser()
-    try:
-        ns = parser.parse_args(list(argv) if argv is not None else None)
-    except SystemExit as exc:  # argparse already printed its message
-        if exc.code in (0, None):  # --help: a success, not a configuration error
-            raise
-        raise ConfigError("arguments", "command line", "see the message above") from exc
-    cli = vars(ns)
-    cli.pop("version", None)
+    from exporter.cli import parse_flags  # the parser is built from OPTIONS, so it imports this module
 
-    config_file = cli.get("config_file") or environ.get(ENV_PREFIX + "CONFIG") or None
+    environ = os.environ if environ is None else environ
+    cli = parse_flags(argv)  # first, so --help works whatever the environment holds
+    _check_environment(environ)
+    given_file = cli.pop("config_file", None)
+    config_file = given_file[0] if given_file else environ.get(CONFIG_ENV) or None
     file_values = _read_yaml(config_file) if config_file else {}
 
     values: dict[str, Any] = {}
+    ranks: dict[str, int] = {}
+    sources: dict[str, str] = {}
     for opt in OPTIONS:
         if opt.name in cli:
-            raw, source = cli[opt.name], opt.flag
+            (raw, source), rank = cli[opt.name], _FLAG
         elif opt.env in environ:
-            raw, source = environ[opt.env], opt.env
+            raw, source, rank = environ[opt.env], opt.env, _ENV
         elif opt.name in file_values:
-            raw, source = file_values[opt.name], f"{config_file} key {opt.name}"
+            raw, source, rank = file_values[opt.name], f"{config_file} key {opt.name}", _FILE
         else:
             continue
         try:
             values[opt.name] = opt.parse(raw)
         except (ValueError, TypeError) as exc:
-            shown = "<redacted>" if opt.name.endswith("_url") else repr(raw)
-            raise ConfigError(opt.name, source, f"{exc} (got {shown})") from None
+            shown = "(value not shown)" if opt.name.endswith("_url") else repr(raw)
+            raise ConfigError(opt.name, source, f"{exc}, got {shown}") from None
+        ranks[opt.name], sources[opt.name] = rank, source
+
+    # --web.listen-address fills listen_address and port, unless one of those came from a source that
+    # takes precedence (a --port flag beats CELERY_EXPORTER_WEB_LISTEN_ADDRESS).
+    if "web_listen_address" in values:
+        host, port = values.pop("web_listen_address")
+        rank = ranks["web_listen_address"]
+        for name, value in (("listen_address", host), ("port", port)):
+            if ranks.get(name, 0) <= rank:
+                values[name] = value
 
     if not values.get("broker_url"):
-        raise ConfigError(
-            "broker_url", "flags, environment and config file",
-            f"a broker URL is required: --broker-url or {ENV_PREFIX}BROKER_URL",
-        )
+        raise ConfigError("broker_url", "--broker-url",
+                          f"required (or {ENV_PREFIX}BROKER_URL, or broker_url in the --config file)")
     for name in ("broker_url", "rabbitmq_management_url"):
         url = values.get(name)
-        if url and "://" not in url:
-            raise ConfigError(name, "configuration", "not a URL (expected scheme://host...; value not shown)")
+        if not url:
+            continue
+        if "://" not in url:
+            raise ConfigError(name, sources[name], "not a URL (expected scheme://host...; value not shown)")
         try:  # a bad port or IPv6 literal would otherwise surface later, as a traceback
-            for one in (url or "").split(";"):
+            for one in url.split(";"):
                 urlsplit(one.strip()).port  # noqa: B018
         except ValueError as exc:
-            raise ConfigError(name, "configuration", f"not a valid URL: {exc} (value not shown)") from None
+            raise ConfigError(name, sources[name], f"not a valid URL: {exc} (value not shown)") from None
+    # A URL that can never work (no such transport, its library missing, a Redis db that is not a
+    # number) stops here, instead of the event stream retrying it forever.
+    problem = v.broker_url_problem(values["broker_url"])
+    if problem:
+        raise ConfigError("broker_url", sources["broker_url"], problem)
     return Config(config_file=config_file, **values)
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """A CELERY_EXPORTER_* variable that names no option is a typo that would otherwise be ignored."""
+    known = [*_BY_ENV, CONFIG_ENV]
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            match = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {match[0]}?" if match else ""
+            raise ConfigError(name, name, f"unknown environment variable{hint}")
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -396,26 +340,18 @@ def _read_yaml(path: str) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         # Not str(exc): PyYAML quotes the offending line, which may hold a broker password.
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "parse error"
-        raise ConfigError("config", path, f"not valid YAML: {problem}{where}") from None
+        raise ConfigError("config", path, f"not valid YAML: {yaml_error(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError("config", path, "the top level must be a mapping of option names")
     out: dict[str, Any] = {}
     for key, value in data.items():
-        name = str(key).replace("-", "_")
+        name = str(key).replace("-", "_").replace(".", "_")
         if name not in _BY_NAME:
-            hint = _closest(name)
-            raise ConfigError(str(key), path, "unknown key" + (f"; did you mean {hint!r}?" if hint else ""))
+            match = difflib.get_close_matches(name, list(_BY_NAME), n=1)
+            hint = f"; did you mean {match[0]!r}?" if match else ""
+            raise ConfigError(str(key), path, "unknown key" + hint)
         out[name] = value
     return out
 
-
-def _closest(name: str) -> str | None:
-    import difflib
-
-    match = difflib.get_close_matches(name, list(_BY_NAME), n=1)
-    return match[0] if match else None

@@ -48,7 +48,8 @@ def config_table() -> str:
     )
     for opt in OPTIONS:
         default = _cell(_default(opt.default))
-        rows.append(f"| `{opt.flag}` | `{opt.env}` | `{opt.name}` | `{default}` | {_cell(opt.help)} |")
+        flags = " ".join(f"`{f}`" for f in opt.all_flags)  # the documented spelling, then older ones
+        rows.append(f"| {flags} | `{opt.env}` | `{opt.name}` | `{default}` | {_cell(opt.help)} |")
     return "\n".join(rows)
 
 
@@ -70,10 +71,18 @@ CONFIG_DOC = """# Configuration reference
 
 Generated from the code by `python -m exporter.docs`; `tests/test_docs.py` fails when it drifts.
 Precedence: command-line flag > environment variable > YAML file (`--config`) > default. An unknown YAML
-key, a bad value or a missing broker URL stops the exporter with exit status 2 and one message naming the
-key and where it came from. Lists take comma-separated values in flags and environment variables; mappings
-(`task_routes`, `broker_transport_options`) take YAML mappings in the file, `glob=queue,...` or a JSON
-object on the command line.
+key or `CELERY_EXPORTER_*` variable, a bad value, a missing broker URL or one that can never work (a
+transport kombu does not know or whose library is not installed, a Redis database that is not a number)
+stops the exporter with exit status 2 and one line naming the flag and where the value came from.
+Flags follow the Prometheus exporter-toolkit spellings (`--web.listen-address`, `--log.level`, ...); where
+a second spelling is listed, it is the older one and still works. `--web.listen-address=[HOST]:PORT` sets
+the host and port together (`:9808` is every address); a `--listen-address` or `--port` given at a
+higher precedence (a flag over an environment variable) still wins for its part.
+
+Lists take comma-separated values in flags and environment variables; mappings (`task_routes`,
+`broker_transport_options`) take YAML mappings in the file, `glob=queue,...` or a JSON object on the
+command line. `celery-exporter --help` shows the same options in groups (broker, events and state,
+polling, web, logging).
 
 <!-- BEGIN GENERATED: configuration -->
 <!-- END GENERATED: configuration -->

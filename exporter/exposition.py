@@ -95,7 +95,7 @@ def label_text(names: tuple[str, ...], values: tuple[str, ...]) -> str:
 
 def _num(value: float) -> str:
     if value.__class__ is int:
-        return f"{value}.0" if -(2**53) < value < 2**53 else floatToGoString(value)  # type: ignore[arg-type]
+        return f"{value}.0" if -(2**53) < value < 2**53 else floatToGoString(value)
     if math.isfinite(value):
         return repr(float(value))
     return floatToGoString(value)
@@ -119,7 +119,7 @@ class TableFamily(Metric):
         self._samples: list[Sample] | None = None
 
     # Metric.__init__ assigns self.samples = []; keep that assignment harmless and build lazily.
-    @property  # type: ignore[override]
+    @property
     def samples(self) -> list[Sample]:
         if self._samples is None:
             self._samples = list(self._build_samples())

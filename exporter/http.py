@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gzip
 import html
 import socket
@@ -109,22 +110,24 @@ class MetricsServer:
         ssl_context: ssl.SSLContext | None = None,
         authorize: Callable[[str | None], bool] | None = None,
         headers: Mapping[str, str] | None = None,
+        metrics_path: str = METRICS_PATH,
     ) -> None:
+        self.metrics_path = metrics_path
         self.registry = registry
         self.health = health
         self.ssl_context = ssl_context
         self.authorize = authorize
         self.extra_headers = tuple((headers or {}).items())  # http_server_config.headers
         # Bound here, as before, so a port in use fails at construction and .port is known at once.
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET  # ":" only in IPv6 literals
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self._sock.bind((address, port))
-            self._sock.listen(128)
-        except OSError:
-            self._sock.close()
-            raise
+        if address:
+            self._sock = _listen(address, port)
+        else:  # every address: IPv6 and (dual-stack) IPv4, or IPv4 alone on a host without IPv6
+            try:
+                self._sock = _listen("::", port)
+            except OSError as exc:
+                if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                    raise
+                self._sock = _listen("0.0.0.0", port)
         self._loop = asyncio.new_event_loop()
         self._conns: OrderedDict[asyncio.StreamWriter, _Conn] = OrderedDict()  # oldest idle first
         self._renders = ThreadPoolExecutor(MAX_RENDERS, thread_name_prefix="http-render")
@@ -286,7 +289,7 @@ class MetricsServer:
         if conn is not None:
             conn.idle = False
         path = request.path
-        if path == METRICS_PATH:
+        if path == self.metrics_path:
             code, body, ctype, encoding = await self._metrics(h, deadline)
             await self._send(writer, code, body, ctype, head, close=not keep, encoding=encoding)
         elif path == HEALTH_PATH:
@@ -350,7 +353,8 @@ class MetricsServer:
             f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
             for k, v in self.health.index_info().items()
         )
-        links = "".join(f'<li><a href="{p}">{p}</a></li>' for p in (METRICS_PATH, HEALTH_PATH, READY_PATH))
+        paths = (self.metrics_path, HEALTH_PATH, READY_PATH)
+        links = "".join(f'<li><a href="{html.escape(p)}">{html.escape(p)}</a></li>' for p in paths)
         return (
             "<!doctype html><html><head><title>Celery Exporter</title></head><body>"
             f"<h1>Celery Exporter {html.escape(__version__)}</h1><ul>{links}</ul>"
@@ -367,6 +371,21 @@ class MetricsServer:
             conn.idle = True
         await write_response(writer, code, body, content_type, head=head, close=close, encoding=encoding,
                              headers=(*extra, *self.extra_headers), timeout=REQUEST_TIMEOUT)
+
+
+def _listen(address: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET  # ":" only in IPv6 literals
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if address == "::":  # dual-stack whatever the host's net.ipv6.bindv6only says
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((address, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _render(registry: CollectorRegistry, openmetrics: bool, gz: bool) -> bytes:

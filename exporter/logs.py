@@ -1,5 +1,6 @@
-"""Logging: structlog for every line, JSON when stdout is not a terminal, and a last-line-of-defence
-processor that scrubs credentials out of any URL that reaches a log field.
+"""Logging: structlog for every line (logfmt, JSON or console; JSON when stdout is not a terminal), and a
+last-line-of-defence processor that scrubs credentials (``exporter.secrets.redact_text``) out of every
+log field.
 
 Libraries that log through the standard ``logging`` module (kombu, pika, redis) are routed through the
 same renderer, so there is one format and one redaction path.
@@ -8,7 +9,6 @@ same renderer, so there is one format and one redaction path.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 from collections.abc import Callable, MutableMapping
@@ -16,18 +16,12 @@ from typing import Any
 
 import structlog
 
-# scheme://user:password@ -> scheme://user:***@ ; also catches ":password@" with an empty user.
-_CREDENTIALS = re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]*):[^@\s/]*@")
-
-
-def scrub(text: str) -> str:
-    """Replace the password of every URL in ``text`` with ``***``."""
-    return _CREDENTIALS.sub(r"\1:***@", text)
+from exporter.secrets import redact_text as scrub
 
 
 def _scrub_value(value: Any) -> Any:
     if isinstance(value, str):
-        return scrub(value) if "@" in value else value
+        return scrub(value)
     if isinstance(value, BaseException):
         return scrub(str(value))
     return value
@@ -53,9 +47,13 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
     if fmt == "auto":
         fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
     numeric = getattr(logging, level.upper(), logging.INFO)
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    renderer: Any = structlog.dev.ConsoleRenderer(colors=False)
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    elif fmt == "logfmt":  # key=value pairs, as Prometheus' own exporters print them
+        renderer = structlog.processors.LogfmtRenderer(
+            key_order=["timestamp", "level", "logger", "event"], bool_as_flag=False
+        )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,

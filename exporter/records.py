@@ -47,20 +47,21 @@ DEFAULT_QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0,
 
 @dataclass(frozen=True)
 class StateSettings:
-    """The slice of the configuration that ClusterState needs."""
+    """The slice of the configuration that ClusterState needs. Its defaults live in one place, the
+    ``OPTIONS`` of ``exporter.config``; build it with ``exporter.config.state_settings``."""
 
-    max_tracked_tasks: int = 100_000
-    task_max_age: float = 86_400.0
-    worker_timeout: float = 60.0
-    worker_purge_after: float = 600.0
-    default_queue: str = "celery"
-    task_routes: tuple[tuple[str, str], ...] = ()
-    duration_buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS
-    queue_wait_buckets: tuple[float, ...] = DEFAULT_QUEUE_WAIT_BUCKETS
-    max_task_names: int = 1_000
-    max_exception_types: int = 200
-    max_workers: int = 1_000
-    max_queues: int = 1_000
+    max_tracked_tasks: int
+    task_max_age: float
+    worker_timeout: float
+    worker_purge_after: float
+    default_queue: str
+    task_routes: tuple[tuple[str, str], ...]
+    duration_buckets: tuple[float, ...]
+    queue_wait_buckets: tuple[float, ...]
+    max_task_names: int
+    max_exception_types: int
+    max_workers: int
+    max_queues: int
 
 
 class Histogram:

@@ -94,7 +94,11 @@ class ClusterState:
     """Tasks, workers and per-task metric accumulators, built from decoded Celery events."""
 
     def __init__(self, settings: StateSettings | None = None, clock: Callable[[], float] = time.time) -> None:
-        self.settings = s = settings or StateSettings()
+        if settings is None:  # the defaults live in one place, config's OPTIONS
+            from exporter.config import state_settings
+
+            settings = state_settings()
+        self.settings = s = settings
         self.clock = clock
         self.lock = threading.Lock()
         self._tasks: OrderedDict[str, TaskEntry] = OrderedDict()
@@ -477,9 +481,6 @@ class ClusterState:
             rec.active = 0.0
 
     # ------------------------------------------------------------------ reading
-    def worker_up(self, rec: WorkerRecord, now: float) -> bool:
-        return rec.online and now - rec.heartbeat_seen <= self.settings.worker_timeout
-
     def snapshot(self) -> Snapshot:
         """Copy what collectors need. Call with ``lock`` held (``take_snapshot`` does that)."""
         now = self.clock()

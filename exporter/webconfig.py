@@ -45,6 +45,7 @@ import structlog
 import yaml
 
 from exporter.config import ConfigError
+from exporter.secrets import yaml_error
 
 log = structlog.get_logger("exporter.webconfig")
 
@@ -193,7 +194,8 @@ def load_web_config(path: str) -> WebConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError("web_config_file", path, f"not valid YAML: {exc}") from None
+        # Not str(exc): PyYAML quotes the offending line, which may hold a password hash or a key.
+        raise ConfigError("web_config_file", path, f"not valid YAML: {yaml_error(exc)}") from None
     data = {} if data is None else data
     _check_keys(data, TOP_KEYS, "", path)
     if data.get("rate_limit") is not None:

@@ -41,7 +41,7 @@ done
 # --- the project, installed as a user would, into its own virtualenv
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,dev]'
 
 log "lint: ruff and mypy"
 .venv/bin/ruff check exporter tests benchmarks dashboards deploy tools

@@ -9,18 +9,17 @@ import json
 import re
 import shutil
 import subprocess
-import time
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 
 from exporter.collectors import all_specs
-from tests._support import free_port as free_port  # re-exported for the tests
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -205,20 +204,8 @@ def promtool() -> str:
 
 
 
-def wait_until(what: str, check: Callable[[], Any], deadline: float, interval: float = 0.3) -> Any:
-    """Poll ``check`` until it returns something other than None/False, failing at ``deadline``
-    (a ``time.monotonic()`` value). Connection errors and half-ready answers count as "not yet"."""
-    import requests
-
-    while True:
-        try:
-            value = check()
-        except (requests.RequestException, ValueError, KeyError, IndexError):
-            value = None
-        if value is not None and value is not False:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
+# What a half-started service raises while ``wait_for`` polls it ("not yet"); anything else fails at once.
+DEPLOY_NOT_UP = (requests.RequestException, ValueError, KeyError, IndexError)
 
 
 def stop_processes(procs: Iterable[subprocess.Popen[Any]]) -> None:
@@ -329,7 +316,7 @@ def validate_manifest(doc: dict[str, Any]) -> None:
 
     key = (doc.get("apiVersion"), doc.get("kind"))
     if key in CRD_SCHEMAS:
-        jsonschema.validate(doc, CRD_SCHEMAS[key])  # type: ignore[index]
+        jsonschema.validate(doc, CRD_SCHEMAS[key])
         return
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 

@@ -10,17 +10,6 @@ from typing import Any
 T0 = 1_700_000_000.0
 
 
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def ev(type_: str, ts: float, hostname: str = "celery@w1", **fields: Any) -> dict[str, Any]:
     base = {"hostname": hostname, "utcoffset": 0, "pid": 4242, "clock": 1, "timestamp": ts, "type": type_}
     base.update(fields)

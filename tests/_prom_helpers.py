@@ -3,7 +3,7 @@ PromQL tokeniser that finds the metric names an expression reads, the set of nam
 (from ``exporter.collectors.all_specs()``), and Grafana template-variable substitution.
 
 It also holds what the end-to-end test needs to run Prometheus, Alertmanager and friends as child
-processes: free ports, bounded waits, and a process group that always ends its members.
+processes: a process group that always ends its members (free ports and waits are in ``tests._support``).
 
 The tokeniser is deliberately conservative: it strips string literals, label matchers, range and subquery
 brackets, grouping-label lists and Grafana variables, then keeps every identifier that is not a keyword
@@ -17,15 +17,13 @@ import json
 import re
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 from exporter.collectors import all_specs
-from tests._support import free_port as free_port  # re-exported for the tests
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,24 +194,6 @@ def substitute_grafana_vars(expr: str, values: dict[str, str] | None = None) -> 
 
 
 # ---------------------------------------------------------------------------------------------- processes
-
-
-def wait_for(what: str, probe: Callable[[], T | None], deadline: float, every: float = 0.5,
-             context: Callable[[], str] = lambda: "",
-             errors: tuple[type[Exception], ...] = (OSError, ValueError, KeyError)) -> T:
-    """Call ``probe`` until it returns something truthy or the monotonic ``deadline`` passes; ``errors``
-    raised meanwhile mean "not up yet"."""
-    last_error: Exception | None = None
-    while True:
-        try:
-            value = probe()
-            if value:
-                return value
-        except errors as exc:
-            last_error = exc
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what} (last error: {last_error!r})\n{context()}")
-        time.sleep(every)
 
 
 class Processes:

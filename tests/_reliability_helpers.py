@@ -1,33 +1,25 @@
-"""Shared pieces of the reliability and security tests: self-signed certificates, a private redis-server,
-the real daemon as a subprocess, scraping and parsing its /metrics, and the captured event payloads.
+"""Shared pieces of the reliability and security tests: self-signed certificates, the captured event
+payloads, a publisher replaying them into Redis, and counting the series of a scrape.
 
-Everything started here is stopped by the same helper (context managers), with a time-out on every wait.
+The private redis-server is ``tests._broker_helpers.RedisServer``; the daemon as a subprocess, scraping and
+parsing its /metrics are ``tests._support.Daemon`` and ``parse_samples``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import http.client
 import ipaddress
 import json
-import os
-import shutil
-import signal
 import ssl
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-
-from tests._support import free_port as free_port  # re-exported for the tests
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "tests" / "testdata" / "events"
@@ -103,170 +95,7 @@ def _write(directory: Path, name: str, cert: Any, key: Any) -> Pem:
     return pem
 
 
-# ---------------------------------------------------------------- ports, processes
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-        except Exception:  # not up yet
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
-
-
-class RedisServer:
-    """A private ``redis-server`` on its own port (no persistence), restartable on the same port."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.dir = tempfile.mkdtemp(prefix="redis-reliability-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir, "--daemonize", "no", "--loglevel",
-             "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_for(self.ping, 10, what=f"redis-server on port {self.port}")
-
-    def ping(self) -> bool:
-        import redis
-
-        return bool(redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5).ping())
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-    def close(self) -> None:
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-@dataclass
-class Daemon:
-    """The real ``python -m exporter`` in a subprocess; output collected by reader threads."""
-
-    args: list[str]
-    port: int = field(default_factory=free_port)
-    env: dict[str, str] | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    stdout: bytearray = field(default_factory=bytearray)
-    stderr: bytearray = field(default_factory=bytearray)
-    _readers: list[threading.Thread] = field(default_factory=list)
-
-    def start(self, wait_healthy: bool = True) -> Daemon:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}
-        env.pop("CELERY_EXPORTER_CONFIG", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "--listen-address", "127.0.0.1", "--port", str(self.port),
-             *self.args],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        for pipe, sink in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr)):
-            t = threading.Thread(target=_drain, args=(pipe, sink), daemon=True)
-            t.start()
-            self._readers.append(t)
-        if wait_healthy:
-            wait_for(lambda: self.get("/healthz")[0] == 200 or self._died(), 20, what="daemon /healthz")
-            assert self.proc.poll() is None, self.output()
-        return self
-
-    def _died(self) -> bool:
-        return self.proc is not None and self.proc.poll() is not None
-
-    def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
-
-    def metrics(self) -> dict[str, float]:
-        status, body = self.get("/metrics")
-        assert status == 200, body
-        return parse_samples(body.decode())
-
-    def terminate(self, timeout: float = 10.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        for t in self._readers:
-            t.join(5)
-
-    def output(self) -> str:
-        return (bytes(self.stdout) + b"\n" + bytes(self.stderr)).decode("utf-8", "replace")
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        out = []
-        for line in bytes(self.stdout).decode("utf-8", "replace").splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
-
-    def __enter__(self) -> Daemon:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _drain(pipe: Any, sink: bytearray) -> None:
-    for chunk in iter(lambda: pipe.read1(65536), b""):
-        sink.extend(chunk)
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 # ---------------------------------------------------------------- metrics and events
-def parse_samples(text: str) -> dict[str, float]:
-    """``{'name{label="v",...}': value}`` for every sample, labels sorted, as Prometheus would parse them."""
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
-
-
 def series_count(registry: Any) -> int:
     """How many samples a scrape of ``registry`` serves (what Prometheus would ingest as series)."""
     from prometheus_client.exposition import generate_latest

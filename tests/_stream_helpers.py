@@ -1,7 +1,6 @@
-"""Shared pieces of the event-stream tests: the captured payloads and their documented counts, a
-private ``redis-server`` (and Sentinel) on spare ports, a stream running in a thread, a real Celery
-worker as a subprocess, and bounded waits. Everything started here is stopped by the same helper, with a
-time-out on every wait.
+"""Shared pieces of the event-stream tests: the captured payloads and their documented counts, a stream
+running in a thread, and a real Celery worker as a subprocess. Everything started here is stopped by the
+same helper, with a time-out on every wait.
 
 This module is also the Celery app of the worker tests: ``celery -A _stream_helpers worker`` with the
 broker in ``STREAM_TEST_BROKER``.
@@ -12,22 +11,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import signal
 import subprocess
-import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
+from exporter.app import stream_settings
+from exporter.brokers.settings import StreamSettings
+from exporter.config import Config
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.state import ClusterState
 from tests._support import celery_worker as support_worker
-from tests._support import free_port as free_port  # re-exported for the tests
+from tests._support import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "tests" / "testdata" / "events"
@@ -63,12 +61,9 @@ def by_type(state: ClusterState) -> dict[str, int]:
         return dict(state.events_by_type)
 
 
-def wait_until(cond: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
+def settings(url: str, **config: Any) -> StreamSettings:
+    """The stream settings the app would build for ``url`` and these Config options (defaults otherwise)."""
+    return stream_settings(Config(broker_url=url, **config))
 
 
 def pipeline() -> tuple[ClusterState, Ingest, StreamStatus]:
@@ -84,7 +79,7 @@ def running(stream: Any, status: StreamStatus, connect: bool = True) -> Iterator
     thread.start()
     try:
         if connect:
-            wait_until(lambda: status.connected, 15, "the stream to connect")
+            wait_for(lambda: status.connected, 15, what="the stream to connect")
         yield thread
     finally:
         stop.set()
@@ -92,91 +87,6 @@ def running(stream: Any, status: StreamStatus, connect: bool = True) -> Iterator
         assert not thread.is_alive(), "the stream did not stop within 2 s of stop being set"
 
 
-
-
-class RedisServer:
-    """A private redis-server on a spare port (no persistence); can be killed, paused and restarted."""
-
-    def __init__(self, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
-        self.port = port or free_port()
-        self.extra = extra
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.dir = tempfile.mkdtemp(prefix="stream-redis-")
-
-    def url(self, db: int = 15) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def start(self) -> RedisServer:
-        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_until(self._pings, 10, f"redis-server on port {self.port}")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _pings(self) -> bool:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        try:  # no retries: redis-py's default retry-with-backoff would slow each poll down to seconds
-            return bool(redis.Redis(port=self.port, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)).ping())
-        except (redis.AuthenticationError, redis.ResponseError):
-            return True  # up, and wants a password
-        except redis.RedisError:
-            return False
-
-    def client(self, db: int = 15) -> Any:
-        import redis
-
-        return redis.Redis(port=self.port, db=db, socket_timeout=5)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class RedisSentinel(RedisServer):
-    """``redis-server --sentinel`` watching one master as ``master_name``."""
-
-    def __init__(self, master_port: int, master_name: str = "mymaster") -> None:
-        super().__init__()
-        conf = Path(self.dir) / "sentinel.conf"
-        conf.write_text(f"port {self.port}\nbind 127.0.0.1\n"
-                        f"sentinel monitor {master_name} 127.0.0.1 {master_port} 1\n")
-        self.conf = conf
-
-    def start(self) -> RedisSentinel:
-        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.proc = subprocess.Popen([exe, str(self.conf), "--sentinel"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_until(self._pings, 10, f"redis sentinel on port {self.port}")
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
 
 # ---------------------------------------------------------------- a real Celery worker
@@ -222,11 +132,11 @@ def check_real_worker_events(stream: Any, state: ClusterState, status: StreamSta
     """A real worker's full event sequence through ``stream``: exact counts per type, nothing refused."""
     with running(stream, status):
         with celery_worker(broker, name):
-            wait_until(lambda: by_type(state).get("worker-online"), 60, "worker-online")
+            wait_for(lambda: by_type(state).get("worker-online"), 60, what="worker-online")
             send_tasks(broker, n_ok=3, n_fail=1)
-            wait_until(lambda: by_type(state).get("task-succeeded") == 3
-                       and by_type(state).get("task-failed") == 1, 60, "the tasks")
-        wait_until(lambda: by_type(state).get("worker-offline"), 30, "worker-offline")
+            wait_for(lambda: by_type(state).get("task-succeeded") == 3
+                       and by_type(state).get("task-failed") == 1, 60, what="the tasks")
+        wait_for(lambda: by_type(state).get("worker-offline"), 30, what="worker-offline")
     seen = by_type(state)
     seen.pop("worker-heartbeat", None)  # one every 2 s: how many depends on timing
     assert seen == {"worker-online": 1, "task-sent": 4, "task-received": 4, "task-started": 4,

@@ -21,10 +21,12 @@ from tests._prom_helpers import (
     RUNBOOK_BASE,
     RUNBOOKS,
     alert_rules,
+    dashboard_exprs,
     exported_names,
     github_anchors,
     iter_rules,
     known_names,
+    load_dashboards,
     load_rules,
     parse_duration,
     promql_metric_names,
@@ -202,8 +204,6 @@ def test_rule_reads_only_exported_metrics(rule: dict[str, Any]) -> None:
 
 def test_every_recording_rule_is_used() -> None:
     """A recording rule nothing reads costs evaluation for nothing (dashboards count as readers)."""
-    from tests._prom_helpers import dashboard_exprs, load_dashboards
-
     read: set[str] = set()
     for rule in iter_rules():
         read |= promql_metric_names(rule["expr"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.events.backoff import Backoff
+from exporter.brokers.backoff import Backoff
 
 
 def test_grows_exponentially_then_caps_without_jitter() -> None:

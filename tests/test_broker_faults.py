@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import secrets
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -23,15 +21,9 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests._reliability_helpers import (
-    EVENTS,
-    Daemon,
-    RedisServer,
-    captured_channels,
-    free_port,
-    parse_samples,
-    wait_for,
-)
+from tests._broker_helpers import RedisServer, amqp_url
+from tests._reliability_helpers import EVENTS, captured_channels
+from tests._support import Daemon, free_port, parse_samples, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +122,7 @@ def publish_redis(port: int) -> None:
 
 
 def test_redis_killed_and_restarted() -> None:
-    with RedisServer() as server, Daemon(["--broker-url", server.url, "--poll-interval", "1",
+    with RedisServer() as server, Daemon(["--broker-url", server.url(), "--poll-interval", "1",
                                           "--log-format", "json"]) as daemon:
         daemon.start()
         with Watcher(daemon.port) as watcher:
@@ -187,19 +179,6 @@ def test_redis_unreachable_at_start_up() -> None:
 
 
 # ---------------------------------------------------------------- RabbitMQ
-@pytest.fixture
-def vhost() -> Iterator[str]:
-    name = f"celery-exporter-faults-{secrets.token_hex(4)}"
-    path = quote(name, safe="")
-    requests.put(f"{MGMT}/vhosts/{path}", auth=GUEST, timeout=10).raise_for_status()
-    requests.put(f"{MGMT}/permissions/{path}/guest", auth=GUEST, timeout=10,
-                 json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
-    try:
-        yield name
-    finally:
-        requests.delete(f"{MGMT}/vhosts/{path}", auth=GUEST, timeout=10)
-
-
 def publish_amqp(vhost: str) -> None:
     import pika
 
@@ -228,8 +207,7 @@ def exporter_connections(vhost: str) -> list[dict[str, Any]]:
 
 
 def test_rabbitmq_connections_force_closed(vhost: str) -> None:
-    url = f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
-    with Daemon(["--broker-url", url, "--poll-interval", "1", "--log-format", "json"]) as daemon:
+    with Daemon(["--broker-url", amqp_url(vhost), "--poll-interval", "1", "--log-format", "json"]) as daemon:
         daemon.start()
         with Watcher(daemon.port) as watcher:
             wait_for(lambda: daemon.get("/readyz")[0] == 200, 20, what="the first connection")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.brokers import rules_for
+from exporter.app import poll_settings
 from exporter.brokers.model import PollResult, QueueDepth, Rules
-from exporter.brokers.rabbitmq_classify import amqp_result, classify, management_result
+from exporter.brokers.polling import rules_for
+from exporter.brokers.rabbitmq.classify import amqp_result, classify, management_result
 from exporter.config import Config
 
-RULES = rules_for(Config("amqp://"))
+RULES = rules_for(poll_settings(Config("amqp://")))
 
 
 def q(name: str, args: dict[str, Any] | None = None, policy: Any = None, ready: int = 0, unacked: int = 0,
@@ -115,8 +116,8 @@ def test_ttl_and_dlx_to_an_exchange_with_no_visible_binding_is_a_retry_queue() -
 
 
 def test_config_globs_override_discovery_and_exclusions_win() -> None:
-    rules = rules_for(Config("amqp://", retry_queues=("dead_letters",), dead_letter_queues=("retry_8s",),
-                             exclude_queues=("default",)))
+    rules = rules_for(poll_settings(Config("amqp://", retry_queues=("dead_letters",),
+                                           dead_letter_queues=("retry_8s",), exclude_queues=("default",))))
     kinds = classify(SEED_QUEUES, SEED_BINDINGS, rules)
     assert kinds["dead_letters"] == "retry"
     assert kinds["retry_8s"] == "dlq"

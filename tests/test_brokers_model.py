@@ -12,7 +12,6 @@ from exporter.brokers.model import (
     QueueDepth,
     Rules,
     cap_queues,
-    describe_error,
     entry_timestamp,
     exact_names,
     parse_timestamp,
@@ -96,11 +95,3 @@ def test_cap_keeps_pinned_names_and_folds_the_rest_into_overflow() -> None:
     assert capped.dead_letter_oldest == {"__overflow__": 50.0}
     assert capped.broker_unacked == 3.0
     assert cap_queues(result, 8) is result
-
-
-def test_describe_error_never_shows_a_password() -> None:
-    exc = ConnectionError("cannot reach amqp://admin:s3cr3t-pw@rabbit:5672// nor http://u:s3cr3t-pw@h:15672")
-    text = describe_error(exc, secrets=["s3cr3t-pw"])
-    assert "s3cr3t-pw" not in text
-    assert text.startswith("ConnectionError: cannot reach amqp://admin:***@rabbit:5672//")
-    assert describe_error(OSError("plain s3cr3t-pw"), ["s3cr3t-pw"]) == "OSError: plain ***"

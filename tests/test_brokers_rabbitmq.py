@@ -18,15 +18,14 @@ import pytest
 from exporter.config import Config
 from tests._broker_helpers import (
     MGMT_URL,
-    FakeClock,
     amqp_url,
     by_queue,
     management_available,
     mgmt,
     poll,
     rabbit_vhost,
-    wait_for,
 )
+from tests._support import FakeClock, wait_for
 
 pytestmark = pytest.mark.integration
 T = 1_700_000_000.0
@@ -129,8 +128,8 @@ def test_seed_topology_through_the_management_api(seeded: tuple[str, Any]) -> No
         "success": 1.0,
         "errors": 0.0,
     }
-    got = wait_for(lambda: view(poll(config, FakeClock(T)), "rabbitmq_management"),
-                   lambda v: v == expected, timeout=LONG)
+    got = wait_for(lambda: view(poll(config, FakeClock(T)), "rabbitmq_management"), LONG,
+                   ok=lambda v: v == expected, every=0.5)
     assert got == expected
 
 
@@ -150,7 +149,8 @@ def test_seed_topology_over_amqp_only(seeded: tuple[str, Any]) -> None:
         "errors": 0.0,
     }
     # Passive declares see the queues' own counts at once; wait only for the dead-lettering to land.
-    got = wait_for(lambda: view(poll(config, FakeClock(T)), "rabbitmq_amqp"), lambda v: v == expected, 10)
+    got = wait_for(lambda: view(poll(config, FakeClock(T)), "rabbitmq_amqp"), 10, ok=lambda v: v == expected,
+                   every=0.5)
     assert got == expected
 
 
@@ -190,7 +190,7 @@ def test_policy_variant_of_the_seed(management: None) -> None:
             config = Config(amqp_url(vhost), rabbitmq_management_url=MGMT_URL, default_queue="task_queue")
             expected = ({"task_queue": 1.0}, {"retry_2s_queue": 2.0}, {"dlq": 0.0})
             got = wait_for(lambda: (lambda g: (g["length"], g["retry"], g["dlq"]))(
-                view(poll(config, FakeClock(T)), "rabbitmq_management")), lambda x: x == expected, timeout=LONG)
+                view(poll(config, FakeClock(T)), "rabbitmq_management")), LONG, ok=lambda x: x == expected, every=0.5)
             assert got == expected
         finally:
             conn.close()

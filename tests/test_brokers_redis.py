@@ -10,35 +10,33 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 import redis
 from celery import Celery
 from kombu import Connection
 
-from exporter.brokers import build_polling
+from exporter.app import poll_settings
+from exporter.brokers.polling import build_polling
 from exporter.collectors.tasks import TaskCollector
 from exporter.config import Config
-from exporter.state import ClusterState, StateSettings
+from exporter.state import ClusterState
 from tests._broker_helpers import (
     REDIS_URL,
-    FakeClock,
+    RedisSentinel,
+    RedisServer,
     by_queue,
-    free_port,
     poll,
-    private_redis,
-    registry_of,
+    polled_registry,
     samples,
     unique,
-    wait_for,
 )
 from tests._events import sent
+from tests._support import FakeClock, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 T = 1_700_000_000.0
 SEP = "\x06\x16"
-TASK = "tests.polling.add"
 
 
 class RedisDb(redis.Redis):
@@ -107,8 +105,8 @@ def test_seed_dead_letter_list_and_sorted_set_with_oldest_age(rdb: RedisDb) -> N
 
     clock = FakeClock(T)
     config = Config(REDIS_URL)  # the defaults find both conventions
-    polling = build_polling(config, lambda: (), clock=clock)
-    registry = registry_of(polling.collectors)
+    polling = build_polling(poll_settings(config), lambda: ())
+    registry = polled_registry(polling, clock)
     try:
         polling.poll_once()
         got = samples(registry)
@@ -164,51 +162,49 @@ def test_global_keyprefix_the_hpa_queue_and_the_unacked_hash(rdb: RedisDb) -> No
     assert "unacked" not in lengths and "unacked_index" not in lengths
 
 
-def test_a_broker_that_hangs_or_goes_away_fails_its_poll_alone() -> None:
+def test_a_broker_that_hangs_or_goes_away_fails_its_poll_alone(redis_server: RedisServer) -> None:
     clock = FakeClock(T)
-    state = ClusterState(StateSettings(), clock)
+    state = ClusterState(clock=clock)
     with state.lock:
         state.apply(sent("u1", "tests.polling.add", T - 1, queue="emails"))
-    with private_redis() as (port, proc):
-        client = redis.Redis(port=port)
-        client.sadd("_kombu.binding.emails", f"emails{SEP}{SEP}emails")
-        client.lpush("emails", "m1", "m2")
-        config = Config(f"redis://127.0.0.1:{port}/0", poll_timeout=0.5, poll_interval=1.0)
-        polling = build_polling(config, state.queues_seen, clock=clock)
-        registry = registry_of([*polling.collectors, TaskCollector(state.take_snapshot)])
-        src = (("source", "redis"),)
-        try:
-            polling.poll_once()
-            got = samples(registry)
-            assert by_queue(got, "celery_queue_length") == {"celery": 0.0, "emails": 2.0}
+    port = redis_server.port
+    client = redis.Redis(port=port)
+    client.sadd("_kombu.binding.emails", f"emails{SEP}{SEP}emails")
+    client.lpush("emails", "m1", "m2")
+    config = Config(f"redis://127.0.0.1:{port}/0", poll_timeout=0.5, poll_interval=1.0)
+    polling = build_polling(poll_settings(config), state.queues_seen)
+    registry = polled_registry(polling, clock, TaskCollector(state.take_snapshot))
+    src = (("source", "redis"),)
+    try:
+        polling.poll_once()
+        got = samples(registry)
+        assert by_queue(got, "celery_queue_length") == {"celery": 0.0, "emails": 2.0}
 
-            # The server stops answering in the middle of the next poll: the poll times out.
-            sleeper = threading.Thread(target=_debug_sleep, args=(port, 2.0))
-            sleeper.start()
-            time.sleep(0.2)
-            polling.poll_once()
-            got = samples(registry)
-            assert got[("celery_exporter_poll_success", src)] == 0.0
-            assert got[("celery_exporter_poll_errors_total", src)] == 1.0
-            assert by_queue(got, "celery_queue_length")["emails"] == 2.0  # last good value, not stale yet
-            assert _task_sent(got) == 1.0  # the event metrics are untouched
-            sleeper.join(timeout=10)
-            # The overrunning poll ends by its own socket timeout (0.5 s); only then may the next start.
-            wait_for(lambda: polling.runners[0]._inflight, lambda t: t is None or not t.is_alive(), timeout=10,
-                     every=0.05)
+        # The server stops answering in the middle of the next poll: the poll times out.
+        sleeper = threading.Thread(target=_debug_sleep, args=(port, 2.0))
+        sleeper.start()
+        time.sleep(0.2)
+        polling.poll_once()
+        got = samples(registry)
+        assert got[("celery_exporter_poll_success", src)] == 0.0
+        assert got[("celery_exporter_poll_errors_total", src)] == 1.0
+        assert by_queue(got, "celery_queue_length")["emails"] == 2.0  # last good value, not stale yet
+        assert _task_sent(got) == 1.0  # the event metrics are untouched
+        sleeper.join(timeout=10)
+        # The overrunning poll ends by its own socket timeout (0.5 s); only then may the next start.
+        wait_for(lambda: polling.runners[0]._inflight, 10, ok=lambda t: t is None or not t.is_alive())
 
-            polling.poll_once()  # recovered
-            assert samples(registry)[("celery_exporter_poll_success", src)] == 1.0
+        polling.poll_once()  # recovered
+        assert samples(registry)[("celery_exporter_poll_success", src)] == 1.0
 
-            proc.kill()
-            proc.wait(timeout=10)
-            polling.poll_once()
-            got = samples(registry)
-            assert got[("celery_exporter_poll_success", src)] == 0.0
-            assert got[("celery_exporter_poll_errors_total", src)] == 2.0
-            assert _task_sent(got) == 1.0
-        finally:
-            polling.close()
+        redis_server.kill()
+        polling.poll_once()
+        got = samples(registry)
+        assert got[("celery_exporter_poll_success", src)] == 0.0
+        assert got[("celery_exporter_poll_errors_total", src)] == 2.0
+        assert _task_sent(got) == 1.0
+    finally:
+        polling.close()
 
 
 def _debug_sleep(port: int, seconds: float) -> None:
@@ -221,43 +217,34 @@ def _task_sent(got: dict) -> float:
                if n == "celery_task_sent_total" and dict(labels).get("task_name") == "tests.polling.add")
 
 
-def test_run_polls_in_the_background_until_stopped() -> None:
-    with private_redis() as (port, _):
-        redis.Redis(port=port).lpush("celery", "m1")
-        polling = build_polling(Config(f"redis://127.0.0.1:{port}/0", poll_interval=0.05), lambda: ())
-        registry = registry_of(polling.collectors)
-        stop = threading.Event()
-        runner = threading.Thread(target=polling.run, args=(stop,))
-        runner.start()
-        try:
-            got = wait_for(lambda: samples(registry),
-                           lambda s: by_queue(s, "celery_queue_length") == {"celery": 1.0}, timeout=10, every=0.05)
-            assert got[("celery_exporter_poll_success", (("source", "redis"),))] == 1.0
-        finally:
-            stop.set()
-            runner.join(timeout=10)
-        assert not runner.is_alive()
-        assert polling.runners[0].poller.inner._client is None  # type: ignore[attr-defined]  # closed
+def test_run_polls_in_the_background_until_stopped(redis_server: RedisServer) -> None:
+    redis_server.client().lpush("celery", "m1")
+    polling = build_polling(poll_settings(Config(redis_server.url(), poll_interval=0.05)), lambda: ())
+    registry = polled_registry(polling, time.time)
+    stop = threading.Event()
+    runner = threading.Thread(target=polling.run, args=(stop,))
+    runner.start()
+    try:
+        got = wait_for(lambda: samples(registry), 10,
+                       ok=lambda s: by_queue(s, "celery_queue_length") == {"celery": 1.0})
+        assert got[("celery_exporter_poll_success", (("source", "redis"),))] == 1.0
+    finally:
+        stop.set()
+        runner.join(timeout=10)
+    assert not runner.is_alive()
+    assert polling.runners[0].poller.inner._client is None  # type: ignore[attr-defined]  # closed
 
 
-def test_sentinel_broker_url_with_master_name(tmp_path: Path) -> None:
-    with private_redis() as (port, _):
-        redis.Redis(port=port).lpush("celery", "m1", "m2")
-        sentinel_port = free_port()
-        conf = tmp_path / "sentinel.conf"
-        conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {port} 1\n")
-        proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            sentinel = redis.Redis(port=sentinel_port, socket_timeout=1)
-            wait_for(lambda: _master_known(sentinel), bool, timeout=10, every=0.1)
-            config = Config(f"sentinel://127.0.0.1:{sentinel_port};sentinel://127.0.0.1:{free_port()}",
-                            broker_transport_options={"master_name": "mymaster"})
-            got = poll(config, FakeClock(T))
-            assert by_queue(got, "celery_queue_length") == {"celery": 2.0}
-        finally:
-            proc.kill()
-            proc.wait(timeout=10)
+def test_sentinel_broker_url_with_master_name(redis_server: RedisServer) -> None:
+    redis_server.client().lpush("celery", "m1", "m2")
+    with RedisSentinel(redis_server.port, "mymaster") as sentinel_server:
+        sentinel_port = sentinel_server.port
+        sentinel = redis.Redis(port=sentinel_port, socket_timeout=1)
+        wait_for(lambda: _master_known(sentinel), 10, every=0.1)
+        config = Config(f"sentinel://127.0.0.1:{sentinel_port};sentinel://127.0.0.1:{free_port()}",
+                        broker_transport_options={"master_name": "mymaster"})
+        got = poll(config, FakeClock(T))
+        assert by_queue(got, "celery_queue_length") == {"celery": 2.0}
 
 
 def _master_known(client: redis.Redis) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 import redis
 
 from exporter.brokers.model import Kind, PollResult, QueueDepth, Rules
-from exporter.brokers.redis_keys import (
+from exporter.brokers.redis.keys import (
     RedisLayout,
     RedisSettings,
     binding_queue,

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from exporter.config import state_settings
 from exporter.events.ingest import Ingest
-from exporter.state import EXHAUSTED, RECEIVED, SENT, STARTED, SUCCEEDED, ClusterState, StateSettings
+from exporter.state import EXHAUSTED, RECEIVED, SENT, STARTED, SUCCEEDED, ClusterState
 
 DATA = Path(__file__).parent / "testdata" / "events"
 EXPECTED_TYPES = {"task-sent": 23, "task-received": 23, "task-started": 23, "task-succeeded": 10,
@@ -22,7 +23,7 @@ def lines(name: str) -> list[dict]:
 
 
 def replay(name: str) -> ClusterState:
-    state = ClusterState(StateSettings(default_queue="fallback"), clock=lambda: 1.9e9)
+    state = ClusterState(state_settings(default_queue="fallback"), clock=lambda: 1.9e9)
     ingest = Ingest(state, clock=lambda: 1.9e9)
     if name.startswith("amqp"):
         ingest.feed_amqp([(m["body"].encode(), m["content_type"], m["content_encoding"]) for m in lines(name)])

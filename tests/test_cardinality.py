@@ -18,10 +18,12 @@ from prometheus_client import CollectorRegistry
 from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
+from exporter.config import state_settings
 from exporter.events.ingest import Ingest, StreamStatus
-from exporter.state import OVERFLOW_LABEL, ClusterState, StateSettings
-from tests._events import T0, FakeClock, ev, failed, heartbeat, redis_envelope, retried, sent
-from tests._reliability_helpers import parse_samples, series_count
+from exporter.state import OVERFLOW_LABEL, ClusterState
+from tests._events import T0, ev, failed, heartbeat, redis_envelope, retried, sent
+from tests._reliability_helpers import series_count
+from tests._support import FakeClock, parse_samples
 
 CAPS = {"max_task_names": 100, "max_exception_types": 20, "max_workers": 50, "max_queues": 10,
         "max_tracked_tasks": 500}
@@ -30,7 +32,7 @@ BATCH = 200  # events per task.multi message, as a busy prefork worker would bat
 
 def setup() -> tuple[ClusterState, Ingest, CollectorRegistry]:
     clock = FakeClock(T0)
-    state = ClusterState(StateSettings(**CAPS), clock)
+    state = ClusterState(state_settings(**CAPS), clock)
     registry = CollectorRegistry(auto_describe=False)
     for collector in (TaskCollector(state.take_snapshot), WorkerCollector(state.take_snapshot),
                       StreamCollector(state.take_snapshot, StreamStatus(clock))):

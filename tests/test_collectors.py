@@ -8,21 +8,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collectors import all_specs
+from exporter.collectors import COLLECTORS, MetricSpec, Sources, all_specs, build_collectors
 from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
+from exporter.config import state_settings
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.exposition import render
-from exporter.state import ClusterState, StateSettings
+from exporter.state import ClusterState
 from tests._events import (
     T0,
-    FakeClock,
     failed,
     heartbeat,
     received,
@@ -32,13 +33,14 @@ from tests._events import (
     started,
     succeeded,
 )
+from tests._support import FakeClock
 
 GOLDEN = Path(__file__).parent / "testdata"
 
 
 def scenario() -> tuple[CollectorRegistry, ClusterState, StreamStatus]:
     clock = FakeClock(T0 + 10)
-    state = ClusterState(StateSettings(duration_buckets=(0.5, 1.0, 5.0), queue_wait_buckets=(1.0, 10.0)), clock)
+    state = ClusterState(state_settings(duration_buckets=(0.5, 1.0, 5.0), queue_wait_buckets=(1.0, 10.0)), clock)
     status = StreamStatus(clock)
     status.up()
     ingest = Ingest(state, clock)
@@ -99,8 +101,8 @@ def test_fast_renderer_agrees_with_client_python() -> None:
     assert ours_om == theirs_om
 
 
-def test_label_values_are_escaped() -> None:
-    clock = FakeClock(T0)
+def test_label_values_are_escaped(fake_clock: FakeClock) -> None:
+    clock = fake_clock
     state = ClusterState(clock=clock)
     Ingest(state, clock).feed_redis([redis_envelope([sent("u", 'we"ird\\name\nx', T0)])])
     registry = CollectorRegistry(auto_describe=False)
@@ -141,3 +143,29 @@ def test_every_served_family_is_declared_and_every_declared_family_served() -> N
                                                                               "celery_exporter_poll",
                                                                               "celery_exporter_render"))}
     assert served == declared
+
+
+def test_one_list_of_collectors_registers_cleanly_and_feeds_the_docs() -> None:
+    _, state, status = scenario()
+    registry = CollectorRegistry(auto_describe=False)
+    collectors = build_collectors(Sources(state.take_snapshot, status, lambda: [], state.clock))
+    assert [type(c) for c in collectors] == list(COLLECTORS)
+    for collector in collectors:
+        registry.register(collector)
+        described = sorted((m.name, m.type) for m in collector.describe())
+        assert described == sorted((m.name, m.type) for m in collector.collect())
+    assert all_specs() == tuple(spec for c in COLLECTORS for spec in c.METRICS)
+
+
+def test_two_collectors_with_a_clashing_name_fail_registration() -> None:
+    _, state, _ = scenario()
+
+    class Rogue(WorkerCollector):
+        METRICS = (MetricSpec("celery_task_sent_total", "gauge", "declared a second time"),)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TaskCollector(state.take_snapshot))
+    with pytest.raises(ValueError, match="celery_task_sent_total"):
+        registry.register(Rogue(state.take_snapshot))
+    with pytest.raises(ValueError, match="celery_task_sent"):
+        registry.register(TaskCollector(state.take_snapshot))

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests._broker_helpers import amqp_url, rabbit_vhost
-from tests._reliability_helpers import Daemon, wait_for
-from tests._support import celery_worker
+from tests._support import Daemon, celery_worker, wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +83,7 @@ def run_scenario(broker: str, extra: list[str]) -> None:
                 return all(m.get(k) == v for k, v in EXPECTED.items())
 
             try:
-                wait_for(done, 90, interval=0.5, what="exact task counts")
+                wait_for(done, 90, every=0.5, what="exact task counts")
             except AssertionError:
                 m = daemon.metrics()
                 pytest.fail(f"mismatch: { {k: (m.get(k), v) for k, v in EXPECTED.items() if m.get(k) != v} }")

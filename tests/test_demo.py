@@ -15,34 +15,19 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.collectors import all_specs
 from exporter.demo import tasks as demo_tasks
 from exporter.demo.broker import MemoryLists, MemoryPoller
+from tests._demo_helpers import READY_WITHIN, interrupt_group, metric, wait_for_outcomes
+from tests._support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-READY_WITHIN = 60.0  # the DLQ needs 3 jittered retries (at most 1 + 2 + 4 s) plus a poll
-STOP_WITHIN = 5.0
-SPECS = {s.name: s for s in all_specs()}
-
-
-def metric(name: str) -> str:
-    """A sample name of the public contract; fails here, not later, if the contract renames it."""
-    assert name in SPECS, f"{name} is not a metric of exporter.collectors.all_specs()"
-    return name
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def demo_command() -> list[str]:
@@ -50,42 +35,6 @@ def demo_command() -> list[str]:
     if script.exists():  # installed (pip install . / -e .): the README's own command
         return [str(script), "demo"]
     return [sys.executable, "-m", "exporter", "demo"]
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def total(samples: dict, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
-
-
-def expectations(samples: dict) -> dict[str, bool]:
-    dlq = demo_tasks.DLQ_KEY
-    return {
-        "send_email succeeded": total(samples, metric("celery_task_succeeded_total"),
-                                      task_name=demo_tasks.SEND_EMAIL, queue="email") > 0,
-        "parse_invoice failed with ValueError": total(
-            samples, metric("celery_task_failed_total"), task_name=demo_tasks.PARSE_INVOICE,
-            exception="ValueError") > 0,
-        "call_external_api retried": total(samples, metric("celery_task_retried_total"),
-                                           task_name=demo_tasks.CALL_API) > 0,
-        "important_task retried": total(samples, metric("celery_task_retried_total"),
-                                        task_name=demo_tasks.IMPORTANT) > 0,
-        "important_task exhausted its retries": total(
-            samples, metric("celery_task_retries_exhausted_total"), task_name=demo_tasks.IMPORTANT) > 0,
-        "DLQ not empty": total(samples, metric("celery_dead_letter_queue_length"), queue=dlq) > 0,
-        "worker up": total(samples, metric("celery_worker_up")) >= 1,
-        "queue depth polled": (metric("celery_queue_length"), (("queue", "default"),)) in samples,
-    }
 
 
 @pytest.fixture
@@ -110,33 +59,6 @@ def run_demo(tmp_path: Path) -> Iterator:
             proc.wait(10)
 
 
-def wait_for_outcomes(proc: subprocess.Popen, port: int, log: Path) -> dict:
-    deadline = time.monotonic() + READY_WITHIN
-    met: dict[str, bool] = {}
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the demo exited early ({proc.returncode}):\n{log.read_text()}"
-        try:
-            samples = scrape(port)
-        except OSError:
-            time.sleep(0.5)
-            continue
-        met = expectations(samples)
-        if all(met.values()):
-            return samples
-        time.sleep(0.5)
-    missing = [k for k, ok in met.items() if not ok] or ["/metrics never answered"]
-    pytest.fail(f"after {READY_WITHIN:g}s still missing: {missing}\n{log.read_text()[-4000:]}")
-
-
-def interrupt(proc: subprocess.Popen, log: Path) -> None:
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-    try:
-        rc = proc.wait(STOP_WITHIN)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the demo did not stop within {STOP_WITHIN:g}s of SIGINT\n{log.read_text()[-4000:]}")
-    assert rc == 0, log.read_text()[-4000:]
-
-
 BROKERS = [
     pytest.param("redis", "private redis-server", marks=pytest.mark.skipif(
         not shutil.which("redis-server"), reason="no redis-server on PATH")),
@@ -154,7 +76,7 @@ def test_demo_serves_every_outcome_then_stops_on_ctrl_c(run_demo, broker: str, a
     # Dead letters hold seed 002's entry, whose timestamp gives the oldest-age gauge.
     age = (metric("celery_dead_letter_queue_oldest_message_age_seconds"), (("queue", demo_tasks.DLQ_KEY),))
     assert 0 <= samples[age] < READY_WITHIN + 5
-    interrupt(proc, log)
+    interrupt_group(proc, log)
 
 
 @pytest.mark.integration

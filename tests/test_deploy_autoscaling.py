@@ -22,11 +22,11 @@ import requests
 import yaml
 
 from tests._deploy_helpers import (
+    DEPLOY_NOT_UP,
     K8S,
     REPO,
     container_named,
     exported_series,
-    free_port,
     load_yaml,
     manifest_docs,
     only,
@@ -35,8 +35,8 @@ from tests._deploy_helpers import (
     run_tool,
     seed_hpa,
     stop_processes,
-    wait_until,
 )
+from tests._support import free_port, wait_for
 
 ADAPTER_CONFIG = K8S / "overlays" / "autoscaling" / "prometheus-adapter-config.yaml"
 
@@ -170,6 +170,10 @@ def _answers_ok(url: str) -> bool | None:
     return requests.get(url, timeout=2).ok or None
 
 
+def _answered(answer: list[dict[str, Any]] | None) -> bool:
+    return answer is not None  # an empty answer is an answer: the assertion after the wait judges it
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_autoscaler_queries_read_the_real_queue_length_through_prometheus(
@@ -225,7 +229,8 @@ def test_autoscaler_queries_read_the_real_queue_length_through_prometheus(
         probes = [container[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe")]
         for url in (f"http://127.0.0.1:{port}{path}" for port in ports for path in probes):
             # the manifest's probes, against the real daemons
-            wait_until(url, functools.partial(_answers_ok, url), deadline)
+            wait_for(functools.partial(_answers_ok, url), deadline - time.monotonic(), every=0.3, what=url,
+                     errors=DEPLOY_NOT_UP)
 
         def query(expr: str) -> Callable[[], list[dict[str, Any]] | None]:
             def run() -> list[dict[str, Any]] | None:
@@ -240,11 +245,13 @@ def test_autoscaler_queries_read_the_real_queue_length_through_prometheus(
 
             return run
 
-        adapter_answer = wait_until("the adapter query", query(_render_adapter_query(adapter_rule, hpa, "celery")),
-                                   deadline)
+        adapter_answer = wait_for(query(_render_adapter_query(adapter_rule, hpa, "celery")),
+                                  deadline - time.monotonic(), ok=_answered, every=0.3, what="the adapter query",
+                                  errors=DEPLOY_NOT_UP)
         assert [(r["metric"], float(r["value"][1])) for r in adapter_answer] == [({"queue": "default"}, depth)]
-        keda_answer = wait_until("the KEDA query", query(scaled_object["spec"]["triggers"][0]["metadata"]["query"]),
-                                deadline)
+        keda_answer = wait_for(query(scaled_object["spec"]["triggers"][0]["metadata"]["query"]),
+                               deadline - time.monotonic(), ok=_answered, every=0.3, what="the KEDA query",
+                               errors=DEPLOY_NOT_UP)
         assert [float(r["value"][1]) for r in keda_answer] == [depth]
     finally:
         stop_processes(procs)

@@ -5,14 +5,12 @@ file, whose metrics then show the sample tasks and the dead-letter list."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -21,16 +19,17 @@ import pytest
 import requests
 from celery import signals
 
+from tests._broker_helpers import amqp_url, management_available, rabbit_vhost
 from tests._deploy_helpers import (
     COMPOSE_DIR,
     COMPOSE_FILE,
+    DEPLOY_NOT_UP,
     REPO,
-    free_port,
     load_yaml,
     parse_dockerfile,
     stop_processes,
-    wait_until,
 )
+from tests._support import wait_for
 
 
 def _import_sample_app(monkeypatch: pytest.MonkeyPatch, broker: str, dlq: str) -> ModuleType:
@@ -119,26 +118,6 @@ def test_sample_flaky_dead_letters_into_redis_after_its_retries(sample: ModuleTy
         client.delete(key)
 
 
-RABBIT_API = "http://127.0.0.1:15672/api"
-
-
-@contextlib.contextmanager
-def _rabbit_vhost() -> Iterator[str]:
-    """A throw-away vhost, so the demo's queue names cannot clash with anything else on the broker."""
-    vhost = f"deploy-test-{uuid.uuid4().hex[:8]}"
-    auth = ("guest", "guest")
-    try:
-        requests.put(f"{RABBIT_API}/vhosts/{vhost}", auth=auth, timeout=5).raise_for_status()
-    except requests.RequestException as exc:
-        pytest.skip(f"RabbitMQ management API unavailable: {exc}")
-    try:
-        requests.put(f"{RABBIT_API}/permissions/{vhost}/guest", auth=auth, timeout=5,
-                     json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
-        yield vhost
-    finally:
-        requests.delete(f"{RABBIT_API}/vhosts/{vhost}", auth=auth, timeout=5)
-
-
 def _ready_count(conn: Any, queue: str) -> int | None:
     """Ready messages in a queue, or None while it does not exist (a fresh channel each time: a failed
     passive declare closes its channel)."""
@@ -157,8 +136,10 @@ def test_poison_task_is_dead_lettered_by_rabbitmq_on_a_real_worker(monkeypatch: 
     dlx exchange into dead_letters, which the worker declares when it is ready."""
     from kombu import Connection
 
-    with _rabbit_vhost() as vhost:
-        broker = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    if not management_available():
+        pytest.skip("RabbitMQ management API unavailable")
+    with rabbit_vhost("deploy-test") as vhost:  # the demo's queue names cannot clash with anything else
+        broker = amqp_url(vhost)
         tasks = _import_sample_app(monkeypatch, broker, "redis://127.0.0.1:6379/13")
         image = parse_dockerfile((COMPOSE_DIR / "sample_app" / "Dockerfile").read_text(encoding="utf-8"))
         command = image[-1].all("CMD")[-1].exec_form()
@@ -170,15 +151,17 @@ def test_poison_task_is_dead_lettered_by_rabbitmq_on_a_real_worker(monkeypatch: 
         try:
             with Connection(broker) as conn:
                 deadline = time.monotonic() + 30
-                while _ready_count(conn, "dead_letters") is None:
+
+                def declared() -> bool:
                     assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
-                    assert time.monotonic() < deadline, "the worker never declared dead_letters"
-                    time.sleep(0.2)
+                    return _ready_count(conn, "dead_letters") is not None
+
+                # errors=(): a dead worker or a broker error fails at once
+                wait_for(declared, 30, every=0.2, what="the worker to declare dead_letters", errors=())
                 tasks.poison.delay()
                 tasks.add.delay(1, 2)
-                while _ready_count(conn, "dead_letters") != 1:
-                    assert time.monotonic() < deadline, "the rejected task was not dead-lettered"
-                    time.sleep(0.2)
+                wait_for(lambda: _ready_count(conn, "dead_letters") == 1, deadline - time.monotonic(), every=0.2,
+                         what="the rejected task to be dead-lettered", errors=())
                 with conn.channel() as channel:
                     message = channel.basic_get("dead_letters", no_ack=True)
                 assert message is not None
@@ -188,7 +171,6 @@ def test_poison_task_is_dead_lettered_by_rabbitmq_on_a_real_worker(monkeypatch: 
         finally:
             stop_processes([worker])
             tasks.app.close()
-
 
 
 def _scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -203,7 +185,8 @@ def _scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_redis_cluster_of_the_stack_shows_up_in_the_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_redis_cluster_of_the_stack_shows_up_in_the_exporter(monkeypatch: pytest.MonkeyPatch,
+                                                              free_tcp_port: int) -> None:
     """The Redis half of the stack without Docker: the sample worker (its image's command) and the
     exporter (its service's environment), on the real Redis; sample tasks appear with queue "default",
     and the exhausted flaky task's dlq:sample.flaky list as a dead-letter queue."""
@@ -220,7 +203,7 @@ def test_redis_cluster_of_the_stack_shows_up_in_the_exporter(monkeypatch: pytest
     service = load_yaml(COMPOSE_FILE)["services"]["exporter-redis"]
     exporter_env = {k: str(v) for k, v in service["environment"].items()}
     exporter_env["CELERY_EXPORTER_BROKER_URL"] = broker
-    port = free_port()
+    port = free_tcp_port
     env = {**os.environ, "CELERY_BROKER_URL": broker, "DLQ_REDIS_URL": broker, "PYTHONPATH": str(COMPOSE_DIR)}
     procs = [
         subprocess.Popen([sys.executable, "-m", "exporter"], cwd=REPO, stdout=subprocess.DEVNULL,
@@ -232,7 +215,8 @@ def test_redis_cluster_of_the_stack_shows_up_in_the_exporter(monkeypatch: pytest
     try:
         deadline = time.monotonic() + 45
         # Subscribed before the worker's first events.
-        wait_until("the exporter to be ready", lambda: requests.get(f"{url}/readyz", timeout=2).ok, deadline)
+        wait_for(lambda: requests.get(f"{url}/readyz", timeout=2).ok, deadline - time.monotonic(), every=0.3,
+                 what="the exporter to be ready", errors=DEPLOY_NOT_UP)
         procs.append(subprocess.Popen(
             [sys.executable, "-m", *command, "--pool=solo", "--without-mingle", "--without-gossip"],
             cwd=COMPOSE_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))

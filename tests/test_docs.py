@@ -33,10 +33,10 @@ def test_every_celery_metric_named_in_readme_exists() -> None:
 
 
 def test_every_flag_named_in_readme_exists() -> None:
-    flags = {o.flag for o in OPTIONS} | {"--config", "--version", "--help"}
+    flags = {f for o in OPTIONS for f in o.all_flags} | {"--config", "--version", "--help"}
     # Commands of other tools (docker, kubectl, the benchmark scripts) have flags of their own.
     ours = re.sub(r"`(?:docker|kubectl|python benchmarks/)[^`]*`", "", README)
-    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", ours))
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z.-]*[a-z])", ours))
     assert named <= flags, named - flags
 
 

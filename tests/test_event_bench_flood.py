@@ -6,18 +6,12 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import _flood as flood  # noqa: E402
-
-from exporter.events.ingest import Ingest  # noqa: E402
-from exporter.state import SUCCEEDED, ClusterState  # noqa: E402
+from benchmarks import _flood as flood
+from exporter.events.ingest import Ingest
+from exporter.state import SUCCEEDED, ClusterState
 
 
 def _workload(**kw: object) -> tuple[flood.Workload, list[flood.Message]]:

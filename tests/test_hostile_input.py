@@ -25,11 +25,13 @@ from prometheus_client.exposition import generate_latest
 from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
+from exporter.config import state_settings
 from exporter.events import decode as d
 from exporter.events.ingest import Ingest, StreamStatus
-from exporter.state import SENT, ClusterState, StateSettings
-from tests._events import T0, FakeClock, ev, failed, heartbeat, redis_envelope, sent, started, succeeded
-from tests._reliability_helpers import amqp_messages, parse_samples, redis_payloads
+from exporter.state import SENT, ClusterState
+from tests._events import T0, ev, failed, heartbeat, redis_envelope, sent, started, succeeded
+from tests._reliability_helpers import amqp_messages, redis_payloads
+from tests._support import FakeClock, parse_samples, wait_for
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NOW = T0
@@ -173,7 +175,7 @@ def garbage_payloads(draw: st.DrawFn) -> tuple[bytes, list[str]]:
 
 def new_state(now: float = NOW, **caps: int) -> tuple[ClusterState, Ingest]:
     clock = FakeClock(now)
-    state = ClusterState(StateSettings(**caps), clock)
+    state = ClusterState(state_settings(**caps), clock)
     return state, Ingest(state, clock)
 
 
@@ -395,26 +397,24 @@ def test_the_kombu_fallback_path_never_unpickles(tmp_path: Path) -> None:
 
     from kombu import Connection, Exchange, Producer
 
-    from exporter.events.kombu_stream import KombuEventStream
+    from exporter.app import stream_settings
+    from exporter.brokers.kombu.stream import KombuEventStream
+    from exporter.config import Config
 
     marker = tmp_path / "unpickled"
     state, ingest = new_state(now=time.time())
     status = StreamStatus()
-    stream = KombuEventStream("memory://", ingest, status)
+    stream = KombuEventStream(stream_settings(Config("memory://")), ingest, status)
     stop = threading.Event()
     thread = threading.Thread(target=stream.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 10
-        while not status.connected and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert status.connected
+        assert wait_for(lambda: status.connected, 10, what="the stream to connect")
         with Connection("memory://") as conn:
             producer = Producer(conn.channel(), exchange=Exchange("celeryev", type="topic"))
             producer.publish(_Boom(marker), routing_key="task.sent", serializer="pickle")
             producer.publish(sent("u1", "proj.t", time.time()), routing_key="task.sent", serializer="json")
-        while (not state.events_by_type or not state.invalid_by_reason) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: state.events_by_type and state.invalid_by_reason, 10, what="both messages")
     finally:
         stop.set()
         thread.join(10)

@@ -19,7 +19,8 @@ from exporter.events.ingest import Ingest, StreamStatus
 from exporter.exposition import negotiate
 from exporter.http import Health, MetricsServer
 from exporter.state import ClusterState
-from tests._events import T0, FakeClock, redis_envelope, sent
+from tests._events import T0, redis_envelope, sent
+from tests._support import FakeClock
 
 
 @pytest.fixture

@@ -21,17 +21,15 @@ import bcrypt
 import pytest
 from prometheus_client import CollectorRegistry
 
+from benchmarks._harness import proc_status
 from exporter import http as http_mod
-from tests._reliability_helpers import (
-    Daemon,
-    free_port,
-    make_ca,
-    make_leaf,
-    parse_samples,
-    rss_kib,
-    tls_client_context,
-    wait_for,
-)
+from tests._reliability_helpers import make_ca, make_leaf, tls_client_context
+from tests._support import Daemon, free_port, parse_samples, wait_for
+
+
+def rss_kib(pid: int) -> int:
+    return proc_status(pid)["VmRSS"]
+
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._reliability_helpers import ROOT
+from tests._support import ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,9 @@ from exporter.events.ingest import Ingest
 from exporter.exposition import negotiate
 from exporter.http import Health, MetricsServer
 from exporter.state import ClusterState
-from tests._events import T0, FakeClock, redis_envelope, sent
-from tests._prom_helpers import PROMETHEUS, wait_for
-from tests._reliability_helpers import free_port
+from tests._events import T0, redis_envelope, sent
+from tests._prom_helpers import PROMETHEUS
+from tests._support import FakeClock, free_port, wait_for
 from tests.test_http import OM, PROM2_ACCEPT
 
 pytestmark = pytest.mark.integration
@@ -103,10 +102,9 @@ def test_real_prometheus_scrapes_a_variant_the_renderer_implements(tmp_path: Pat
         return list(requests.get(f"{base}/query", params={"query": expr}, timeout=5).json()["data"]["result"])
 
     try:
-        deadline = time.monotonic() + 60
-        wait_for("the exporter scraped and its sample stored",
-                 lambda: query('celery_task_sent_total{job="celery",task_name="proj.add"} == 1'), deadline)
-        wait_for("the catcher scraped", lambda: catcher.headers.get("accept"), deadline)
+        wait_for(lambda: query('celery_task_sent_total{job="celery",task_name="proj.add"} == 1'), 60,
+                 what="the exporter scraped and its sample stored")
+        wait_for(lambda: catcher.headers.get("accept"), 30, what="the catcher scraped")
         targets = requests.get(f"{base}/targets", timeout=5).json()["data"]["activeTargets"]
         celery = next(t for t in targets if t["labels"]["job"] == "celery")
         assert celery["health"] == "up" and celery["lastError"] == "", celery

@@ -29,7 +29,8 @@ from exporter.exposition import RENDER_ERRORS, TableFamily, render
 from exporter.http import Health, MetricsServer
 from exporter.records import Histogram, Snapshot
 from exporter.state import ClusterState
-from tests._events import T0, FakeClock, failed, heartbeat, received, redis_envelope, sent, started, succeeded
+from tests._events import T0, failed, heartbeat, received, redis_envelope, sent, started, succeeded
+from tests._support import FakeClock
 
 PROMTOOL = shutil.which("promtool")
 OM_ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"

@@ -9,7 +9,8 @@ from exporter.brokers.model import PollResult, QueueDepth
 from exporter.brokers.scheduler import STALE_POLLS, PollStore
 from exporter.collectors import all_specs
 from exporter.collectors.queues import METRICS, QueueCollector
-from tests._broker_helpers import FakeClock, registry_of
+from tests._broker_helpers import registry_of
+from tests._support import FakeClock
 
 RESULT = PollResult(
     queues={"default": QueueDepth(12.0, 3.0, 2.0), "celery": QueueDepth(0.0)},

@@ -9,6 +9,7 @@ at the pager.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,20 +28,20 @@ import redis
 import requests
 import yaml
 
+from tests._broker_helpers import RedisServer
 from tests._prom_helpers import (
     ALERTMANAGER,
     PROMETHEUS,
     ROOT,
     Processes,
     dashboard_exprs,
-    free_port,
     iter_rules,
     load_dashboards,
     load_rules,
     substitute_grafana_vars,
     variable_query_expr,
-    wait_for,
 )
+from tests._support import free_port, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -57,6 +58,8 @@ QUEUE = "e2e"
 DLQ = "dlq:e2e.flaky"
 N_OK, N_FAIL, N_FLAKY, MAX_RETRIES = 24, 6, 3, 2
 DLQ_ALERT = "CeleryDeadLetterQueueGrowing"
+# What a server that is not up yet raises; anything else (a child process died) fails the wait at once.
+NOT_UP = (OSError, ValueError, KeyError)
 
 # The seed's retry-then-dead-letter task (shared/seeds/002): after max_retries it LPUSHes a JSON entry
 # with a timestamp to dlq:<task name>, then fails.
@@ -138,26 +141,16 @@ def pager() -> Iterator[tuple[int, list[dict[str, Any]]]]:
 
 
 @pytest.fixture
-def broker_db(tmp_path: Path) -> Iterator[tuple[str, redis.Redis]]:
+def broker_db() -> Iterator[tuple[str, redis.Redis]]:
     """(broker URL, client) of an empty Redis database that this test alone uses."""
-    procs = Processes(tmp_path)
-    if REDIS_SERVER:
-        port = free_port()
-        procs.start("redis", [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no"])
-        url = f"redis://127.0.0.1:{port}/0"
-    else:
-        url = SHARED_BROKER
-    client = redis.Redis.from_url(url, socket_timeout=5)
-    try:
-        wait_for("redis", client.ping, time.monotonic() + 10, every=0.05, context=procs.logs,
-                 errors=(redis.RedisError,))
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(RedisServer()).url() if REDIS_SERVER else SHARED_BROKER
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        stack.callback(client.close)
+        wait_for(client.ping, 10, what="redis", errors=(redis.RedisError,))
         client.flushdb()
         yield url, client
         client.flushdb()
-    finally:
-        client.close()
-        procs.stop()
 
 
 def _write_configs(tmp: Path, exporter_port: int, am_port: int, pager_port: int) -> None:
@@ -265,8 +258,8 @@ def test_rules_and_dashboards_against_real_prometheus_and_alertmanager(
             procs.check_alive()
             return prom.value(expr) >= want
 
-        wait_for("two workers up, seen through Prometheus", lambda: at_least('celery_workers{state="up"}', 2),
-                 deadline, context=procs.logs)
+        wait_for(lambda: at_least('celery_workers{state="up"}', 2), deadline - time.monotonic(), every=0.5,
+                 what="two workers up, seen through Prometheus", errors=NOT_UP, context=procs.logs)
 
         # Traffic: successes, failures, and retrying tasks that end in the dead-letter list. Two waves: rate()
         # ignores a series' first sample, so Prometheus must have scraped each counter before most of the
@@ -294,8 +287,8 @@ def test_rules_and_dashboards_against_real_prometheus_and_alertmanager(
                  'celery_task_failed_total{task_name="e2e.fail",exception="ValueError"}': 1,
                  'celery_task_retries_exhausted_total{task_name="e2e.flaky"}': 1}
         send(1, 1, 1)
-        wait_for("the first wave in Prometheus", lambda: outcomes_reach(first), deadline,
-                 context=lambda: report(first))
+        wait_for(lambda: outcomes_reach(first), deadline - time.monotonic(), every=0.5,
+                 what="the first wave in Prometheus", errors=NOT_UP, context=lambda: report(first))
         send(N_OK - 1, N_FAIL - 1, N_FLAKY - 1)
         outcomes = {
             'sum(celery_task_succeeded_total{task_name="e2e.ok"})': N_OK,
@@ -305,8 +298,8 @@ def test_rules_and_dashboards_against_real_prometheus_and_alertmanager(
             'task_name_queue:celery_task_failure:ratio_rate5m{task_name="e2e.fail"}': 1,
             'task_name_queue:celery_task_retry:ratio_rate5m{task_name="e2e.flaky"}': 0.5,
         }
-        wait_for("every task's outcome in Prometheus", lambda: outcomes_reach(outcomes), deadline,
-                 context=lambda: report(outcomes))
+        wait_for(lambda: outcomes_reach(outcomes), deadline - time.monotonic(), every=0.5,
+                 what="every task's outcome in Prometheus", errors=NOT_UP, context=lambda: report(outcomes))
         producer.close()
         assert client.llen(DLQ) == N_FLAKY  # the workers dead-lettered exactly the exhausted tasks
 
@@ -319,7 +312,8 @@ def test_rules_and_dashboards_against_real_prometheus_and_alertmanager(
                                   params={"filter": f'alertname="{DLQ_ALERT}"'}).json()
             return [a for a in alerts if a["status"]["state"] == "active"]
 
-        alerts = wait_for("the DLQ-growth alert at Alertmanager", alert_at_alertmanager, deadline, every=1.0,
+        alerts = wait_for(alert_at_alertmanager, deadline - time.monotonic(), every=1.0,
+                          what="the DLQ-growth alert at Alertmanager", errors=NOT_UP,
                           context=lambda: f"{prom.api('alerts')}\n{procs.logs('prometheus', 'alertmanager')}")
         assert len(alerts) == 1
         labels = alerts[0]["labels"]
@@ -328,9 +322,9 @@ def test_rules_and_dashboards_against_real_prometheus_and_alertmanager(
         assert f"Dead-letter queue {DLQ}" in alerts[0]["annotations"]["description"]
 
         # Routed to the pager by the docs' Alertmanager route.
-        page = wait_for("the page at the webhook", lambda: [
+        page = wait_for(lambda: [
             (n["receiver"], a) for n in pages for a in n["alerts"] if a["labels"]["alertname"] == DLQ_ALERT
-        ], deadline)
+        ], deadline - time.monotonic(), every=0.5, what="the page at the webhook", errors=NOT_UP)
         receiver, paged = page[0]
         assert receiver == "pager" and paged["status"] == "firing" and paged["labels"]["queue"] == DLQ
 

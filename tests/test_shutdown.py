@@ -7,48 +7,44 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 
 from exporter.app import App
 from exporter.config import load_config
-from tests._reliability_helpers import Daemon, RedisServer, free_port, publisher, wait_for
+from tests._broker_helpers import RedisServer
+from tests._reliability_helpers import publisher
+from tests._support import Daemon, free_port, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 def events_total(samples: dict[str, float]) -> float:
     return sum(v for k, v in samples.items() if k.startswith("celery_exporter_events_total"))
 
 
-def test_sigterm_during_heavy_ingest_exits_0_within_5s(redis_server: RedisServer) -> None:
-    with Daemon(["--broker-url", redis_server.url, "--log-format", "json"]) as daemon:
-        daemon.start()
-        wait_for(lambda: daemon.get("/readyz")[0] == 200, 20, what="the event stream to connect")
-        with publisher(redis_server.port) as sent:
-            wait_for(lambda: events_total(daemon.metrics()) > 5_000, 30, what="heavy ingest")
-            assert daemon.proc is not None
-            started = time.monotonic()
-            rc = daemon.terminate(timeout=10)
-            took = time.monotonic() - started
-            assert sent["sent"] > 5_000
-        assert rc == 0, daemon.output()
-        assert took < 5.0, f"took {took:.1f}s to exit"
-        logs = daemon.log_lines()
-        assert any(line.get("event") == "celery-exporter stopped" for line in logs)
-        assert not any(line.get("level") in ("error", "critical") for line in logs), daemon.output()
+def test_sigterm_during_heavy_ingest_exits_0_within_5s(redis_server: RedisServer,
+                                                      exporter_process: Callable[..., Daemon]) -> None:
+    daemon = exporter_process(["--broker-url", redis_server.url(), "--log-format", "json"])
+    wait_for(lambda: daemon.get("/readyz")[0] == 200, 20, what="the event stream to connect")
+    with publisher(redis_server.port) as sent:
+        wait_for(lambda: events_total(daemon.metrics()) > 5_000, 30, what="heavy ingest")
+        assert daemon.proc is not None
+        started = time.monotonic()
+        rc = daemon.terminate(timeout=10)
+        took = time.monotonic() - started
+        assert sent["sent"] > 5_000
+    assert rc == 0, daemon.output()
+    assert took < 5.0, f"took {took:.1f}s to exit"
+    logs = daemon.log_lines()
+    assert any(line.get("event") == "celery-exporter stopped" for line in logs)
+    assert not any(line.get("level") in ("error", "critical") for line in logs), daemon.output()
 
 
 def test_app_stop_leaves_no_thread_behind(redis_server: RedisServer) -> None:
     before = set(threading.enumerate())
-    config = load_config(["--broker-url", redis_server.url, "--listen-address", "127.0.0.1",
+    config = load_config(["--broker-url", redis_server.url(), "--listen-address", "127.0.0.1",
                           "--port", str(free_port()), "--poll-interval", "1"], environ={})
     app = App(config)
     app.start()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from exporter.collectors.workers import worker_up
+from exporter.config import state_settings
 from exporter.state import (
     EXHAUSTED,
     OVERFLOW_LABEL,
@@ -13,13 +15,11 @@ from exporter.state import (
     STARTED,
     SUCCEEDED,
     ClusterState,
-    StateSettings,
     exception_class,
     parse_eta,
 )
 from tests._events import (
     T0,
-    FakeClock,
     ev,
     failed,
     heartbeat,
@@ -29,10 +29,11 @@ from tests._events import (
     started,
     succeeded,
 )
+from tests._support import FakeClock
 
 
 def make(clock: FakeClock | None = None, **settings) -> ClusterState:
-    return ClusterState(StateSettings(**settings), clock or FakeClock())
+    return ClusterState(state_settings(**settings), clock or FakeClock())
 
 
 def feed(state: ClusterState, *events: dict) -> None:
@@ -128,8 +129,8 @@ def test_events_for_unknown_uuid_are_counted_not_lost() -> None:
     assert s.counters[key][REVOKED] == 1
 
 
-def test_task_table_is_lru_capped_and_ages_out() -> None:
-    clock = FakeClock()
+def test_task_table_is_lru_capped_and_ages_out(fake_clock: FakeClock) -> None:
+    clock = fake_clock
     s = make(clock, max_tracked_tasks=3, task_max_age=100)
     for i in range(5):
         feed(s, sent(f"u{i}", "t", T0))
@@ -155,14 +156,14 @@ def test_cardinality_caps_fold_into_overflow() -> None:
     assert list(s.workers) == ["a@h"] and s.overflow["worker"] == 1
 
 
-def test_worker_timeout_and_purge_with_injected_clock() -> None:
-    clock = FakeClock()
+def test_worker_timeout_and_purge_with_injected_clock(fake_clock: FakeClock) -> None:
+    clock = fake_clock
     s = make(clock, worker_timeout=10, worker_purge_after=60)
     feed(s, heartbeat("celery@w1", T0, active=3, type_="worker-online"))
     w = s.workers["celery@w1"]
-    assert s.worker_up(w, clock()) and w.active == 3 and w.version == "5.7.0"
+    assert worker_up(w, clock(), 10) and w.active == 3 and w.version == "5.7.0"
     clock.advance(11)
-    assert not s.worker_up(w, clock())
+    assert not worker_up(w, clock(), 10)
     assert "celery@w1" in s.snapshot().workers  # down, but still reported until purged
     clock.advance(50)
     assert "celery@w1" not in s.snapshot().workers  # the scrape stops yielding it at once
@@ -170,11 +171,11 @@ def test_worker_timeout_and_purge_with_injected_clock() -> None:
     assert s.workers == {} and s.workers_purged == 1
 
 
-def test_worker_offline_marks_down_immediately() -> None:
-    clock = FakeClock()
+def test_worker_offline_marks_down_immediately(fake_clock: FakeClock) -> None:
+    clock = fake_clock
     s = make(clock)
     feed(s, heartbeat("w", T0), heartbeat("w", T0 + 1, type_="worker-offline"))
-    assert not s.worker_up(s.workers["w"], clock())
+    assert not worker_up(s.workers["w"], clock(), s.settings.worker_timeout)
 
 
 @pytest.mark.parametrize(

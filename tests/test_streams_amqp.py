@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -15,7 +14,12 @@ from urllib.parse import quote
 import pika
 import pytest
 import requests
-from _stream_helpers import (
+
+from exporter.brokers.backoff import Backoff
+from exporter.brokers.rabbitmq.connection import connection_parameters
+from exporter.brokers.rabbitmq.stream import AmqpEventStream, queue_arguments
+from tests._broker_helpers import amqp_url, rabbit_vhost
+from tests._stream_helpers import (
     EXPECTED_TOTAL,
     EXPECTED_TYPES,
     by_type,
@@ -25,12 +29,10 @@ from _stream_helpers import (
     lines,
     pipeline,
     running,
+    settings,
     total,
-    wait_until,
 )
-
-from exporter.events.amqp_stream import AmqpEventStream, connection_parameters, queue_arguments
-from exporter.events.backoff import Backoff
+from tests._support import wait_for
 
 API = os.environ.get("RABBITMQ_API", "http://127.0.0.1:15672/api")
 AUTH = ("guest", "guest")
@@ -43,6 +45,11 @@ def test_queue_arguments_in_whole_milliseconds_and_no_ttl_when_zero() -> None:
     assert queue_arguments(0.0, 1.5) == {"x-queue-type": "classic", "x-expires": 1_500}
     assert queue_arguments(0.0001, 0.0001) == {"x-queue-type": "classic", "x-expires": 1,
                                                "x-message-ttl": 1}
+
+
+def parameters(url: str, name: str) -> list[Any]:
+    return connection_parameters(url, client_name=name, heartbeat=30, socket_timeout=5.0, stack_timeout=15.0,
+                                 blocked_timeout=None)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +65,7 @@ def test_queue_arguments_in_whole_milliseconds_and_no_ttl_when_zero() -> None:
 def test_connection_parameters_read_urls_like_kombu(
     url: str, host: str, port: int, vhost: str, user: str, tls: bool
 ) -> None:
-    (params,) = connection_parameters(url, "name")
+    (params,) = parameters(url, "name")
     assert (params.host, params.port, params.virtual_host) == (host, port, vhost)
     assert params.credentials.username == user
     assert (params.ssl_options is not None) == tls
@@ -66,7 +73,7 @@ def test_connection_parameters_read_urls_like_kombu(
 
 
 def test_failover_list_gives_one_parameter_set_per_broker() -> None:
-    params = connection_parameters("amqp://a:1@h1//;amqp://b:2@h2:5680/v", "n")
+    params = parameters("amqp://a:1@h1//;amqp://b:2@h2:5680/v", "n")
     assert [(p.host, p.port, p.virtual_host) for p in params] == [("h1", 5672, "/"), ("h2", 5680, "v")]
 
 
@@ -79,21 +86,14 @@ def api(method: str, path: str, **kw: Any) -> requests.Response:
 
 @pytest.fixture(scope="module")
 def vhost() -> Iterator[str]:
-    name = f"stream-tests-{os.getpid()}-{secrets.token_hex(3)}"
-    api("PUT", f"/vhosts/{quote(name, safe='')}")
-    api("PUT", f"/permissions/{quote(name, safe='')}/guest",
-        json={"configure": ".*", "write": ".*", "read": ".*"})
-    yield name
-    api("DELETE", f"/vhosts/{quote(name, safe='')}")
-
-
-def url_for(vhost: str) -> str:
-    return f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
+    # Module-scoped (the conftest one is per test): the tests here share one vhost.
+    with rabbit_vhost(f"stream-tests-{os.getpid()}") as name:
+        yield name
 
 
 def publish(vhost: str, messages: list[dict[str, Any]]) -> int:
     """Publish captured (or hand-made) messages to the celeryev exchange; returns their event count."""
-    conn = pika.BlockingConnection(pika.URLParameters(url_for(vhost)))
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url(vhost)))
     try:
         ch = conn.channel()
         n = 0
@@ -116,7 +116,7 @@ def close_connection(client_name: str) -> None:
         return [c["name"] for c in conns
                 if (c.get("client_properties") or {}).get("connection_name") == client_name]
 
-    wait_until(ours, 20, "the management API to list the stream's connection")
+    wait_for(ours, 20, what="the management API to list the stream's connection")
     for name in ours():
         requests.delete(f"{API}/connections/{quote(name, safe='')}", auth=AUTH, timeout=10,
                         headers={"X-Reason": "stream test: simulated broker blip"})
@@ -126,11 +126,11 @@ def close_connection(client_name: str) -> None:
 @pytest.mark.integration
 def test_captured_messages_give_exact_counts_and_the_queue_is_built_to_last(vhost: str) -> None:
     state, ingest, status = pipeline()
-    stream = AmqpEventStream(url_for(vhost), ingest, status, queue_prefix="ce-test", queue_ttl=60,
-                             queue_expires=300, prefetch=50)
+    stream = AmqpEventStream(settings(amqp_url(vhost), event_queue_prefix="ce-test", event_queue_ttl=60,
+                                      event_queue_expires=300, event_prefetch=50), ingest, status)
     with running(stream, status):
         assert publish(vhost, lines("amqp_messages.jsonl")) == EXPECTED_TOTAL
-        wait_until(lambda: total(state) == EXPECTED_TOTAL, 15, "96 events")
+        wait_for(lambda: total(state) == EXPECTED_TOTAL, 15, what="96 events")
         q = api("GET", f"/queues/{quote(vhost, safe='')}/{quote(stream.queue, safe='')}").json()
         bindings = api("GET", f"/queues/{quote(vhost, safe='')}/{quote(stream.queue, safe='')}/bindings").json()
         exchange = api("GET", f"/exchanges/{quote(vhost, safe='')}/celeryev").json()
@@ -157,12 +157,12 @@ def test_malformed_messages_are_counted_and_acked(vhost: str) -> None:
          "content_encoding": "utf-8"},
     ]
     state, ingest, status = pipeline()
-    stream = AmqpEventStream(url_for(vhost), ingest, status, queue_prefix="ce-test")
+    stream = AmqpEventStream(settings(amqp_url(vhost), event_queue_prefix="ce-test"), ingest, status)
     with running(stream, status):
         publish(vhost, [*bad, good])
-        wait_until(lambda: total(state) == 1 and sum(invalid(state).values()) == 4, 15, "all five")
-        wait_until(lambda: api("GET", f"/queues/{quote(vhost, safe='')}/{quote(stream.queue, safe='')}")
-                   .json().get("messages_unacknowledged") == 0, 30, "every message acked")
+        wait_for(lambda: total(state) == 1 and sum(invalid(state).values()) == 4, 15, what="all five")
+        wait_for(lambda: api("GET", f"/queues/{quote(vhost, safe='')}/{quote(stream.queue, safe='')}")
+                 .json().get("messages_unacknowledged") == 0, 30, what="every message acked")
     assert invalid(state) == {"unsupported_content_type": 1, "bad_json": 1, "unsupported_encoding": 1,
                               "not_an_event": 1}
     assert by_type(state) == {"worker-online": 1}
@@ -174,36 +174,36 @@ def test_events_published_while_the_connection_is_down_are_not_lost(vhost: str) 
     first, second = msgs[:41], msgs[41:]
     state, ingest, status = pipeline()
     # A fixed 2 s pause before reconnecting leaves a window to publish into while we are away.
-    stream = AmqpEventStream(url_for(vhost), ingest, status, queue_prefix="ce-test",
+    stream = AmqpEventStream(settings(amqp_url(vhost), event_queue_prefix="ce-test"), ingest, status,
                              backoff=Backoff(initial=2.0, cap=2.0, jitter=0.0))
     with running(stream, status):
         n_first = publish(vhost, first)
-        wait_until(lambda: total(state) == n_first, 15, "the first half")
+        wait_for(lambda: total(state) == n_first, 15, what="the first half")
         close_connection(stream.client_name)
-        wait_until(lambda: not status.connected, 10, "the stream to see the closed connection")
+        wait_for(lambda: not status.connected, 10, what="the stream to see the closed connection")
         assert "CONNECTION_FORCED" in status.last_error or "closed" in status.last_error.lower()
         publish(vhost, second)
         assert not status.connected, "the second half must be published while the stream is away"
-        wait_until(lambda: status.connected, 15, "the reconnect")
+        wait_for(lambda: status.connected, 15, what="the reconnect")
         assert status.reconnects == 1
-        wait_until(lambda: total(state) == EXPECTED_TOTAL, 15, "the events published during the blip")
+        wait_for(lambda: total(state) == EXPECTED_TOTAL, 15, what="the events published during the blip")
     assert by_type(state) == EXPECTED_TYPES
 
 
 @pytest.mark.integration
 def test_real_celery_worker_events(vhost: str) -> None:
     state, ingest, status = pipeline()
-    broker = url_for(vhost)
-    check_real_worker_events(AmqpEventStream(broker, ingest, status, queue_prefix="ce-test"), state, status, broker, "amqp-stream-test")
+    broker = amqp_url(vhost)
+    check_real_worker_events(AmqpEventStream(settings(broker, event_queue_prefix="ce-test"), ingest, status), state, status, broker, "amqp-stream-test")
 
 
 @pytest.mark.integration
 def test_wrong_password_is_reported_redacted_and_retried() -> None:
     state, ingest, status = pipeline()
-    stream = AmqpEventStream("amqp://guest:not-the-pw-77@127.0.0.1:5672//", ingest, status,
+    stream = AmqpEventStream(settings("amqp://guest:not-the-pw-77@127.0.0.1:5672//"), ingest, status,
                              backoff=Backoff(initial=0.05, cap=0.1, jitter=0.0))
     with running(stream, status, connect=False):
-        wait_until(lambda: status.last_error, 15, "the authentication failure")
+        wait_for(lambda: status.last_error, 15, what="the authentication failure")
     assert "not-the-pw-77" not in status.last_error
     assert status.connected is False and status.connects == 0
     assert json.dumps(state.invalid_by_reason) == "{}"

@@ -10,19 +10,25 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from exporter.config import Config, ConfigError
-from exporter.events.amqp_stream import AmqpEventStream
-from exporter.events.backoff import Backoff
+from exporter.app import stream_settings
+from exporter.brokers.backoff import Backoff
+from exporter.brokers.kombu.stream import KombuEventStream
+from exporter.brokers.rabbitmq.stream import AmqpEventStream
+from exporter.brokers.redis.stream import RedisEventStream
+from exporter.brokers.registry import build_stream
+from exporter.brokers.settings import BrokerSettingsError
+from exporter.brokers.supervisor import STABLE_AFTER, Supervisor
+from exporter.config import Config
 from exporter.events.ingest import Ingest, StreamStatus
-from exporter.events.kombu_stream import KombuEventStream
-from exporter.events.redis_stream import RedisEventStream
-from exporter.events.streams import STABLE_AFTER, Supervisor, build_stream, describe, url_secrets
+from exporter.secrets import describe_error as describe
+from exporter.secrets import url_secrets
 from exporter.state import ClusterState
 
 
 def build(url: str, **kw: object) -> object:
     state = ClusterState()
-    return build_stream(Config(broker_url=url, **kw), Ingest(state), StreamStatus())  # type: ignore[arg-type]
+    return build_stream(stream_settings(Config(broker_url=url, **kw)),  # type: ignore[arg-type]
+                        Ingest(state), StreamStatus())
 
 
 @pytest.mark.parametrize(
@@ -35,7 +41,10 @@ def build(url: str, **kw: object) -> object:
         ("amqps://u:p@rabbit/prod", AmqpEventStream),
         ("pyamqp://rabbit//;pyamqp://rabbit2//", AmqpEventStream),
         ("memory://", KombuEventStream),
-        ("redis+socket:///tmp/redis.sock", KombuEventStream),
+        # One registry for streams and pollers: a Unix-socket Redis is streamed by the Redis package.
+        ("redis+socket:///tmp/redis.sock", RedisEventStream),
+        ("socket:///tmp/redis.sock", RedisEventStream),
+        ("librabbitmq://rabbit//", AmqpEventStream),
         ("filesystem://", KombuEventStream),
     ],
 )
@@ -56,7 +65,7 @@ def test_build_stream_passes_the_config_slices() -> None:
 
 
 def test_sentinel_without_master_name_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="master_name"):
+    with pytest.raises(BrokerSettingsError, match="master_name"):
         build("sentinel://127.0.0.1:26379")
     s = build("sentinel://:pw@10.0.0.1:26379/3;sentinel://10.0.0.2:26379",
               broker_transport_options={"master_name": "mymaster"})
@@ -148,7 +157,7 @@ def test_supervisor_returns_promptly_when_stopped_during_backoff() -> None:
 
 def test_default_reconnect_wait_is_capped_at_five_seconds() -> None:
     # Issue: the stream must be back within 5 s of the broker returning, however long it was away.
-    from exporter.events.streams import RECONNECT_CAP
+    from exporter.brokers.supervisor import RECONNECT_CAP
 
     sup = Supervisor("t", "redis://h/0", Ingest(ClusterState()), StreamStatus())
     waits = [sup.backoff.next_delay() for _ in range(50)]

@@ -10,23 +10,24 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _stream_helpers import (
+from kombu import Connection, Exchange, Producer
+
+from exporter.brokers.kombu.stream import KombuEventStream
+from exporter.events.decode import LOCAL_UTCOFFSET
+from tests._broker_helpers import RedisServer
+from tests._stream_helpers import (
     EXPECTED_TOTAL,
     EXPECTED_TYPES,
-    RedisServer,
     by_type,
     events_in,
     invalid,
     lines,
     pipeline,
     running,
+    settings,
     total,
-    wait_until,
 )
-from kombu import Connection, Exchange, Producer
-
-from exporter.events.decode import LOCAL_UTCOFFSET
-from exporter.events.kombu_stream import KombuEventStream
+from tests._support import wait_for
 
 MEMORY = "memory://"
 
@@ -45,12 +46,12 @@ def send(producer: Any, body: str | bytes, routing_key: str = "task.multi",
 
 def test_captured_bodies_give_exact_counts(producer: Any) -> None:
     state, ingest, status = pipeline()
-    with running(KombuEventStream(MEMORY, ingest, status), status):
+    with running(KombuEventStream(settings(MEMORY), ingest, status), status):
         for m in lines("amqp_messages.jsonl"):
             send(producer, m["body"], m["routing_key"])
-        wait_until(lambda: total(state) == EXPECTED_TOTAL, 15, "96 events")
+        wait_for(lambda: total(state) == EXPECTED_TOTAL, 15, what="96 events")
         send(producer, b"{marker")  # once this is counted, everything sent before it was consumed
-        wait_until(lambda: invalid(state), 15, "the marker")
+        wait_for(lambda: invalid(state), 15, what="the marker")
     assert by_type(state) == EXPECTED_TYPES
     assert invalid(state) == {"bad_json": 1}
 
@@ -64,12 +65,12 @@ def test_refused_bodies_are_counted_never_unpickled(producer: Any) -> None:
 
     good = lines("amqp_messages.jsonl")[0]
     state, ingest, status = pipeline()
-    with running(KombuEventStream(MEMORY, ingest, status), status) as thread:
+    with running(KombuEventStream(settings(MEMORY), ingest, status), status) as thread:
         send(producer, pickle.dumps(Boom()), "task.sent", "application/x-python-serialize", "binary")
         send(producer, b"{broken", "task.sent")
         send(producer, b'[{"type": "task-sent"}, 7]', "task.multi")
         send(producer, good["body"], good["routing_key"])
-        wait_until(lambda: total(state) == 1 and sum(invalid(state).values()) == 4, 15, "all four")
+        wait_for(lambda: total(state) == 1 and sum(invalid(state).values()) == 4, 15, what="all four")
         assert thread.is_alive()
     assert invalid(state) == {"unsupported_content_type": 1, "bad_json": 1, "bad_timestamp": 1,
                               "not_an_event": 1}
@@ -83,26 +84,22 @@ def test_timestamps_are_adjusted_once_by_our_decoder(producer: Any) -> None:
     event = {"type": "worker-heartbeat", "hostname": "w@west", "timestamp": sent_at, "utcoffset": offset,
              "freq": 2.0, "active": 0, "sw_ver": "5.7.0", "sw_sys": "Linux"}
     state, ingest, status = pipeline()
-    with running(KombuEventStream(MEMORY, ingest, status), status):
+    with running(KombuEventStream(settings(MEMORY), ingest, status), status):
         send(producer, json.dumps(event), "worker.heartbeat")
-        wait_until(lambda: total(state) == 1, 15, "the heartbeat")
+        wait_for(lambda: total(state) == 1, 15, what="the heartbeat")
     assert state.last_event_ts == pytest.approx(sent_at + 5 * 3600, abs=1e-3)
 
 
 @pytest.mark.integration
-def test_fallback_reads_real_redis_through_kombus_transport() -> None:
-    srv = RedisServer().start()
-    try:
-        state, ingest, status = pipeline()
-        with running(KombuEventStream(srv.url(15), ingest, status), status):
-            c = srv.client()
-            n = 0
-            for m in lines("redis_payloads.jsonl"):  # the bytes real workers PUBLISH
-                c.publish(m["channel"], m["payload"])
-                n += events_in(base64.b64decode(json.loads(m["payload"])["body"]))
-            assert n == EXPECTED_TOTAL
-            wait_until(lambda: total(state) == EXPECTED_TOTAL, 15, "96 events")
-        assert by_type(state) == EXPECTED_TYPES
-        assert invalid(state) == {}
-    finally:
-        srv.stop()
+def test_fallback_reads_real_redis_through_kombus_transport(redis_server: RedisServer) -> None:
+    state, ingest, status = pipeline()
+    with running(KombuEventStream(settings(redis_server.url(15)), ingest, status), status):
+        c = redis_server.client(15)
+        n = 0
+        for m in lines("redis_payloads.jsonl"):  # the bytes real workers PUBLISH
+            c.publish(m["channel"], m["payload"])
+            n += events_in(base64.b64decode(json.loads(m["payload"])["body"]))
+        assert n == EXPECTED_TOTAL
+        wait_for(lambda: total(state) == EXPECTED_TOTAL, 15, what="96 events")
+    assert by_type(state) == EXPECTED_TYPES
+    assert invalid(state) == {}

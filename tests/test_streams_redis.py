@@ -10,11 +10,16 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from _stream_helpers import (
+from kombu import Connection
+
+from exporter.brokers.backoff import Backoff
+from exporter.brokers.redis.stream import RedisEventStream, event_channel_pattern
+from exporter.brokers.settings import BrokerSettingsError
+from exporter.state import SUCCEEDED
+from tests._broker_helpers import RedisSentinel, RedisServer
+from tests._stream_helpers import (
     EXPECTED_TOTAL,
     EXPECTED_TYPES,
-    RedisSentinel,
-    RedisServer,
     by_type,
     check_real_worker_events,
     events_in,
@@ -22,15 +27,10 @@ from _stream_helpers import (
     lines,
     pipeline,
     running,
+    settings,
     total,
-    wait_until,
 )
-from kombu import Connection
-
-from exporter.config import ConfigError
-from exporter.events.backoff import Backoff
-from exporter.events.redis_stream import RedisEventStream, event_channel_pattern
-from exporter.state import SUCCEEDED
+from tests._support import wait_for
 
 
 def fast_backoff() -> Backoff:
@@ -56,8 +56,8 @@ def test_event_channel_pattern(db: int, options: dict, pattern: str) -> None:
 
 def test_sentinel_url_needs_master_name() -> None:
     _state, ingest, status = pipeline()
-    with pytest.raises(ConfigError, match="master_name"):
-        RedisEventStream("sentinel://127.0.0.1:26379/0", ingest, status, {})
+    with pytest.raises(BrokerSettingsError, match="master_name"):
+        RedisEventStream(settings("sentinel://127.0.0.1:26379/0"), ingest, status)
 
 
 # ---------------------------------------------------------------- fixtures
@@ -95,15 +95,15 @@ def test_pattern_matches_what_kombu_publishes(server: RedisServer, options: dict
 @pytest.mark.integration
 def test_captured_payloads_give_exact_counts(server: RedisServer) -> None:
     state, ingest, status = pipeline()
-    stream = RedisEventStream(server.url(15), ingest, status)
+    stream = RedisEventStream(settings(server.url(15)), ingest, status)
     with running(stream, status):
         # A message for another db's exchange must not be seen.
-        server.client().publish("/14.celeryev/task.sent", lines("redis_payloads.jsonl")[0]["payload"])
-        assert publish_captured(server.client()) == EXPECTED_TOTAL
-        wait_until(lambda: total(state) >= EXPECTED_TOTAL, 10, "96 events")
+        server.client(15).publish("/14.celeryev/task.sent", lines("redis_payloads.jsonl")[0]["payload"])
+        assert publish_captured(server.client(15)) == EXPECTED_TOTAL
+        wait_for(lambda: total(state) >= EXPECTED_TOTAL, 10, what="96 events")
         # The stream is caught up; anything extra would show in the exact comparison below.
-        server.client().publish("/15.celeryev/worker.heartbeat", b"")
-        wait_until(lambda: invalid(state), 10, "the empty payload to be refused")
+        server.client(15).publish("/15.celeryev/worker.heartbeat", b"")
+        wait_for(lambda: invalid(state), 10, what="the empty payload to be refused")
     assert by_type(state) == EXPECTED_TYPES
     assert invalid(state) == {"bad_json": 1}
     with state.lock:
@@ -115,14 +115,15 @@ def test_captured_payloads_give_exact_counts(server: RedisServer) -> None:
 @pytest.mark.integration
 def test_global_keyprefix_channels(server: RedisServer) -> None:
     state, ingest, status = pipeline()
-    stream = RedisEventStream(server.url(15), ingest, status, {"global_keyprefix": "pfx:"})
+    stream = RedisEventStream(settings(server.url(15), broker_transport_options={"global_keyprefix": "pfx:"}),
+                              ingest, status)
     assert stream.pattern == "pfx:/15.celeryev/*"
     with running(stream, status):
-        publish_captured(server.client(), "redis_payloads.jsonl")  # unprefixed: not ours
-        assert publish_captured(server.client(), "redis_prefixed_payloads.jsonl") == EXPECTED_TOTAL
-        wait_until(lambda: total(state) >= EXPECTED_TOTAL, 10, "96 events")
-        server.client().publish("pfx:/15.celeryev/task.multi", b"[]")
-        wait_until(lambda: invalid(state), 10, "the marker payload")
+        publish_captured(server.client(15), "redis_payloads.jsonl")  # unprefixed: not ours
+        assert publish_captured(server.client(15), "redis_prefixed_payloads.jsonl") == EXPECTED_TOTAL
+        wait_for(lambda: total(state) >= EXPECTED_TOTAL, 10, what="96 events")
+        server.client(15).publish("pfx:/15.celeryev/task.multi", b"[]")
+        wait_for(lambda: invalid(state), 10, what="the marker payload")
     assert by_type(state) == EXPECTED_TYPES
 
 
@@ -135,13 +136,13 @@ def test_malformed_messages_are_counted_and_the_loop_goes_on(server: RedisServer
     not_event = dict(envelope, body=base64.b64encode(b"[1, 2]").decode())
     no_type = dict(envelope, body=base64.b64encode(b'{"timestamp": 1.0}').decode())
     state, ingest, status = pipeline()
-    with running(RedisEventStream(server.url(15), ingest, status), status):
-        c = server.client()
+    with running(RedisEventStream(settings(server.url(15)), ingest, status), status):
+        c = server.client(15)
         for payload in (b"\xff\xfe", b"[]", json.dumps(bad_b64), json.dumps(pickled), json.dumps(not_event),
                         json.dumps(no_type), good["payload"]):
             c.publish("/15.celeryev/worker.online", payload)
-        wait_until(lambda: total(state) == 1, 10, "the good event after the bad ones")
-        wait_until(lambda: sum(invalid(state).values()) == 7, 10, "every refusal counted")
+        wait_for(lambda: total(state) == 1, 10, what="the good event after the bad ones")
+        wait_for(lambda: sum(invalid(state).values()) == 7, 10, what="every refusal counted")
     assert invalid(state) == {"bad_json": 1, "malformed_envelope": 1, "bad_base64": 1,
                               "unsupported_content_type": 1, "not_an_event": 2, "missing_type": 1}
     assert by_type(state) == {"worker-online": 1}
@@ -149,53 +150,45 @@ def test_malformed_messages_are_counted_and_the_loop_goes_on(server: RedisServer
 
 
 @pytest.mark.integration
-def test_killed_and_restarted_server_reconnects_and_keeps_counting() -> None:
-    srv = RedisServer().start()
+def test_killed_and_restarted_server_reconnects_and_keeps_counting(redis_server: RedisServer) -> None:
     payloads = lines("redis_payloads.jsonl")
     first, second = payloads[:40], payloads[40:]
     n_first = sum(events_in(base64.b64decode(json.loads(p["payload"])["body"])) for p in first)
-    try:
-        state, ingest, status = pipeline()
-        stream = RedisEventStream(srv.url(15), ingest, status, backoff=fast_backoff())
-        with running(stream, status):
-            for p in first:
-                srv.client().publish(p["channel"], p["payload"])
-            wait_until(lambda: total(state) == n_first, 10, "the first half")
-            srv.kill()
-            wait_until(lambda: not status.connected, 5, "the stream to notice the dead server")
-            assert status.last_error
-            srv.start()  # same port
-            wait_until(lambda: status.connected, 10, "the reconnect")
-            assert status.reconnects == 1
-            assert total(state) == n_first  # kept
-            for p in second:
-                srv.client().publish(p["channel"], p["payload"])
-            wait_until(lambda: total(state) == EXPECTED_TOTAL, 10, "the second half")
-        assert by_type(state) == EXPECTED_TYPES
-    finally:
-        srv.stop()
+    state, ingest, status = pipeline()
+    stream = RedisEventStream(settings(redis_server.url(15)), ingest, status, backoff=fast_backoff())
+    with running(stream, status):
+        for p in first:
+            redis_server.client(15).publish(p["channel"], p["payload"])
+        wait_for(lambda: total(state) == n_first, 10, what="the first half")
+        redis_server.kill()
+        wait_for(lambda: not status.connected, 5, what="the stream to notice the dead server")
+        assert status.last_error
+        redis_server.start()  # same port
+        wait_for(lambda: status.connected, 10, what="the reconnect")
+        assert status.reconnects == 1
+        assert total(state) == n_first  # kept
+        for p in second:
+            redis_server.client(15).publish(p["channel"], p["payload"])
+        wait_for(lambda: total(state) == EXPECTED_TOTAL, 10, what="the second half")
+    assert by_type(state) == EXPECTED_TYPES
 
 
 @pytest.mark.integration
-def test_hung_server_is_detected_by_the_health_ping() -> None:
-    srv = RedisServer().start()
-    try:
-        state, ingest, status = pipeline()
-        stream = RedisEventStream(srv.url(15), ingest, status, backoff=fast_backoff(),
-                                  health_interval=0.3, ping_timeout=0.5)
-        with running(stream, status):
-            beat = status.heartbeat
-            srv.pause()  # the TCP connection stays open, nothing answers
-            wait_until(lambda: not status.connected, 5, "the PING time-out")
-            assert "PING" in status.last_error
-            assert status.heartbeat > beat  # the loop kept beating while the broker hung
-            srv.resume()
-            wait_until(lambda: status.connected, 10, "the reconnect")
-            assert status.reconnects == 1
-            publish_captured(srv.client())
-            wait_until(lambda: total(state) == EXPECTED_TOTAL, 10, "96 events")
-    finally:
-        srv.stop()
+def test_hung_server_is_detected_by_the_health_ping(redis_server: RedisServer) -> None:
+    state, ingest, status = pipeline()
+    stream = RedisEventStream(settings(redis_server.url(15)), ingest, status, backoff=fast_backoff(),
+                              health_interval=0.3, ping_timeout=0.5)
+    with running(stream, status):
+        beat = status.heartbeat
+        redis_server.pause()  # the TCP connection stays open, nothing answers
+        wait_for(lambda: not status.connected, 5, what="the PING time-out")
+        assert "PING" in status.last_error
+        assert status.heartbeat > beat  # the loop kept beating while the broker hung
+        redis_server.resume()
+        wait_for(lambda: status.connected, 10, what="the reconnect")
+        assert status.reconnects == 1
+        publish_captured(redis_server.client(15))
+        wait_for(lambda: total(state) == EXPECTED_TOTAL, 10, what="96 events")
 
 
 @pytest.mark.integration
@@ -206,16 +199,16 @@ def test_password_never_reaches_status_or_logs() -> None:
     try:
         state, ingest, status = pipeline()
         bad = f"redis://:wrong-pw-42@127.0.0.1:{srv.port}/15"
-        with capture_logs() as logs, running(RedisEventStream(bad, ingest, status,
+        with capture_logs() as logs, running(RedisEventStream(settings(bad), ingest, status,
                                                               backoff=fast_backoff()), status, False):
-            wait_until(lambda: status.last_error, 10, "an authentication error")
+            wait_for(lambda: status.last_error, 10, what="an authentication error")
         assert "wrong-pw-42" not in status.last_error
         assert "wrong-pw-42" not in repr(logs)
         assert any(e.get("broker") == f"redis://:***@127.0.0.1:{srv.port}/15" for e in logs)
         good = f"redis://:s3cr3t-pw@127.0.0.1:{srv.port}/15"
-        with running(RedisEventStream(good, ingest, status), status):
+        with running(RedisEventStream(settings(good), ingest, status), status):
             publish_captured(redis.Redis(port=srv.port, db=15, password="s3cr3t-pw"))
-            wait_until(lambda: total(state) == EXPECTED_TOTAL, 10, "96 events")
+            wait_for(lambda: total(state) == EXPECTED_TOTAL, 10, what="96 events")
     finally:
         srv.stop()
 
@@ -227,10 +220,11 @@ def test_sentinel_discovers_the_master() -> None:
     try:
         state, ingest, status = pipeline()
         url = f"sentinel://127.0.0.1:{sentinel.port}/15"
-        stream = RedisEventStream(url, ingest, status, {"master_name": "mymaster"})
+        stream = RedisEventStream(settings(url, broker_transport_options={"master_name": "mymaster"}), ingest,
+                                  status)
         with running(stream, status):
-            publish_captured(master.client())
-            wait_until(lambda: total(state) == EXPECTED_TOTAL, 10, "96 events via the sentinel's master")
+            publish_captured(master.client(15))
+            wait_for(lambda: total(state) == EXPECTED_TOTAL, 10, what="96 events via the sentinel's master")
         assert by_type(state) == EXPECTED_TYPES
     finally:
         sentinel.stop()
@@ -241,4 +235,4 @@ def test_sentinel_discovers_the_master() -> None:
 def test_real_celery_worker_events(server: RedisServer) -> None:
     state, ingest, status = pipeline()
     broker = server.url(15)
-    check_real_worker_events(RedisEventStream(broker, ingest, status), state, status, broker, "redis-stream-test")
+    check_real_worker_events(RedisEventStream(settings(broker), ingest, status), state, status, broker, "redis-stream-test")

@@ -11,7 +11,7 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +27,9 @@ from exporter.events.ingest import Ingest
 from exporter.http import Health, MetricsServer
 from exporter.state import ClusterState
 from exporter.webconfig import BasicAuth, load_web_config
-from tests._events import T0, FakeClock, redis_envelope, sent
-from tests._reliability_helpers import (
-    ROOT,
-    Pem,
-    free_port,
-    make_ca,
-    make_leaf,
-    parse_samples,
-    tls_client_context,
-    wait_for,
-)
+from tests._events import T0, redis_envelope, sent
+from tests._reliability_helpers import Pem, make_ca, make_leaf, tls_client_context
+from tests._support import ROOT, Daemon, FakeClock, free_port, parse_samples, wait_for
 
 PASSWORD = "correct horse battery staple"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
@@ -137,7 +129,7 @@ BAD_FILES = [
     ("basic_auth_users:\n  alice: $2b$04$tooshort\n", "basic_auth_users.alice"),
     ("basic_auth_users: [alice]\n", "basic_auth_users"),
     ("- just\n- a list\n", "(top level)"),
-    ("tls_server_config: [\n", "web_config_file"),
+    ("tls_server_config: [\n", "--web.config.file"),
 ]
 
 
@@ -460,22 +452,32 @@ def test_a_trickled_tls_handshake_is_cut_off_at_the_deadline(
 
 
 @pytest.mark.integration
-def test_the_daemon_serves_every_endpoint_over_tls_with_auth(tmp_path: Path, pki: dict[str, Any]) -> None:
-    from tests._reliability_helpers import Daemon
-
+def test_the_daemon_serves_every_endpoint_over_tls_with_auth(tmp_path: Path, pki: dict[str, Any],
+                                                             exporter_process: Callable[..., Daemon]) -> None:
     web = write(tmp_path, tls_yaml(pki["server"]) + "http_server_config:\n  headers:\n"
                 "    X-Frame-Options: deny\n" f"basic_auth_users:\n  prometheus: {HASH}\n")
     ctx = tls_client_context(pki["ca"].cert)
     auth = {"Authorization": basic("prometheus", PASSWORD)}
-    with Daemon(["--broker-url", "redis://127.0.0.1:6379/0", "--web-config-file", web]) as daemon:
-        daemon.start(wait_healthy=False)
-        wait_for(lambda: https_get(daemon.port, ctx, "/healthz", auth)[0] == 200, 30, what="HTTPS /healthz")
-        status, headers, body = https_get(daemon.port, ctx, "/metrics", auth)
-        assert status == 200 and b"celery_exporter_build_info" in body
-        assert headers["X-Frame-Options"] == "deny"
-        for path in ("/metrics", "/healthz", "/readyz", "/"):
-            status, headers, _ = https_get(daemon.port, ctx, path)
-            assert status == 401 and "WWW-Authenticate" in headers, path
-        with pytest.raises((http.client.HTTPException, ConnectionError)):
-            daemon.get("/metrics")  # plain HTTP
-        assert daemon.terminate() == 0
+    daemon = exporter_process(["--broker-url", "redis://127.0.0.1:6379/0", "--web-config-file", web],
+                              wait_healthy=False)
+    wait_for(lambda: https_get(daemon.port, ctx, "/healthz", auth)[0] == 200, 30, what="HTTPS /healthz")
+    status, headers, body = https_get(daemon.port, ctx, "/metrics", auth)
+    assert status == 200 and b"celery_exporter_build_info" in body
+    assert headers["X-Frame-Options"] == "deny"
+    for path in ("/metrics", "/healthz", "/readyz", "/"):
+        status, headers, _ = https_get(daemon.port, ctx, path)
+        assert status == 401 and "WWW-Authenticate" in headers, path
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        daemon.get("/metrics")  # plain HTTP
+    assert daemon.terminate() == 0
+
+
+def test_broken_yaml_is_reported_by_line_and_column_never_by_content(tmp_path: Path) -> None:
+    # PyYAML's own message quotes the offending line: here a bcrypt hash and a pasted password.
+    path = tmp_path / "web.yml"
+    path.write_text('basic_auth_users:\n  admin: "$2b$12$SeCrEtHaSh\n  other: [pw-SeCrEt\n')
+    with pytest.raises(ConfigError) as err:
+        load_web_config(str(path))
+    message = str(err.value)
+    assert "SeCrEt" not in message and "$2b$" not in message, message
+    assert "not valid YAML" in message and "line " in message and "column " in message

@@ -1,8 +1,8 @@
 """What a broker poll produces (``PollResult``) and the pure rules every poller shares: which queue names
 are Celery internals, how config globs classify a queue, how a DLQ entry's timestamp is read, how the
-number of queue series is capped, and how an error message is stripped of credentials before logging.
+number of queue series is capped.
 
-Nothing here does I/O; ``redis.py`` and ``rabbitmq.py`` fetch, these functions decide.
+Nothing here does I/O; each broker package's ``poller.py`` fetches, these functions decide.
 """
 
 from __future__ import annotations
@@ -10,12 +10,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from exporter.config import redact_url
 from exporter.state import OVERFLOW_LABEL, parse_iso
 
 Kind = Literal["task", "retry", "dlq"]
@@ -178,17 +176,3 @@ def _fold(values: Mapping[str, float], keep: set[str]) -> dict[str, float]:
 def _sum_opt(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return float(sum(present)) if present else None
-
-
-# ------------------------------------------------------------------------------------------- errors
-_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>]+")
-
-
-def describe_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
-    """``Type: message`` with every URL's password redacted and any known secret masked."""
-    text = f"{type(exc).__name__}: {exc}"
-    text = _URL.sub(lambda m: redact_url(m.group(0)), text)
-    for secret in secrets:
-        if secret and len(secret) >= 3:
-            text = text.replace(secret, "***")
-    return text[:500]

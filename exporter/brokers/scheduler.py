@@ -20,8 +20,9 @@ from typing import Any, Protocol
 
 import structlog
 
-from exporter.brokers.model import PollResult, describe_error
+from exporter.brokers.model import PollResult
 from exporter.logs import RateLimitedLog
+from exporter.secrets import describe_error
 
 log = structlog.get_logger("exporter.brokers")
 
@@ -147,12 +148,13 @@ class SourceRunner:
 
 
 class Polling:
-    """The background polling loop plus the collectors that serve its results."""
+    """The background polling loop; ``views`` reads its last results (``QueueCollector`` serves them)."""
 
-    def __init__(self, runners: Sequence[SourceRunner], interval: float, collectors: list[Any]) -> None:
+    def __init__(self, runners: Sequence[SourceRunner], interval: float,
+                 views: Callable[[], Sequence[SourceView]]) -> None:
         self.runners = list(runners)
         self.interval = interval
-        self.collectors = collectors
+        self.views = views
 
     def poll_once(self) -> None:
         for runner in self.runners:

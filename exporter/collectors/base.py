@@ -1,20 +1,30 @@
-"""Metric specifications and the helpers every collector uses to build fresh families.
+"""Metric specifications, the base class of every collector, and the sources collectors read.
 
 Every metric the exporter can serve is declared once, as a ``MetricSpec`` in the ``METRICS`` tuple of
 the collector module that produces it. The README table, ``docs/metrics.md``, the alert rules, the
 dashboards and the Kubernetes autoscaling manifests are all checked against these declarations by tests,
 so a metric name lives in exactly one place in the code.
+
+``SpecCollector.describe()`` answers from ``METRICS``, so ``CollectorRegistry.register`` knows each
+collector's names without running a scrape and refuses two collectors that would serve the same name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
 from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from exporter.exposition import TableFamily
+
+if TYPE_CHECKING:
+    from exporter.brokers.scheduler import SourceView
+    from exporter.events.ingest import StreamStatus
+    from exporter.records import Snapshot
 
 Kind = Literal["counter", "gauge", "histogram"]
 
@@ -49,11 +59,27 @@ class MetricSpec:
         return TableFamily(self.family_name, self.help, self.kind, self.labels, bounds)
 
 
-def add_samples(family: Metric, rows: Iterable[tuple[Sequence[str], float]]) -> Metric:
-    """Add ``(label values, value)`` rows to a counter or gauge family and return it."""
-    for labels, value in rows:
-        if isinstance(family, TableFamily):
-            family.add(tuple(labels), value)
-        else:
-            family.add_metric(list(labels), value)  # type: ignore[attr-defined]
-    return family
+@dataclass(frozen=True)
+class Sources:
+    """What collectors read, as ``app.py`` wires it: each collector takes the parts it needs."""
+
+    snapshot: Callable[[], Snapshot]  # one ClusterState snapshot, shared by the collectors of a scrape
+    status: StreamStatus  # the event stream's connection state
+    poll_views: Callable[[], Sequence[SourceView]]  # the pollers' last results
+    clock: Callable[[], float]
+
+
+class SpecCollector(Collector):
+    """A collector whose metric names are declared up front in ``METRICS``."""
+
+    METRICS: ClassVar[tuple[MetricSpec, ...]] = ()
+
+    @classmethod
+    @abstractmethod
+    def from_sources(cls, sources: Sources) -> Self:
+        """The collector as the running exporter wires it (tests may call the constructor directly)."""
+
+    def describe(self) -> Iterator[Metric]:
+        # Empty families are enough: the registry only reads their names and types.
+        for spec in self.METRICS:
+            yield spec.family()

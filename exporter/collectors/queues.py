@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
 
-from exporter.collectors.base import MetricSpec
+from exporter.collectors.base import MetricSpec, Sources, SpecCollector
 
 if TYPE_CHECKING:
     from exporter.brokers.scheduler import SourceView
@@ -86,36 +85,42 @@ def queue_families(views: Sequence[SourceView], now: float) -> Iterator[Metric]:
     )
     for view in sorted(views, key=lambda v: v.source):
         if view.success is not None:
-            success.add_metric([view.source], 1.0 if view.success else 0.0)  # type: ignore[attr-defined]
-            duration.add_metric([view.source], view.duration)  # type: ignore[attr-defined]
-        errors.add_metric([view.source], view.errors)  # type: ignore[attr-defined]
+            success.add_metric([view.source], 1.0 if view.success else 0.0)
+            duration.add_metric([view.source], view.duration)
+        errors.add_metric([view.source], view.errors)
         r = view.result
         if r is None:
             continue
         for name, depth in sorted(r.queues.items()):
             label = [_label(name)]
-            length.add_metric(label, depth.ready)  # type: ignore[attr-defined]
+            length.add_metric(label, depth.ready)
             if depth.unacked is not None:
-                unacked.add_metric(label, depth.unacked)  # type: ignore[attr-defined]
+                unacked.add_metric(label, depth.unacked)
             if depth.consumers is not None:
-                consumers.add_metric(label, depth.consumers)  # type: ignore[attr-defined]
+                consumers.add_metric(label, depth.consumers)
         for name, value in sorted(r.retry.items()):
-            retry.add_metric([_label(name)], value)  # type: ignore[attr-defined]
+            retry.add_metric([_label(name)], value)
         for name, value in sorted(r.dead_letter.items()):
-            dlq.add_metric([_label(name)], value)  # type: ignore[attr-defined]
+            dlq.add_metric([_label(name)], value)
         for name, ts in sorted(r.dead_letter_oldest.items()):
-            age.add_metric([_label(name)], max(0.0, now - ts))  # type: ignore[attr-defined]
+            age.add_metric([_label(name)], max(0.0, now - ts))
         if r.broker_unacked is not None:
-            broker_unacked.add_metric([], r.broker_unacked)  # type: ignore[attr-defined]
+            broker_unacked.add_metric([], r.broker_unacked)
     yield from (length, unacked, consumers, retry, dlq, age, broker_unacked, success, duration, errors)
 
 
-class QueueCollector(Collector):
+class QueueCollector(SpecCollector):
     """Serves the pollers' last results; ``views`` is ``PollStore.views``."""
+
+    METRICS = METRICS
 
     def __init__(self, views: Callable[[], Sequence[SourceView]], clock: Callable[[], float]) -> None:
         self._views = views
         self._clock = clock
+
+    @classmethod
+    def from_sources(cls, sources: Sources) -> QueueCollector:
+        return cls(sources.poll_views, sources.clock)
 
     def collect(self) -> Iterator[Metric]:
         yield from queue_families(self._views(), self._clock())

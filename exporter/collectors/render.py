@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
 
-from exporter.collectors.base import MetricSpec
+from exporter.collectors.base import MetricSpec, Sources, SpecCollector
 from exporter.exposition import RENDER_ERRORS
 
 RENDER_ERRORS_SPEC = MetricSpec(
@@ -24,7 +23,15 @@ RENDER_ERRORS_SPEC = MetricSpec(
 METRICS = (RENDER_ERRORS_SPEC,)
 
 
-class RenderErrorsCollector(Collector):
+class RenderErrorsCollector(SpecCollector):
+    """Serves the renderer's per-family error counts (process-wide, like the renderer)."""
+
+    METRICS = METRICS
+
+    @classmethod
+    def from_sources(cls, sources: Sources) -> RenderErrorsCollector:
+        return cls()
+
     def collect(self) -> Iterator[Metric]:
         fam = RENDER_ERRORS_SPEC.family()
         for family, count in sorted(RENDER_ERRORS.snapshot().items()):

@@ -8,10 +8,9 @@ import platform
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.collectors.base import MetricSpec
+from exporter.collectors.base import MetricSpec, Sources, SpecCollector
 from exporter.events.ingest import StreamStatus
 from exporter.state import Snapshot
 
@@ -106,10 +105,18 @@ def stream_families(snap: Snapshot, status: StreamStatus) -> Iterator[Metric]:
         yield fam
 
 
-class StreamCollector(Collector):
+class StreamCollector(SpecCollector):
+    """Serves the exporter's own event-pipeline metrics from a snapshot and the stream status."""
+
+    METRICS = METRICS
+
     def __init__(self, snapshot: Callable[[], Snapshot], status: StreamStatus) -> None:
         self._snapshot = snapshot
         self._status = status
+
+    @classmethod
+    def from_sources(cls, sources: Sources) -> StreamCollector:
+        return cls(sources.snapshot, sources.status)
 
     def collect(self) -> Iterator[Metric]:
         yield from stream_families(self._snapshot(), self._status)

@@ -7,9 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
 
-from exporter.collectors.base import MetricSpec
+from exporter.collectors.base import MetricSpec, Sources, SpecCollector
 from exporter.state import (
     DURATION_STATES,
     EXHAUSTED,
@@ -127,11 +126,17 @@ def task_families(snap: Snapshot) -> Iterator[Metric]:
     yield fam
 
 
-class TaskCollector(Collector):
+class TaskCollector(SpecCollector):
     """Serves per-task metrics from a fresh ClusterState snapshot on every scrape."""
+
+    METRICS = METRICS
 
     def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
         self._snapshot = snapshot
+
+    @classmethod
+    def from_sources(cls, sources: Sources) -> TaskCollector:
+        return cls(sources.snapshot)
 
     def collect(self) -> Iterator[Metric]:
         yield from task_families(self._snapshot())

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
 
-from exporter.collectors.base import MetricSpec
+from exporter.collectors.base import MetricSpec, Sources, SpecCollector
+from exporter.records import WorkerRecord
 from exporter.state import Snapshot
 
 UP_SPEC = MetricSpec(
@@ -42,6 +42,11 @@ WORKERS_SPEC = MetricSpec(
 METRICS = (UP_SPEC, ONLINE_SPEC, ACTIVE_SPEC, HEARTBEAT_SPEC, INFO_SPEC, WORKERS_SPEC)
 
 
+def worker_up(worker: WorkerRecord, now: float, timeout: float) -> bool:
+    """Online, and its last heartbeat arrived within ``timeout`` seconds of ``now`` (our clock)."""
+    return worker.online and now - worker.heartbeat_seen <= timeout
+
+
 def worker_families(snap: Snapshot) -> Iterator[Metric]:
     """Pure: metric families for the workers of one snapshot."""
     up, online, active, heartbeat, info = (
@@ -49,7 +54,7 @@ def worker_families(snap: Snapshot) -> Iterator[Metric]:
     )
     n_up = 0
     for hostname, w in sorted(snap.workers.items()):
-        is_up = w.online and snap.now - w.heartbeat_seen <= snap.worker_timeout
+        is_up = worker_up(w, snap.now, snap.worker_timeout)
         n_up += is_up
         up.add((hostname,), 1.0 if is_up else 0.0)
         online.add((hostname,), 1.0 if w.online else 0.0)
@@ -62,9 +67,17 @@ def worker_families(snap: Snapshot) -> Iterator[Metric]:
     yield from (up, online, active, heartbeat, info, total)
 
 
-class WorkerCollector(Collector):
+class WorkerCollector(SpecCollector):
+    """Serves per-worker metrics from a fresh ClusterState snapshot on every scrape."""
+
+    METRICS = METRICS
+
     def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
         self._snapshot = snapshot
+
+    @classmethod
+    def from_sources(cls, sources: Sources) -> WorkerCollector:
+        return cls(sources.snapshot)
 
     def collect(self) -> Iterator[Metric]:
         yield from worker_families(self._snapshot())

@@ -32,7 +32,6 @@ from typing import Any
 
 from exporter.brokers.model import PollResult, QueueDepth, entry_timestamp
 from exporter.brokers.scheduler import STALE_POLLS, Polling, PollStore, SourceRunner
-from exporter.collectors.queues import QueueCollector
 from exporter.config import Config
 
 START_TIMEOUT = 5.0
@@ -180,4 +179,4 @@ def memory_polling(config: Config, lists: MemoryLists, queues: Callable[[], Iter
     poller = MemoryPoller(lists, queues, config.dlq_timestamp_field)
     store = PollStore([poller.source], STALE_POLLS * config.poll_interval)
     runner = SourceRunner(poller, store, config.poll_timeout)
-    return Polling([runner], config.poll_interval, [QueueCollector(store.views, time.time)])
+    return Polling([runner], config.poll_interval, store.views)

@@ -129,11 +129,7 @@ class Demo:
         # build_polling has no poller for memory://; swap in the demo's before anything runs.
         app, lists = self.exporter, self.memory_lists
         assert lists is not None
-        for collector in app.polling.collectors:
-            app.registry.unregister(collector)
         app.polling = memory_polling(config, lists, lambda: (*demo_tasks.QUEUES, *app.state.queues_seen()))
-        for collector in app.polling.collectors:
-            app.registry.register(collector)
 
     def start_worker(self) -> None:
         if self.redis is not None:
@@ -173,8 +169,12 @@ class Demo:
             except Exception as exc:
                 log.warning("cannot send tasks", error=str(exc))
             interval = 1.0 / self.ns.rate
+            next_burst = time.monotonic() + demo_tasks.BURST_FIRST
             while not self.stop_event.wait(interval):
                 try:
+                    if time.monotonic() >= next_burst:
+                        next_burst = time.monotonic() + demo_tasks.BURST_EVERY
+                        self.sent += demo_tasks.send_burst(demo, self.sent)
                     demo_tasks.send_one(demo, self.sent)
                     self.sent += 1
                 except Exception as exc:  # the broker may be going away during shutdown
@@ -232,12 +232,15 @@ celery-exporter demo is running.
   worker    {demo.worker.hostname}: thread pool, queues {', '.join(demo_tasks.QUEUES)}, events on
   producer  {demo.ns.rate:g} tasks/s: {demo_tasks.SEND_EMAIL} (succeeds), {demo_tasks.PARSE_INVOICE} (fails
             on bad input), {demo_tasks.CALL_API} (autoretry, exponential backoff + jitter),
-            {demo_tasks.IMPORTANT} (exhausts its retries, then {demo_tasks.DLQ_KEY})
+            {demo_tasks.IMPORTANT} (exhausts its retries, then {demo_tasks.DLQ_KEY});
+            and every {demo_tasks.BURST_EVERY:g} s a newsletter: {demo_tasks.BURST_SIZE} emails at once
+            back up queue email (watch celery_queue_length rise and drain)
   exporter  {base}/metrics   {base}/readyz   {base}/
 
 Try, in another terminal:
   curl -s {base}/metrics | grep celery_task_
   curl -s {base}/metrics | grep -E '^celery_(queue_length|dead_letter_queue|worker_up)'
+  watch -n1 "curl -s {base}/metrics | grep '^celery_queue_length'"   (the newsletter backlog)
   curl -s {base}/metrics | grep celery_task_retries_exhausted_total
 
 Dashboards and alerts: the repository's dashboards/ and alerts/ folders; point a Prometheus at

@@ -11,6 +11,11 @@ producer keeps sending.
   ``retry_backoff`` computes, and once its retries are exhausted moves itself to the Redis-list style
   dead-letter queue ``dlq:demo.important_task`` (``move_to_dlq`` of seed 002, same JSON entry) and fails.
 
+Every ``BURST_EVERY`` seconds (first after ``BURST_FIRST``) the producer also sends a newsletter:
+``BURST_SIZE`` emails at once, more than the worker's four threads clear in a few seconds, so
+``celery_queue_length{queue="email"}`` (the metric the Kubernetes HPA scales on) climbs and drains back
+to zero while you watch.
+
 Backoff is scaled down (1 s base, 8 s cap instead of the seeds' 600 s) so a demo shows every outcome in
 seconds. Workers send task events and producers send ``task-sent`` events, as the exporter needs.
 """
@@ -41,6 +46,9 @@ BACKOFF_BASE = 1  # seconds; the seeds use retry_backoff=True (also 1 s) with a 
 BACKOFF_MAX = 8
 API_MAX_RETRIES = 4
 IMPORTANT_MAX_RETRIES = 3
+BURST_SIZE = 200  # at ~25 emails/s for 4 threads: ~8 s of backlog, several 2 s polls see it
+BURST_FIRST = 5.0
+BURST_EVERY = 60.0
 
 
 class ListStore(Protocol):
@@ -168,6 +176,13 @@ def send_first_round(demo: DemoApp) -> None:
     demo.tasks[PARSE_INVOICE].delay({"id": 0, "amount": "not-a-number"})
     demo.tasks[CALL_API].delay("https://api.example.com/rates", 1)
     demo.tasks[IMPORTANT].delay({"id": 0, "poison": True})
+
+
+def send_burst(demo: DemoApp, n: int, size: int = BURST_SIZE) -> int:
+    """A newsletter: ``size`` emails in one go, a backlog the worker takes seconds to clear."""
+    for i in range(size):
+        _email(demo, n + i)
+    return size
 
 
 def send_one(demo: DemoApp, n: int) -> None:

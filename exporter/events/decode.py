@@ -110,7 +110,7 @@ def decode_redis_payload(
     if out is None:
         out = Decoded()
     if payload.__class__ is bytes and payload.startswith(_ENVELOPE_HEAD) and _fast_envelope(
-        payload, now, here_offset, out  # type: ignore[arg-type]
+        payload, now, here_offset, out
     ):
         return out
     try:

@@ -35,7 +35,6 @@ class StreamStatus:
         self.reconnects = 0
         self.connects = 0
         self.last_error = ""
-        self.changed_at = clock()
         self.heartbeat = clock()  # bumped by the stream loop on every turn: /healthz reads it
 
     def up(self) -> None:
@@ -43,12 +42,10 @@ class StreamStatus:
             self.reconnects += 1
         self.connects += 1
         self.connected = True
-        self.changed_at = self.clock()
 
     def down(self, error: str) -> None:
         self.connected = False
         self.last_error = error
-        self.changed_at = self.clock()
 
     def beat(self) -> None:
         self.heartbeat = self.clock()

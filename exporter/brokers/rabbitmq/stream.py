@@ -1,4 +1,5 @@
-"""The RabbitMQ reader: pika, the exporter's own queue on Celery's ``celeryev`` topic exchange, batches.
+"""The RabbitMQ event stream: pika (connected by ``connection.py``, like the poller), the exporter's own
+queue on Celery's ``celeryev`` topic exchange, batches.
 
 Celery publishes events to the topic exchange ``celeryev`` (``celery.events.event.event_exchange``:
 ``Exchange('celeryev', type='topic')``, i.e. durable, not auto-delete) with the event type as routing key
@@ -22,61 +23,22 @@ requeued. Heartbeats (30 s) and TCP keepalive notice a dead peer.
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
-import socket
-import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import pika
 import pika.exceptions
-from kombu.utils.url import url_to_parts
 
-from exporter.config import Config
-from exporter.events.backoff import Backoff
+from exporter.brokers.backoff import Backoff
+from exporter.brokers.rabbitmq.connection import connection_parameters
+from exporter.brokers.settings import StreamSettings
+from exporter.brokers.supervisor import TICK, Supervisor, node_id
 from exporter.events.ingest import Ingest, StreamStatus
-from exporter.events.streams import TICK, Supervisor
 
 EXCHANGE = "celeryev"
 CONNECT_TIMEOUT = 5.0
 HEARTBEAT = 30
-_TRUE = frozenset({"1", "true", "yes", "on"})
-
-
-def connection_parameters(url: str, client_name: str) -> list[pika.ConnectionParameters]:
-    """pika parameters for an ``amqp(s)://`` or ``pyamqp://`` URL (or a ``;`` failover list), with
-    kombu's reading of it: ``/`` or ``//`` or ``/%2F`` is the vhost ``/``, ``/name`` is ``name``, and
-    guest/guest when no credentials are given."""
-    out = []
-    for one in (u.strip() for u in url.split(";") if u.strip()):
-        scheme, host, port, user, password, path, query = url_to_parts(one)
-        use_tls = scheme == "amqps" or str(query.get("ssl", "")).lower() in _TRUE
-        ssl_options = None
-        if use_tls:
-            ctx = ssl.create_default_context(cafile=query.get("ssl_ca_certs"))
-            if query.get("ssl_certfile"):
-                ctx.load_cert_chain(query["ssl_certfile"], query.get("ssl_keyfile"))
-            if str(query.get("ssl_cert_reqs", "")).lower() in {"cert_none", "none"}:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            ssl_options = pika.SSLOptions(ctx, server_hostname=host or "localhost")
-        out.append(pika.ConnectionParameters(
-            host=host or "localhost",
-            port=port or (5671 if use_tls else 5672),
-            virtual_host=path or "/",
-            credentials=pika.PlainCredentials(user or "guest", password or "guest"),
-            heartbeat=HEARTBEAT,
-            ssl_options=ssl_options,
-            connection_attempts=1,  # the Supervisor retries, with backoff
-            socket_timeout=CONNECT_TIMEOUT,
-            stack_timeout=CONNECT_TIMEOUT * 3,
-            blocked_connection_timeout=None,  # we never publish, so flow control cannot block us
-            tcp_options={"TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3},
-            client_properties={"connection_name": client_name, "product": "celery-exporter"},
-        ))
-    return out
 
 
 def queue_arguments(ttl: float, expires: float) -> dict[str, Any]:
@@ -87,42 +49,28 @@ def queue_arguments(ttl: float, expires: float) -> dict[str, Any]:
     return args
 
 
-def node_id() -> str:
-    host = socket.gethostname().split(".", 1)[0][:64] or "host"
-    return f"{host}.{os.getpid()}.{secrets.token_hex(4)}"
-
-
 class AmqpEventStream:
     """Consumer of the ``celeryev`` exchange over AMQP 0-9-1; see the module docstring."""
 
     def __init__(
-        self,
-        url: str,
-        ingest: Ingest,
-        status: StreamStatus,
-        queue_prefix: str = "celeryev.celery-exporter",
-        queue_ttl: float = 60.0,
-        queue_expires: float = 300.0,
-        prefetch: int = 2_000,
-        backoff: Backoff | None = None,
+        self, settings: StreamSettings, ingest: Ingest, status: StreamStatus, backoff: Backoff | None = None,
     ) -> None:
+        url = settings.broker_url
         self.ingest = ingest
         self.status = status
-        self.queue = f"{queue_prefix}.{node_id()}"[:255]
-        self.arguments = queue_arguments(queue_ttl, queue_expires)
-        self.prefetch = prefetch
+        self.queue = f"{settings.queue_prefix}.{node_id()}"[:255]
+        self.arguments = queue_arguments(settings.queue_ttl, settings.queue_expires)
+        self.prefetch = prefetch = settings.prefetch
         self.client_name = f"celery-exporter events {self.queue}"
-        self.parameters = connection_parameters(url, self.client_name)
+        self.parameters = connection_parameters(
+            url, client_name=self.client_name, heartbeat=HEARTBEAT, socket_timeout=CONNECT_TIMEOUT,
+            stack_timeout=CONNECT_TIMEOUT * 3,
+            blocked_timeout=None,  # we never publish, so flow control cannot block us
+        )
         self.supervisor = Supervisor("amqp", url, ingest, status, backoff,
                                      context={"queue": self.queue, "prefetch": prefetch})
         self._pending: list[tuple[bytes, str | None, str | None]] = []
         self._last_tag = 0
-
-    @classmethod
-    def from_config(cls, config: Config, ingest: Ingest, status: StreamStatus) -> AmqpEventStream:
-        return cls(config.broker_url, ingest, status, queue_prefix=config.event_queue_prefix,
-                   queue_ttl=config.event_queue_ttl, queue_expires=config.event_queue_expires,
-                   prefetch=config.event_prefetch)
 
     def run(self, stop: threading.Event) -> None:
         self.supervisor.run(self.session, stop)
@@ -165,13 +113,11 @@ class AmqpEventStream:
         process = conn.process_data_events
         feed = self.ingest.feed_amqp
         ack = channel.basic_ack
-        beat = self.status.beat
-        idle = self.ingest.idle
+        turn = self.supervisor.turn
         while not stop.is_set():
             process(time_limit=TICK)
             if self._pending:
                 batch, self._pending = self._pending, []
                 feed(batch)
                 ack(self._last_tag, multiple=True)
-            beat()
-            idle()
+            turn()

@@ -1,38 +1,31 @@
-"""The event stream: pick a reader for the broker URL, and the reconnect loop all readers share.
+"""What every event stream shares: the ``EventStream`` protocol the app runs, and the reconnect loop.
 
-``build_stream(config, ingest, status)`` returns an ``EventStream`` whose ``run(stop)`` blocks until
-``stop`` is set. By URL scheme:
-
-* ``redis://``, ``rediss://``, ``sentinel://`` -> ``RedisEventStream``: a raw PSUBSCRIBE on the channels
-  kombu's Redis transport publishes the ``celeryev`` exchange on (the fast path);
-* ``amqp://``, ``amqps://``, ``pyamqp://`` -> ``AmqpEventStream``: pika, with the exporter's own queue;
-* anything else -> ``KombuEventStream``: Celery's own EventReceiver over whatever kombu transport the
-  URL names (the slow, generic path).
-
-Each reader implements one connected session (``session(stop, on_up)``: connect, subscribe, call
-``on_up()``, consume until ``stop`` or an error). ``Supervisor`` runs sessions forever: on any error it
-marks the stream down (with the password scrubbed from the message), logs, waits a jittered backoff
-while still beating, and starts over. Readers import lazily, so a Redis deployment never imports pika.
+Each broker's reader (``brokers/redis/stream.py``, ``brokers/rabbitmq/stream.py``,
+``brokers/kombu/stream.py``; ``registry.py`` picks one by URL scheme) implements one connected session
+(``session(stop, on_up)``: connect, subscribe, call ``on_up()``, consume until ``stop`` or an error).
+``Supervisor`` runs sessions forever: on any error it marks the stream down (with the password scrubbed
+from the message by ``exporter.secrets``), logs, waits a jittered backoff while still beating, and starts
+over.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
 
 import structlog
 
-from exporter.config import Config, redact_url
-from exporter.events.backoff import Backoff
+from exporter.brokers.backoff import Backoff
 from exporter.events.ingest import Ingest, StreamStatus
+from exporter.secrets import describe_error, redact_url, url_secrets
 
 log = structlog.get_logger("exporter.events.stream")
 
-REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel"})
-AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 # The loop of every reader wakes at least this often (seconds) to beat, run idle() and check ``stop``.
 TICK = 0.5
 # A session that stayed up this long earns a fresh backoff: a broker that flaps once an hour is retried
@@ -43,52 +36,17 @@ STABLE_AFTER = 10.0
 RECONNECT_CAP = 5.0
 
 
+def node_id() -> str:
+    """``<host>.<pid>.<random>``: names a stream's own event queue, fixed for the life of the process."""
+    host = socket.gethostname().split(".", 1)[0][:64] or "host"
+    return f"{host}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
 class EventStream(Protocol):
     """What the app runs in its stream thread."""
 
     def run(self, stop: threading.Event) -> None:
         """Consume events until ``stop`` is set; never raises on broker trouble."""
-
-
-def build_stream(config: Config, ingest: Ingest, status: StreamStatus) -> EventStream:
-    """Choose the reader for ``config.broker_url`` by scheme (the first URL of a ``;`` failover list)."""
-    scheme = urlsplit(config.broker_url.split(";", 1)[0].strip()).scheme.lower()
-    if scheme in REDIS_SCHEMES:
-        from exporter.events.redis_stream import RedisEventStream
-
-        return RedisEventStream.from_config(config, ingest, status)
-    if scheme in AMQP_SCHEMES:
-        from exporter.events.amqp_stream import AmqpEventStream
-
-        return AmqpEventStream.from_config(config, ingest, status)
-    from exporter.events.kombu_stream import KombuEventStream
-
-    return KombuEventStream.from_config(config, ingest, status)
-
-
-def url_secrets(url: str) -> tuple[str, ...]:
-    """Every password in a (possibly ``;``-separated) broker URL, raw and percent-decoded."""
-    out: list[str] = []
-    for one in url.split(";"):
-        try:
-            password = urlsplit(one.strip()).password
-        except ValueError:
-            continue
-        if password:
-            out.extend({password, unquote(password)})
-    return tuple(s for s in out if s)
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret replaced by ``***`` (a driver may echo a URL in its message)."""
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
-def describe(exc: BaseException, secrets: Iterable[str]) -> str:
-    message = str(exc) or exc.__class__.__name__
-    return scrub(f"{exc.__class__.__name__}: {message}", secrets)[:500]
 
 
 def wait_beating(stop: threading.Event, seconds: float, status: StreamStatus, ingest: Ingest) -> None:
@@ -130,6 +88,12 @@ class Supervisor:
         self.clock = clock
         self._up_at: float | None = None
 
+    def turn(self) -> None:
+        """What every reader does at the end of each loop turn (at least every TICK): beat the liveness
+        heartbeat and let the ingest run its housekeeping."""
+        self.status.beat()
+        self.ingest.idle()
+
     def _on_up(self) -> None:
         self._up_at = self.clock()
         self.status.up()
@@ -162,7 +126,7 @@ class Supervisor:
         return self.backoff.next_delay()
 
     def _failed(self, exc: Exception, delay: float) -> None:
-        error = describe(exc, self.secrets)
+        error = describe_error(exc, self.secrets)
         was_up = self.status.connected
         self.status.down(error)
         # Our own bugs show their traceback; broker trouble is one line per attempt.

@@ -1,4 +1,4 @@
-"""The RabbitMQ pollers: the I/O half (``rabbitmq_classify`` decides what it means).
+"""The RabbitMQ pollers: the I/O half (``classify.py`` decides what it means).
 
 * With ``--rabbitmq-management-url``: two GETs per poll, ``/api/queues/<vhost>`` (every queue with its
   ready/unacked/consumer counts, arguments and effective policy, trimmed with ``columns=``) and
@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import base64
 import json
-import ssl
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
 import structlog
 
 from exporter.brokers.model import PollResult, Rules
-from exporter.brokers.rabbitmq_classify import amqp_result, management_result
+from exporter.brokers.rabbitmq.classify import amqp_result, management_result
+from exporter.brokers.rabbitmq.connection import connection_parameters, credentials, ssl_context
 
 log = structlog.get_logger("exporter.brokers")
 
@@ -37,24 +37,6 @@ QUEUE_COLUMNS = (
     "head_message_timestamp"
 )
 BINDING_COLUMNS = "source,destination,destination_type,routing_key"
-AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
-
-
-def is_amqp(url: str) -> bool:
-    return urlsplit(url.split(";")[0].strip()).scheme.lower() in AMQP_SCHEMES
-
-
-def vhost_of(broker_url: str) -> str:
-    """The vhost of a kombu AMQP URL: ``amqp://h//`` and ``amqp://h`` -> ``/``, ``amqp://h/x`` -> ``x``."""
-    path = urlsplit(broker_url.split(";")[0].strip()).path
-    return unquote(path[1:]) if len(path) > 1 else "/"
-
-
-def _credentials(url: str) -> tuple[str, str] | None:
-    split = urlsplit(url)
-    if split.username is None:
-        return None
-    return unquote(split.username), unquote(split.password or "")
 
 
 class ManagementApi:
@@ -62,7 +44,7 @@ class ManagementApi:
 
     def __init__(self, base_url: str, fallback: tuple[str, str] | None = None) -> None:
         split = urlsplit(base_url)
-        user, password = _credentials(base_url) or fallback or ("guest", "guest")
+        user, password = credentials(base_url) or fallback or ("guest", "guest")
         netloc = split.hostname or "localhost"
         if ":" in netloc:
             netloc = f"[{netloc}]"
@@ -71,7 +53,8 @@ class ManagementApi:
         self.base = urlunsplit((split.scheme, netloc, split.path.rstrip("/"), "", ""))
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.secrets = (password,)
-        self._ssl = ssl.create_default_context() if split.scheme == "https" else None
+        # A private CA for the management API is named like the broker's: ?ssl_ca_certs=/path/ca.pem
+        self._ssl = ssl_context(dict(parse_qsl(split.query))) if split.scheme == "https" else None
 
     def request(self, method: str, path: str, params: Mapping[str, str] | None = None,
                 body: Any = None, timeout: float = 10.0) -> Any:
@@ -116,22 +99,9 @@ class ManagementPoller:
 
 # ------------------------------------------------------------------------------------------------ AMQP
 def amqp_parameters(broker_url: str, timeout: float, heartbeat: int) -> list[pika.ConnectionParameters]:
-    """pika parameters for each of the (``;``-separated failover) kombu AMQP URLs."""
-    out = []
-    for one in broker_url.split(";"):
-        split = urlsplit(one.strip())
-        tls = split.scheme.lower() == "amqps"
-        user, password = _credentials(one.strip()) or ("guest", "guest")
-        out.append(pika.ConnectionParameters(
-            host=split.hostname or "localhost",
-            port=split.port or (5671 if tls else 5672),
-            virtual_host=vhost_of(one),
-            credentials=pika.PlainCredentials(user, password),
-            ssl_options=pika.SSLOptions(ssl.create_default_context(), split.hostname) if tls else None,
-            socket_timeout=timeout, stack_timeout=timeout, blocked_connection_timeout=timeout,
-            connection_attempts=1, heartbeat=heartbeat,
-        ))
-    return out
+    """pika parameters for polling: the stream's connection builder, with the poll's deadline."""
+    return connection_parameters(broker_url, client_name="celery-exporter poller", heartbeat=heartbeat,
+                                 socket_timeout=timeout, stack_timeout=timeout, blocked_timeout=timeout)
 
 
 def fetch_amqp(connection: Any, names: Iterable[str], deadline: float,

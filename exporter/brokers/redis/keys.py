@@ -1,5 +1,5 @@
 """Pure logic of the Redis poller: kombu's key layout, what the scanned keys mean, which commands one
-poll sends, and how their replies become a ``PollResult``. ``redis.py`` does the I/O around it.
+poll sends, and how their replies become a ``PollResult``. ``poller.py`` does the I/O around it.
 
 kombu's Redis transport keeps a queue ``q`` as a list under ``<global_keyprefix>q`` for priority 0 and
 ``<global_keyprefix>q<sep><step>`` for the other priority steps (``sep`` defaults to ``\\x06\\x16``); its

@@ -1,7 +1,7 @@
 """The generic fallback: Celery's own ``EventReceiver`` over any kombu transport (SQS, Azure, ZooKeeper,
-``memory://``, ``filesystem://``, ``redis+socket://``...). This is the slow path: kombu builds a Message
-object per event message and Celery dispatches each event to a handler. Redis and RabbitMQ have the
-dedicated readers in ``redis_stream`` and ``amqp_stream``, several times faster.
+``memory://``, ``filesystem://``...): every scheme ``brokers/registry.py`` gives no package of its own.
+This is the slow path: kombu builds a Message object per event message and Celery dispatches each event
+to a handler. Redis and RabbitMQ have dedicated readers in their packages, several times faster.
 
 What we keep from Celery: the queue it declares (``<event_queue_prefix>.<node id>`` bound to the
 ``celeryev`` exchange with ``#``, with our TTL and expiry), its consumer, its splitting of ``task.multi``
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -26,11 +26,10 @@ from celery import Celery
 from celery.events.receiver import EventReceiver
 from kombu import Consumer
 
-from exporter.config import Config
-from exporter.events.amqp_stream import node_id
-from exporter.events.backoff import Backoff
+from exporter.brokers.backoff import Backoff
+from exporter.brokers.settings import StreamSettings
+from exporter.brokers.supervisor import TICK, Supervisor, node_id
 from exporter.events.ingest import Ingest, StreamStatus
-from exporter.events.streams import TICK, Supervisor
 
 MAX_BATCH = 1_000
 
@@ -46,34 +45,21 @@ class KombuEventStream:
     """Event reader for any kombu transport, through Celery's EventReceiver; see the module docstring."""
 
     def __init__(
-        self,
-        url: str,
-        ingest: Ingest,
-        status: StreamStatus,
-        transport_options: Mapping[str, Any] | None = None,
-        queue_prefix: str = "celeryev.celery-exporter",
-        queue_ttl: float = 60.0,
-        queue_expires: float = 300.0,
-        backoff: Backoff | None = None,
+        self, settings: StreamSettings, ingest: Ingest, status: StreamStatus, backoff: Backoff | None = None,
     ) -> None:
+        url, queue_prefix = settings.broker_url, settings.queue_prefix
         self.ingest = ingest
         self.status = status
         self.app = Celery("celery-exporter", broker=url, set_as_current=False)
-        self.app.conf.broker_transport_options = dict(transport_options or {})
+        self.app.conf.broker_transport_options = dict(settings.transport_options)
         self.app.conf.broker_connection_retry_on_startup = False
         self.queue_prefix = queue_prefix
         self.node_id = node_id()  # one queue name for the life of the process
-        self.queue_ttl = queue_ttl or None
-        self.queue_expires = queue_expires or None
+        self.queue_ttl = settings.queue_ttl or None  # 0 means none, for Celery as for us
+        self.queue_expires = settings.queue_expires or None
         self.supervisor = Supervisor("kombu", url, ingest, status, backoff,
                                      context={"queue": f"{queue_prefix}.{self.node_id}"})
         self._pending: list[Any] = []
-
-    @classmethod
-    def from_config(cls, config: Config, ingest: Ingest, status: StreamStatus) -> KombuEventStream:
-        return cls(config.broker_url, ingest, status, config.broker_transport_options,
-                   queue_prefix=config.event_queue_prefix, queue_ttl=config.event_queue_ttl,
-                   queue_expires=config.event_queue_expires)
 
     def run(self, stop: threading.Event) -> None:
         self.supervisor.run(self.session, stop)
@@ -92,6 +78,10 @@ class KombuEventStream:
             consumer.on_decode_error = self._on_decode_error
             consumer.consume()
             self._pending.clear()
+            # kombu's Redis transport subscribes to the fanout channel on the first drain, not in
+            # consume(): drain once before reporting "up", so nothing published after that is missed.
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=0.01)
             on_up()
             self._consume(conn, stop)
         finally:
@@ -106,8 +96,7 @@ class KombuEventStream:
         drain = conn.drain_events
         pending = self._pending
         feed = self.ingest.feed_objects
-        beat = self.status.beat
-        idle = self.ingest.idle
+        turn = self.supervisor.turn
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):  # socket.timeout: nothing (more) to read
                 drain(timeout=TICK)
@@ -117,5 +106,4 @@ class KombuEventStream:
                 batch = pending[:]
                 pending.clear()  # the receiver's handler appends to this very list
                 feed(batch)
-            beat()
-            idle()
+            turn()

@@ -1,5 +1,5 @@
 """The Redis poller: the I/O half. One poll is a bounded SCAN (never KEYS) plus two pipelined round
-trips, however many queues there are; ``redis_keys`` decides what to ask and what the replies mean.
+trips, however many queues there are; ``keys.py`` decides what to ask and what the replies mean.
 
 Queues come from config, from kombu's ``_kombu.binding.*`` sets, from task-sent events, and from the
 priority sub-queue keys the scan finds. Retry queues and DLQs come from the config globs (defaults
@@ -12,13 +12,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 import structlog
 
 from exporter.brokers.model import Kind, PollResult
-from exporter.brokers.redis_keys import (
+from exporter.brokers.redis.connection import connection_pool
+from exporter.brokers.redis.keys import (
     Command,
     RedisSettings,
     first_round,
@@ -38,42 +38,12 @@ class PollDeadline(TimeoutError):
 
 
 def make_client(broker_url: str, options: Mapping[str, Any], timeout: float) -> redis.Redis:
-    """A redis-py client for a kombu Redis broker URL (redis, rediss, redis+socket, sentinel)."""
-    kwargs: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "encoding_errors": "surrogateescape",  # key names round-trip even when they are not UTF-8
-    }
-    first = broker_url.split(";")[0].strip()
-    split = urlsplit(first)
-    scheme = split.scheme.lower()
-    if scheme == "sentinel":
-        from redis.sentinel import Sentinel
-
-        hosts = []
-        for one in broker_url.split(";"):
-            s = urlsplit(one.strip())
-            hosts.append((s.hostname or "localhost", s.port or 26379))
-        master = options.get("master_name")
-        if not master:
-            raise ValueError("a sentinel:// broker needs broker_transport_options.master_name")
-        sentinel_kwargs = dict(options.get("sentinel_kwargs") or {})
-        sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs or None, **kwargs)
-        return sentinel.master_for(
-            str(master), db=_db(split.path), password=unquote(split.password) if split.password else None,
-            username=unquote(split.username) if split.username else None,
-        )
-    if scheme in ("redis+socket", "socket"):
-        return redis.Redis(unix_socket_path=split.path, password=split.password, **kwargs)
-    # kombu accepts options in the query string that redis-py does not know; keep only SSL ones.
-    query = urlencode([(k, v) for k, v in parse_qsl(split.query) if k.startswith("ssl")])
-    url = urlunsplit((scheme, split.netloc, f"/{_db(split.path)}", query, ""))
-    return redis.Redis.from_url(url, **kwargs)
-
-
-def _db(path: str) -> int:
-    text = path.strip("/")
-    return int(text) if text.isdigit() else 0
+    """A redis-py client for the broker, over the same connection builder as the event stream."""
+    pool, _db = connection_pool(
+        broker_url, options, socket_timeout=timeout, socket_connect_timeout=timeout,
+        encoding_errors="surrogateescape",  # key names round-trip even when they are not UTF-8
+    )
+    return redis.Redis(connection_pool=pool)
 
 
 def scan_keys(client: redis.Redis, prefix: str, max_keys: int, deadline: float,

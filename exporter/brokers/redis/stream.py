@@ -1,5 +1,6 @@
-"""The fast path for Redis brokers: one raw PSUBSCRIBE connection on the channels kombu publishes
-Celery's ``celeryev`` exchange on, read in batches straight into ``Ingest.feed_redis``.
+"""The Redis event stream, the fast path: one raw PSUBSCRIBE connection (built by ``connection.py``, like
+the poller's) on the channels kombu publishes Celery's ``celeryev`` exchange on, read in batches straight
+into ``Ingest.feed_redis``.
 
 kombu's Redis transport (``kombu/transport/redis.py``) has no exchanges: a message to a fanout or topic
 exchange is PUBLISHed on ``<global_keyprefix><keyprefix_fanout><exchange>/<routing key>``, where
@@ -25,17 +26,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
 
-from exporter.config import Config, ConfigError
-from exporter.events.backoff import Backoff
+from exporter.brokers.backoff import Backoff
+from exporter.brokers.redis.connection import connection_pool, secrets_of
+from exporter.brokers.settings import StreamSettings
+from exporter.brokers.supervisor import TICK, Supervisor
 from exporter.events.ingest import Ingest, StreamStatus
-from exporter.events.streams import TICK, Supervisor
 
 EXCHANGE = "celeryev"
 # Responses per batch: bounds the time the state lock is held (~4 ms) and the decoded events alive at once
@@ -85,68 +85,30 @@ def _connection_kwargs() -> dict[str, Any]:
     }
 
 
-def build_pool(url: str, transport_options: Mapping[str, Any]) -> tuple[redis.ConnectionPool, int]:
-    """A connection pool for ``redis://``/``rediss://``/``sentinel://`` URLs, and the db number."""
-    first = url.split(";", 1)[0].strip()
-    scheme = urlsplit(first).scheme
-    first = scheme.lower() + first[len(scheme):]
-    if scheme.lower() != "sentinel":
-        pool = redis.ConnectionPool.from_url(first, **_connection_kwargs())
-        return pool, int(pool.connection_kwargs.get("db", 0) or 0)
-    # kombu's form: sentinel://[:password@]host:port[/db];sentinel://host2:port2;...
-    master_name = transport_options.get("master_name")
-    if not master_name:
-        raise ConfigError("broker_transport_options", "configuration",
-                          "a sentinel:// broker URL needs the master_name transport option")
-    sentinels, password, username, db = [], None, None, 0
-    for i, one in enumerate(u.strip() for u in url.split(";") if u.strip()):
-        parts = urlsplit(one)
-        sentinels.append((parts.hostname or "localhost", parts.port or 26379))
-        if i == 0:
-            password = unquote(parts.password) if parts.password else None
-            username = unquote(parts.username) if parts.username else None
-            path = parts.path.strip("/")
-            db = int(path) if path.isdigit() else 0
-    kwargs = _connection_kwargs()
-    sentinel_kwargs = dict(transport_options.get("sentinel_kwargs") or {})
-    sentinel_kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
-    sentinel_kwargs.setdefault("socket_timeout", CONNECT_TIMEOUT)
-    sentinel = Sentinel(sentinels, min_other_sentinels=int(transport_options.get("min_other_sentinels", 0)),
-                        sentinel_kwargs=sentinel_kwargs)
-    master = sentinel.master_for(master_name, password=password, username=username, db=db, **kwargs)
-    return master.connection_pool, db
-
-
 class RedisEventStream:
     """PSUBSCRIBE reader for Redis (and Redis Sentinel) brokers; see the module docstring."""
 
     def __init__(
         self,
-        url: str,
+        settings: StreamSettings,
         ingest: Ingest,
         status: StreamStatus,
-        transport_options: Mapping[str, Any] | None = None,
         backoff: Backoff | None = None,
         health_interval: float = 15.0,
         ping_timeout: float = 5.0,
     ) -> None:
-        self.url = url
-        self.transport_options = dict(transport_options or {})
+        url = self.url = settings.broker_url
+        self.transport_options = dict(settings.transport_options)
         self.ingest = ingest
         self.status = status
         self.health_interval = health_interval
         self.ping_timeout = ping_timeout
         # Validates the URL (and master_name) up front, so a typo fails at start, not in a retry loop.
-        self._pool, self.db = build_pool(url, self.transport_options)
+        self._pool, self.db = connection_pool(url, self.transport_options, **_connection_kwargs())
         self.pattern = event_channel_pattern(self.db, self.transport_options)
-        sentinel_pw = (self.transport_options.get("sentinel_kwargs") or {}).get("password")
         self.supervisor = Supervisor("redis", url, ingest, status, backoff,
-                                     extra_secrets=(sentinel_pw,) if sentinel_pw else (),
+                                     extra_secrets=secrets_of(self.transport_options),
                                      context={"pattern": self.pattern})
-
-    @classmethod
-    def from_config(cls, config: Config, ingest: Ingest, status: StreamStatus) -> RedisEventStream:
-        return cls(config.broker_url, ingest, status, config.broker_transport_options)
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -171,8 +133,7 @@ class RedisEventStream:
         can_read = conn.can_read
         read = conn.read_response
         feed = self.ingest.feed_redis
-        beat = self.status.beat
-        idle = self.ingest.idle
+        turn = self.supervisor.turn
         monotonic = time.monotonic
         sleep = time.sleep
         last_read = monotonic()
@@ -208,5 +169,4 @@ class RedisEventStream:
                 elif now - last_read >= self.health_interval:
                     conn.send_command("PING")
                     ping_sent = now
-            beat()
-            idle()
+            turn()

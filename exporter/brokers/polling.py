@@ -1,0 +1,80 @@
+"""Assembling the background polling: queue depth, unacked messages, consumers, retry queues and DLQs.
+
+``build_polling(settings, queues_seen)`` asks ``registry.py`` for the broker package's pollers (Redis;
+RabbitMQ through the management API or passive declares; none for SQS and other kombu transports), caps
+each poller's queue names, and returns a ``Polling``: ``run(stop)`` polls in the background every
+``settings.interval`` seconds, each poll under a ``settings.timeout`` deadline, and ``views`` reads
+the last good results (``QueueCollector`` serves them). ``rules_for`` and ``pinned_queues`` are the
+config-driven naming rules every broker's pollers share.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import structlog
+
+from exporter.brokers.model import PollResult, Rules, cap_queues, exact_names
+from exporter.brokers.scheduler import STALE_POLLS, Poller, Polling, PollStore, SourceRunner
+from exporter.brokers.settings import PollSettings
+from exporter.secrets import url_secrets
+from exporter.state import OVERFLOW_LABEL
+
+log = structlog.get_logger("exporter.brokers")
+
+
+class Capped:
+    """A poller whose results keep at most ``max_queues`` queue names (see ``cap_queues``)."""
+
+    def __init__(self, inner: Poller, max_queues: int, pinned: tuple[str, ...]) -> None:
+        self.inner, self.max_queues, self.pinned = inner, max_queues, pinned
+        self.source = inner.source
+
+    def poll(self, deadline: float) -> PollResult:
+        return cap_queues(self.inner.poll(deadline), self.max_queues, self.pinned)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def rules_for(settings: PollSettings, internal_names: Iterable[str] = ()) -> Rules:
+    return Rules(
+        retry_globs=tuple(settings.retry_queues),
+        dlq_globs=tuple(settings.dead_letter_queues),
+        exclude_globs=(*settings.exclude_queues, settings.event_queue_prefix + "*"),
+        internal_names=frozenset((*internal_names, OVERFLOW_LABEL)),
+    )
+
+
+def pinned_queues(settings: PollSettings) -> tuple[str, ...]:
+    """The queues always reported first (the default queue, configured names): never folded away."""
+    return (settings.default_queue, *exact_names(settings.queues))
+
+
+def build_pollers(settings: PollSettings, queues_seen: Callable[[], Iterable[str]],
+                  monotonic: Callable[[], float] = time.monotonic) -> list[Poller]:
+    """The (capped) pollers for ``settings.broker_url``; none for a broker we cannot poll."""
+    from exporter.brokers.registry import pollers_for, scheme_of
+
+    pollers = pollers_for(settings, queues_seen, monotonic)
+    if pollers is None:
+        log.info("queue polling is not available for this broker transport",
+                 scheme=scheme_of(settings.broker_url))
+        return []
+    return [Capped(p, settings.max_queues, pinned_queues(settings)) for p in pollers]
+
+
+def build_polling(settings: PollSettings, queues_seen: Callable[[], Iterable[str]],
+                  monotonic: Callable[[], float] = time.monotonic) -> Polling:
+    """The background polling: run ``polling.run``; ``polling.views`` reads its last results."""
+
+    def seen() -> list[str]:
+        return [q for q in queues_seen() if q and q != OVERFLOW_LABEL]
+
+    pollers = build_pollers(settings, seen, monotonic)
+    store = PollStore([p.source for p in pollers], STALE_POLLS * settings.interval, monotonic)
+    # Every password of both URLs, as written and percent-decoded, is masked in poll errors.
+    secrets = [*url_secrets(settings.broker_url), *url_secrets(settings.management_url or "")]
+    runners = [SourceRunner(p, store, settings.timeout, secrets, monotonic) for p in pollers]
+    return Polling(runners, settings.interval, store.views)

@@ -1,0 +1,48 @@
+"""Everything the exporter knows about RabbitMQ (``amqp://``, ``amqps://``, ``pyamqp://``,
+``librabbitmq://``):
+
+* ``connection.py``: the one AMQP connection builder (vhost, credentials, TLS options), used by both;
+* ``stream.py``: the event stream, pika with the exporter's own queue on ``celeryev``;
+* ``poller.py``: the management-API poller and the passive-declare poller (the I/O);
+* ``classify.py``: what the API's queues, arguments, policies and bindings mean (pure).
+
+``pollers()`` is what ``brokers/registry.py`` calls for polling; the stream class is named there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import structlog
+
+from exporter.brokers.model import exact_names, is_glob
+from exporter.brokers.polling import pinned_queues, rules_for
+from exporter.brokers.scheduler import Poller
+from exporter.brokers.settings import PollSettings
+
+log = structlog.get_logger("exporter.brokers")
+
+
+def pollers(settings: PollSettings, queues_seen: Callable[[], Iterable[str]],
+            monotonic: Callable[[], float] = time.monotonic) -> list[Poller]:
+    from exporter.brokers.rabbitmq.connection import credentials, vhost_of
+    from exporter.brokers.rabbitmq.poller import AmqpPoller, ManagementApi, ManagementPoller, amqp_parameters
+
+    url = settings.broker_url
+    rules = rules_for(settings)
+    if settings.management_url:
+        api = ManagementApi(settings.management_url, credentials(url))
+        return [ManagementPoller(api, vhost_of(url), rules, monotonic)]
+    globs = [g for g in (*settings.queues, *settings.retry_queues) if is_glob(g)]
+    if globs:
+        log.warning("without --rabbitmq-management-url queue globs only match queues seen in "
+                    "events; list exact names to poll them", globs=globs)
+    fixed = [*pinned_queues(settings), *exact_names(settings.retry_queues),
+             *exact_names(settings.dead_letter_queues)]
+
+    def names() -> list[str]:
+        return list(dict.fromkeys([*fixed, *queues_seen()]))[: settings.max_queues * 2]
+
+    heartbeat = int(max(60, 3 * settings.interval))
+    return [AmqpPoller(amqp_parameters(url, settings.timeout, heartbeat), names, rules, monotonic)]

@@ -1,0 +1,54 @@
+"""The settings slices the broker layer receives, and the error it raises for a bad one.
+
+``app.py`` builds ``StreamSettings`` and ``PollSettings`` from the validated ``Config`` (which owns every
+default); nothing under ``brokers/`` or ``events/`` reads ``Config`` itself, so these fields have no
+defaults here. ``BrokerSettingsError`` is what a builder raises when the settings cannot work with the
+broker (a ``sentinel://`` URL without ``master_name``); ``__main__`` reports it like a configuration
+error, with exit status 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class BrokerSettingsError(ValueError):
+    """Settings the broker cannot be used with; names the option, never shows its value."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key, self.message = key, message
+        super().__init__(f"invalid configuration: {key} (from configuration): {message}")
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What an event stream needs: the broker, its transport options, and our event queue (AMQP, kombu)."""
+
+    broker_url: str
+    transport_options: Mapping[str, Any]
+    queue_prefix: str
+    queue_ttl: float
+    queue_expires: float
+    prefetch: int
+
+
+@dataclass(frozen=True)
+class PollSettings:
+    """What the pollers need: the broker, which queues to report and how, and the poll budget."""
+
+    broker_url: str
+    transport_options: Mapping[str, Any]
+    management_url: str | None
+    interval: float
+    timeout: float
+    default_queue: str
+    queues: tuple[str, ...]
+    retry_queues: tuple[str, ...]
+    dead_letter_queues: tuple[str, ...]
+    exclude_queues: tuple[str, ...]
+    event_queue_prefix: str
+    max_queues: int
+    max_scan_keys: int
+    dlq_timestamp_field: str
