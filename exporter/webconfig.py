@@ -130,7 +130,9 @@ class BasicAuth:
         self._cache_lock = threading.Lock()
         self._bcrypt_lock = threading.Lock()
 
-    def __call__(self, header: str | None) -> bool:
+    def cached_ok(self, header: str | None) -> bool:
+        """True if ``header`` was accepted before (no bcrypt needed); the HTTP server asks this on its
+        event loop and runs ``__call__`` in a thread only when it is False."""
         if not header:
             return False
         digest = hmac.new(self._key, header.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
@@ -138,6 +140,14 @@ class BasicAuth:
             if digest in self._cache:
                 self._cache.move_to_end(digest)
                 return True
+        return False
+
+    def __call__(self, header: str | None) -> bool:
+        if not header:
+            return False
+        if self.cached_ok(header):
+            return True
+        digest = hmac.new(self._key, header.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
         credentials = _parse_basic(header)
         if credentials is None:
             return False

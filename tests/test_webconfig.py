@@ -1,6 +1,6 @@
 """The web config file (exporter-toolkit format) and the locked-down HTTP server: real self-signed
 certificates made in the test, a real TLS server socket, real clients (ssl + http.client, requests).
-Also the limits every HTTP client meets, with or without TLS: slow clients, connection cap, bodies.
+Also the limits every HTTP client meets, with or without TLS: slow clients, bodies, header sizes.
 """
 
 from __future__ import annotations
@@ -338,22 +338,6 @@ def test_slow_tls_handshake_does_not_block_scrapes(tmp_path: Path, pki: dict[str
     with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as slow:
         slow.sendall(b"\x16\x03\x01")  # the start of a ClientHello, then nothing
         assert https_get(srv.port, tls_client_context(pki["ca"].cert))[0] == 200
-
-
-def test_idle_connections_beyond_the_cap_get_503(serve: Any) -> None:
-    srv = serve()
-    idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=5)
-            for _ in range(http_mod.MAX_CONNECTIONS)]
-    try:
-        extra = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
-        extra.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert extra.recv(100).startswith(b"HTTP/1.1 503")
-        extra.close()
-    finally:
-        for s in idle:
-            s.close()
-    # The slots come back once the idle clients leave.
-    wait_for(lambda: plain_get(srv.port) == 200, 10, what="a free connection slot")
 
 
 def test_request_bodies_are_refused_and_the_connection_closed(serve: Any) -> None:

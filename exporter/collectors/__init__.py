@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from exporter.collectors.base import MetricSpec, Sources, SpecCollector
 from exporter.collectors.queues import QueueCollector
+from exporter.collectors.render import RenderErrorsCollector
 from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
@@ -17,7 +18,7 @@ from exporter.collectors.workers import WorkerCollector
 __all__ = ["COLLECTORS", "MetricSpec", "Sources", "SpecCollector", "all_specs", "build_collectors"]
 
 COLLECTORS: tuple[type[SpecCollector], ...] = (
-    TaskCollector, WorkerCollector, StreamCollector, QueueCollector,
+    TaskCollector, WorkerCollector, StreamCollector, QueueCollector, RenderErrorsCollector,
 )
 
 
