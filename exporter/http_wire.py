@@ -18,8 +18,10 @@ from exporter import __version__
 
 MAX_HEADER_BYTES = 64 * 1024  # request line + headers, per request
 MAX_HEADERS = 100
-LINGER = 1.0  # seconds, and bytes below, of a refused request's input discarded before closing
-LINGER_BYTES = 1024 * 1024
+# Seconds, and bytes below, of a refused request's input discarded before closing: enough to cover what a
+# client has in flight (loopback socket buffers reach several MB) when it sees the refusal and stops.
+LINGER = 2.0
+LINGER_BYTES = 8 * 1024 * 1024
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
             408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",

@@ -174,6 +174,11 @@ def _flood(port: int, clients: int, lines: int, line_bytes: int, seconds: float)
                     st["got"] += chunk
                     if not chunk:
                         raise ConnectionResetError
+                    # An HTTP client stops sending once the server has answered (what is in flight
+                    # still arrives: the server must read it away rather than reset the answer).
+                    st["sent"] = len(payload)
+                    sel.modify(s, selectors.EVENT_READ)
+                    continue
                 if events & selectors.EVENT_WRITE and st["sent"] < len(payload):
                     st["sent"] += s.send(payload[st["sent"]:st["sent"] + 262144])  # type: ignore[union-attr]
                     if st["sent"] >= len(payload):
