@@ -111,6 +111,8 @@ def test_one_poll_is_two_pipelines_and_reads_every_sub_queue() -> None:
         dead_letter={"celery:dead_letter_queue": 2.0, "dlq:app.pay": 4.0},
         dead_letter_oldest={"celery:dead_letter_queue": 1709294000.5, "dlq:app.pay": 1709294400.0},
         broker_unacked=2.0,
+        skipped={"wrong_type": 1},  # the "reports" key holds another type: skipped, counted
+        mismatched_options=("priority_steps",),  # a producer used steps 5 and 7
     )
     assert existing == {"celery": "task", "orphan": "task", "celery:dead_letter_queue": "dlq",
                         "dlq:app.pay": "dlq", "retry:app.pay": "retry"}
