@@ -202,12 +202,15 @@ def make_plan(index: KeyIndex, first: Sequence[Any], settings: RedisSettings, se
     plan = Plan(broker_unacked=None if only_dlq else _int(first[0]))
     n_bind = 0 if only_dlq else len(bindable(index.exchanges))
     names: dict[str, str] = {}  # name -> redis type ("" when not asked)
+    for name, kind in remembered.items():  # a drained list Redis deleted is reported as 0, not dropped
+        if kind == "dlq" or not only_dlq:
+            names.setdefault(name, "")
     if not only_dlq:
         for member in binding_members(index, first, settings):
             queue = binding_queue(member, layout.sep)
             if queue is not None:  # written with another separator: never invent a name from it
                 names.setdefault(queue, "")
-        for name in (*settings.queue_names, *seen, *remembered):
+        for name in (*settings.queue_names, *seen):
             names.setdefault(name, "")
         for name in index.plain | set(index.substeps):
             if matches(name, settings.queue_globs):
