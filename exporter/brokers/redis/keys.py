@@ -202,8 +202,8 @@ def make_plan(index: KeyIndex, first: Sequence[Any], settings: RedisSettings, se
     plan = Plan(broker_unacked=None if only_dlq else _int(first[0]))
     n_bind = 0 if only_dlq else len(bindable(index.exchanges))
     names: dict[str, str] = {}  # name -> redis type ("" when not asked)
-    for name, kind in remembered.items():  # a drained list Redis deleted is reported as 0, not dropped
-        if kind == "dlq" or not only_dlq:
+    for name, held in remembered.items():  # a drained list Redis deleted is reported as 0, not dropped
+        if held == "dlq" or not only_dlq:
             names.setdefault(name, "")
     if not only_dlq:
         for member in binding_members(index, first, settings):
