@@ -5,7 +5,7 @@ whose transport options the exporter was not told, hostile keys and entries, and
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -24,7 +24,7 @@ from tests._broker_helpers import (
     samples,
     unique,
 )
-from tests._support import FakeClock
+from tests._support import Daemon, FakeClock, wait_for
 
 pytestmark = pytest.mark.integration
 T = 1_700_000_000.0
@@ -193,3 +193,25 @@ def test_poll_errors_name_the_dlq_source_not_the_url(polled: list[Polling]) -> N
     assert [e["source"] for e in logs if e["event"] == "broker poll failed"] == [source]
     assert "hunter2" not in repr(logs)
 
+
+
+def test_the_daemon_with_seed_001s_exact_flags(redis_server: RedisServer,
+                                                exporter_process: Callable[..., Daemon]) -> None:
+    seed_001_entries(redis_server.client(3), (600.0, 5.0))
+    dlq = redis_server.client(3)
+    daemon = exporter_process(["--broker-url", redis_server.url(0), "--dead-letter-redis-url",
+                               f"redis://:pw-not-needed@127.0.0.1:{redis_server.port}/3",
+                               "--poll-interval", "0.5"])
+    source = f'source="redis_dlq:127.0.0.1:{redis_server.port}/3"'
+    key = f'celery_dead_letter_queue_length{{queue="{ZSET}"}}'
+    wait_for(lambda: daemon.metrics().get(key) == 2.0, 20, what="the db-3 DLQ")
+    dlq.zadd(ZSET, {f"burst-{i}": T for i in range(40)})
+    added = f'celery_dead_letter_messages_added_total{{queue="{ZSET}"}}'
+    wait_for(lambda: daemon.metrics().get(added) == 40.0, 20, what="40 letters added")
+    got = daemon.metrics()
+    assert got[f"celery_exporter_poll_success{{{source}}}"] == 1.0
+    assert got['celery_exporter_poll_success{source="redis"}'] == 1.0
+    assert got[f'celery_dead_letter_queue_oldest_message_age_seconds{{queue="{ZSET}"}}'] >= 600.0
+    # Task queues come from the broker's db 0 only (its empty default queue), none from db 3.
+    assert {n for n in got if n.startswith("celery_queue_length")} == {'celery_queue_length{queue="celery"}'}
+    assert "pw-not-needed" not in daemon.output()
