@@ -215,3 +215,26 @@ def test_the_daemon_with_seed_001s_exact_flags(redis_server: RedisServer,
     # Task queues come from the broker's db 0 only (its empty default queue), none from db 3.
     assert {n for n in got if n.startswith("celery_queue_length")} == {'celery_queue_length{queue="celery"}'}
     assert "pw-not-needed" not in daemon.output()
+
+
+def test_a_hung_dlq_database_fails_alone_under_its_own_deadline(redis_server: RedisServer,
+                                                                polled: list[Polling]) -> None:
+    redis_server.client(0).lpush("default", b"{}", b"{}")
+    with RedisServer() as dlq_server:
+        seed_001_entries(dlq_server.client(3), (60.0,))
+        config = Config(redis_server.url(0), dead_letter_redis_urls=(dlq_server.url(3),), poll_timeout=1.0,
+                        queues=("default",))
+        polling = start(polled, config)
+        source = f"redis_dlq:127.0.0.1:{dlq_server.port}/3"
+        polling.poll_once()
+        dlq_server.pause()  # SIGSTOP: connections hang, as a wedged server's do
+        try:
+            polling.poll_once()
+            got = samples(polled_registry(polling, FakeClock(T)))
+        finally:
+            dlq_server.resume()
+    assert got[("celery_exporter_poll_success", (("source", "redis"),))] == 1.0
+    assert got[("celery_exporter_poll_success", (("source", source),))] == 0.0
+    assert got[("celery_exporter_poll_errors_total", (("source", "redis"),))] == 0.0
+    assert by_queue(got, "celery_queue_length")["default"] == 2.0
+    assert got[("celery_exporter_poll_duration_seconds", (("source", source),))] < 2.0
