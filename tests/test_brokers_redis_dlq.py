@@ -238,3 +238,15 @@ def test_a_hung_dlq_database_fails_alone_under_its_own_deadline(redis_server: Re
     assert got[("celery_exporter_poll_errors_total", (("source", "redis"),))] == 0.0
     assert by_queue(got, "celery_queue_length")["default"] == 2.0
     assert got[("celery_exporter_poll_duration_seconds", (("source", source),))] < 2.0
+
+
+def test_odd_keys_that_are_no_queue_are_not_counted_as_skipped(redis_server: RedisServer,
+                                                              polled: list[Polling]) -> None:
+    db = redis_server.client(3)
+    db.set(b"cache:\xff\xfe", b"x")  # the application's own binary key: not a DLQ candidate
+    db.lpush("dlq:app.pay", b"{}")
+    polling = start(polled, Config(redis_server.url(0), dead_letter_redis_urls=(redis_server.url(3),)))
+    polling.poll_once()
+    got = samples(polled_registry(polling, FakeClock(T)))
+    assert by_queue(got, "celery_dead_letter_queue_length") == {"dlq:app.pay": 1.0}
+    assert not [k for k in got if k[0] == "celery_exporter_poll_skipped_total"]

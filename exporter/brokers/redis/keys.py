@@ -218,7 +218,11 @@ def make_plan(index: KeyIndex, first: Sequence[Any], settings: RedisSettings, se
         if layout.sep == KOMBU_SEP:  # with kombu's own separator a sub-queue key can only be a kombu queue
             for name in index.substeps:
                 names.setdefault(name, "")
-    invalid = {n for n in (*names, *index.plain, *index.substeps) if not valid_queue_name(n)}
+    # Only names this poll would report count as skipped, not every odd key of the database.
+    wanted = ("dlq",) if only_dlq else ("dlq", "retry")
+    considered = set(names) | {n for n in index.plain | set(index.substeps)
+                               if rules.configured_kind(n) in wanted}
+    invalid = {n for n in considered if not valid_queue_name(n)}
     if invalid:
         plan.skip("invalid_name", len(invalid))
     known = set(names)
