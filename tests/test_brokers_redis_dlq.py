@@ -142,7 +142,7 @@ def test_a_producer_with_another_sep_and_ten_steps_is_read_right_with_one_warnin
     lengths = by_queue(got, "celery_queue_length")
     assert lengths["default"] == 24.0  # every message, all ten sub-queues
     assert not any("::" in name or name.startswith("default:") for name in lengths)  # nothing invented
-    assert got[("celery_exporter_broker_option_mismatch", (("option", "sep"), ("source", "redis")))] == 1.0
+    assert got[("celery_exporter_poll_option_mismatch", (("option", "sep"), ("source", "redis")))] == 1.0
     warnings = [e for e in logs if e["log_level"] == "warning" and e.get("option") == "sep"]
     assert len(warnings) == 1 and "'{\"sep\": \":\"}'" in warnings[0]["set"]
 

@@ -65,7 +65,7 @@ def test_exposition_after_a_good_poll() -> None:
         'celery_exporter_poll_duration_seconds{source="redis"} 0.25',
         'celery_exporter_poll_errors_total{source="redis"} 0.0',
         'celery_exporter_poll_skipped_total{reason="invalid_name",source="redis"} 1.0',
-        'celery_exporter_broker_option_mismatch{option="sep",source="redis"} 1.0',
+        'celery_exporter_poll_option_mismatch{option="sep",source="redis"} 1.0',
     ]
 
 

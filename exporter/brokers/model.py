@@ -53,7 +53,7 @@ class PollResult:
     dead_letter_depth: Mapping[str, QueueDepth] = field(default_factory=dict)
     # What this poll could not read and skipped: reason -> count (``celery_exporter_poll_skipped_total``).
     skipped: Mapping[str, int] = field(default_factory=dict)
-    # Options whose value does not match what the broker holds (``celery_exporter_broker_option_mismatch``).
+    # Options whose value does not match what the broker holds (``celery_exporter_poll_option_mismatch``).
     mismatched_options: tuple[str, ...] = ()
 
     def names(self) -> set[str]:

@@ -77,7 +77,7 @@ POLL_SKIPPED_SPEC = MetricSpec(
     ("source", "reason"),
 )
 OPTION_MISMATCH_SPEC = MetricSpec(
-    "celery_exporter_broker_option_mismatch", "gauge",
+    "celery_exporter_poll_option_mismatch", "gauge",
     "1 when the last poll found the broker's keys laid out with another value of this transport option "
     "than configured (Redis 'sep' or 'priority_steps'); the poll reads them right, and the warning in the "
     "log names the --broker-transport-options value to set.", ("source", "option"),

@@ -10,7 +10,7 @@ own ``RedisPoller`` with ``dead_letters_only`` settings and its own ``source``.
 When the broker's bindings were written with another separator than the configured ``sep`` (a producer
 with ``broker_transport_options={"sep": ":"}``, the exporter left at defaults), the poller switches to the
 separator the bindings use, polls again with it, and logs one warning naming the option to set; the result
-carries the mismatch for ``celery_exporter_broker_option_mismatch``.
+carries the mismatch for ``celery_exporter_poll_option_mismatch``.
 """
 
 from __future__ import annotations
