@@ -65,6 +65,7 @@ def poll_settings(config: Config) -> PollSettings:
         max_queues=config.max_queues,
         max_scan_keys=config.max_scan_keys,
         dlq_timestamp_field=config.dlq_timestamp_field,
+        dead_letter_redis_urls=config.dead_letter_redis_urls,
     )
 
 

@@ -36,6 +36,17 @@ class _Given(argparse.Action):
         setattr(namespace, self.dest, (values, option_string or self.option_strings[0]))
 
 
+class _GivenEach(_Given):
+    """A repeatable flag: the values of every occurrence, as a list, with the first spelling used."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        given = getattr(namespace, self.dest, None)
+        listed = [*given[0], values] if given else [values]
+        spelling = given[1] if given else option_string or self.option_strings[0]
+        setattr(namespace, self.dest, (listed, spelling))
+
+
 def _shown_default(default: object) -> str | None:
     if default is None or default == () or default == {} or default == "":
         return None  # nothing worth printing: no "Default: None." noise
@@ -62,7 +73,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         default = _shown_default(opt.default)
         text = f"{opt.help} Env: {opt.env}." + (f" Default: {default}." if default else "")
         # A secret-bearing default never exists, so --help is safe to print anywhere.
-        sections[opt.group].add_argument(*opt.all_flags, dest=opt.name, metavar=opt.metavar, action=_Given,
+        sections[opt.group].add_argument(*opt.all_flags, dest=opt.name, metavar=opt.metavar,
+                                         action=_GivenEach if opt.repeatable else _Given,
                                          help=text.replace("%", "%%"))
     return parser
 

@@ -60,6 +60,7 @@ class Option:
     flags: tuple[str, ...] = ()  # the documented spelling first, then older ones that still work
     field: bool = True  # False: no Config field of its own (web_listen_address fills listen_address+port)
     required: bool = False
+    repeatable: bool = False  # the flag may be given more than once; the values form a list
 
     @property
     def flag(self) -> str:
@@ -142,6 +143,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("dlq_timestamp_field", v.string, "timestamp",
            "Redis: JSON field of a DLQ list entry holding its enqueue time (for the oldest-age metric).",
            "FIELD", POLLING),
+    Option("dead_letter_redis_urls", v.url_list, (),
+           "Redis database searched for dead-letter queues only (the --dead-letter-queues globs: dlq:* "
+           "lists, the celery:dead_letter_queue sorted set), beside a Redis or RabbitMQ broker, e.g. "
+           "redis://host:6379/3. Repeat the flag for more; env and YAML take a list (env: separated by "
+           "spaces or commas). Each is its own poll source (source=\"redis_dlq:host:port/db\").", "URL",
+           POLLING, flags=("--dead-letter-redis-url",), repeatable=True),
     Option("rabbitmq_management_url", v.optional_string, None,
            "RabbitMQ management API base URL (http://user:pass@host:15672); without it queues are "
            "polled with passive declares over AMQP.", "URL", POLLING),
@@ -226,6 +233,7 @@ class Config:
     exclude_queues: tuple[str, ...]
     max_scan_keys: int
     dlq_timestamp_field: str
+    dead_letter_redis_urls: tuple[str, ...]
     rabbitmq_management_url: str | None
     listen_address: str  # "" means every address (IPv6 and IPv4 where the host has IPv6)
     port: int
@@ -248,6 +256,7 @@ class Config:
         for key in ("broker_url", "rabbitmq_management_url"):
             if shown[key]:
                 shown[key] = redact_url(shown[key])
+        shown["dead_letter_redis_urls"] = tuple(redact_url(u) for u in self.dead_letter_redis_urls)
         return "Config(" + ", ".join(f"{k}={val!r}" for k, val in shown.items()) + ")"
 
 
@@ -318,6 +327,10 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     problem = v.broker_url_problem(values["broker_url"])
     if problem:
         raise ConfigError("broker_url", sources["broker_url"], problem)
+    for url in values.get("dead_letter_redis_urls", ()):
+        problem = v.redis_url_problem(url)
+        if problem:
+            raise ConfigError("dead_letter_redis_urls", sources["dead_letter_redis_urls"], problem)
     return Config(config_file=config_file, **values)
 
 

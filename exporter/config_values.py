@@ -98,6 +98,15 @@ def string_list(v: Any) -> tuple[str, ...]:
     return tuple(p for p in items if p)
 
 
+def url_list(v: Any) -> tuple[str, ...]:
+    """URLs: a YAML list, repeated flags (a list), or one string separated by spaces or commas."""
+    if isinstance(v, str):
+        return tuple(p for p in v.replace(",", " ").split() if p)
+    if isinstance(v, (list, tuple)):
+        return tuple(u for p in v for u in url_list(string(p)))
+    raise ValueError("expected a list of URLs (or a string of URLs separated by spaces or commas)")
+
+
 def buckets(v: Any) -> tuple[float, ...]:
     raw = v.split(",") if isinstance(v, str) else v
     if not isinstance(raw, (list, tuple)) or not raw:
@@ -207,6 +216,18 @@ def _importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a missing parent package ("azure" of "azure.servicebus")
         return False
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a Redis database URL the DLQ poller can use (value never shown), or None."""
+    split = urlsplit(url.split(";", 1)[0].strip())
+    if split.scheme.lower() not in (*_REDIS_DB_SCHEMES, "redis+socket", "socket"):
+        return "expected a Redis URL (redis://host:6379/3, rediss://, sentinel://, redis+socket://)"
+    try:
+        split.port  # noqa: B018
+    except ValueError:
+        return "not a valid URL: bad port (value not shown)"
+    return broker_url_problem(url)
 
 
 def broker_url_problem(url: str) -> str | None:

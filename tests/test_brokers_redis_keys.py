@@ -13,6 +13,7 @@ from exporter.brokers.redis.keys import (
     RedisLayout,
     RedisSettings,
     binding_queue,
+    detect_sep,
     first_round,
     index_keys,
     make_plan,
@@ -54,6 +55,25 @@ def test_binding_member_gives_the_queue() -> None:
     assert binding_queue(f"rk{S}pat{S}q", S) == "q"
     # A custom separator that also occurs in the queue name: routing key == queue resolves it.
     assert binding_queue("a:b::a:b", ":") == "a:b"
+    # Written with another separator than configured: no queue, never "default::default".
+    assert binding_queue("default::default", S) is None
+
+
+def test_the_separator_a_binding_was_written_with() -> None:
+    assert detect_sep("default::default") == ":"
+    assert detect_sep(f"q.x{S}{S}q.x") == S
+    assert detect_sep("a|b||a|b") == "|"
+    assert detect_sep("rk:pattern:queue") is None  # not Celery's default shape: nothing guessed
+
+
+def test_a_dlq_database_is_named_by_host_port_and_db_never_by_its_user() -> None:
+    from exporter.brokers.redis import dlq_source
+
+    assert dlq_source("redis://:pw@10.0.0.5:6380/3") == "redis_dlq:10.0.0.5:6380/3"
+    assert dlq_source("rediss://user:pw@cache.internal/0?ssl_cert_reqs=required") == \
+        "redis_dlq:cache.internal:6379/0"
+    assert dlq_source("redis://[::1]:7000/2") == "redis_dlq:[::1]:7000/2"
+    assert dlq_source("redis+socket:///run/redis.sock?virtual_host=4") == "redis_dlq:/run/redis.sock/4"
 
 
 SCANNED = [
@@ -111,6 +131,8 @@ def test_one_poll_is_two_pipelines_and_reads_every_sub_queue() -> None:
         dead_letter={"celery:dead_letter_queue": 2.0, "dlq:app.pay": 4.0},
         dead_letter_oldest={"celery:dead_letter_queue": 1709294000.5, "dlq:app.pay": 1709294400.0},
         broker_unacked=2.0,
+        skipped={"wrong_type": 1},  # the "reports" key holds another type: skipped, counted
+        mismatched_options=("priority_steps",),  # a producer used steps 5 and 7
     )
     assert existing == {"celery": "task", "orphan": "task", "celery:dead_letter_queue": "dlq",
                         "dlq:app.pay": "dlq", "retry:app.pay": "retry"}

@@ -275,3 +275,26 @@ def test_broker_url_that_can_never_work(url, text) -> None:
                                  "pyamqp://h//", "memory://", "filesystem://"])
 def test_broker_urls_that_may_work_pass(url) -> None:
     assert load_config(["--broker-url", url], {}).broker_url == url
+
+
+def test_dead_letter_redis_url_is_repeatable_and_takes_a_list_from_env_and_yaml(tmp_path) -> None:
+    argv = ["--broker-url", URL, "--dead-letter-redis-url", "redis://:pw1@h1:6379/3",
+            "--dead-letter-redis-url", "redis://h2/4"]
+    assert load_config(argv, {}).dead_letter_redis_urls == ("redis://:pw1@h1:6379/3", "redis://h2/4")
+    env = {"CELERY_EXPORTER_BROKER_URL": URL,
+           "CELERY_EXPORTER_DEAD_LETTER_REDIS_URLS": "redis://h1/3, redis://h2/4 redis://h3/5"}
+    assert load_config([], env).dead_letter_redis_urls == ("redis://h1/3", "redis://h2/4", "redis://h3/5")
+    f = tmp_path / "c.yaml"
+    f.write_text("broker_url: amqp://guest:guest@localhost//\ndead_letter_redis_urls:\n  - redis://h1:6379/3\n")
+    assert load_config(["--config", str(f)], {}).dead_letter_redis_urls == ("redis://h1:6379/3",)
+
+
+@pytest.mark.parametrize("url", ["amqp://guest:s3cr3t-pw@h//", "redis://:s3cr3t-pw@h:port/3",
+                                 "redis://:s3cr3t-pw@h/db3"])
+def test_a_dead_letter_redis_url_that_cannot_work_is_refused_without_its_password(url: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(["--broker-url", URL, "--dead-letter-redis-url", url], {})
+    assert str(err.value).startswith("--dead-letter-redis-url: ")
+    assert "s3cr3t-pw" not in str(err.value)
+    shown = repr(load_config(["--broker-url", URL, "--dead-letter-redis-url", "redis://:s3cr3t-pw@h/3"], {}))
+    assert "s3cr3t-pw" not in shown and "dead_letter_redis_urls=" in shown

@@ -18,6 +18,8 @@ RESULT = PollResult(
     dead_letter={"dlq:app.tasks.pay": 2.0, "celery:dead_letter_queue": 0.0},
     dead_letter_oldest={"dlq:app.tasks.pay": 1_700_000_000.0 - 90.0},
     broker_unacked=5.0,
+    skipped={"invalid_name": 1},
+    mismatched_options=("sep",),
 )
 
 
@@ -55,10 +57,15 @@ def test_exposition_after_a_good_poll() -> None:
         'celery_dead_letter_queue_length{queue="celery:dead_letter_queue"} 0.0',
         'celery_dead_letter_queue_length{queue="dlq:app.tasks.pay"} 2.0',
         'celery_dead_letter_queue_oldest_message_age_seconds{queue="dlq:app.tasks.pay"} 90.0',
+        # First sight of a DLQ adds nothing, however full it is.
+        'celery_dead_letter_messages_added_total{queue="celery:dead_letter_queue"} 0.0',
+        'celery_dead_letter_messages_added_total{queue="dlq:app.tasks.pay"} 0.0',
         "celery_broker_unacked_messages 5.0",
         'celery_exporter_poll_success{source="redis"} 1.0',
         'celery_exporter_poll_duration_seconds{source="redis"} 0.25',
         'celery_exporter_poll_errors_total{source="redis"} 0.0',
+        'celery_exporter_poll_skipped_total{reason="invalid_name",source="redis"} 1.0',
+        'celery_exporter_poll_option_mismatch{option="sep",source="redis"} 1.0',
     ]
 
 
@@ -82,9 +89,13 @@ def test_after_a_failed_poll_the_last_good_values_are_served_until_they_go_stale
     mono.now += 0.001
     store.record_failure("redis", 4.0)
     assert sample_lines(store, clock) == [
+        # A counter outlives the stale result it came from: it must not vanish and come back at 0.
+        'celery_dead_letter_messages_added_total{queue="celery:dead_letter_queue"} 0.0',
+        'celery_dead_letter_messages_added_total{queue="dlq:app.tasks.pay"} 0.0',
         'celery_exporter_poll_success{source="redis"} 0.0',
         'celery_exporter_poll_duration_seconds{source="redis"} 4.0',
         'celery_exporter_poll_errors_total{source="redis"} 2.0',
+        'celery_exporter_poll_skipped_total{reason="invalid_name",source="redis"} 1.0',
     ]
 
 
@@ -102,4 +113,21 @@ def test_sources_are_independent_and_labels_are_valid_utf8() -> None:
         'celery_exporter_poll_duration_seconds{source="redis"} 0.5',
         'celery_exporter_poll_errors_total{source="rabbitmq_management"} 1.0',
         'celery_exporter_poll_errors_total{source="redis"} 0.0',
+    ]
+
+
+def test_two_sources_holding_the_same_dlq_name_are_told_apart() -> None:
+    clock, mono = FakeClock(), FakeClock(0.0)
+    second = "redis_dlq:localhost:6379/3"
+    store = PollStore(["redis", second], stale_after=60.0, monotonic=mono)
+    store.record_success("redis", PollResult(dead_letter={"celery:dead_letter_queue": 1.0}), 0.1)
+    store.record_success(second, PollResult(dead_letter={"celery:dead_letter_queue": 7.0, "dlq:x": 2.0},
+                                            dead_letter_oldest={"celery:dead_letter_queue": clock.now - 60}),
+                         0.1)
+    lines = [ln for ln in sample_lines(store, clock) if ln.startswith("celery_dead_letter_queue")]
+    assert lines == [
+        'celery_dead_letter_queue_length{queue="celery:dead_letter_queue"} 1.0',
+        f'celery_dead_letter_queue_length{{queue="celery:dead_letter_queue@{second}"}} 7.0',
+        'celery_dead_letter_queue_length{queue="dlq:x"} 2.0',
+        f'celery_dead_letter_queue_oldest_message_age_seconds{{queue="celery:dead_letter_queue@{second}"}} 60.0',
     ]

@@ -27,11 +27,15 @@ INTERNAL_EXCHANGES = frozenset({"celeryev", "celery.pidbox", "reply.celery.pidbo
 
 @dataclass(frozen=True)
 class QueueDepth:
-    """A task queue: ready messages, and where the broker knows them, unacked messages and consumers."""
+    """A queue's depth: ready messages, and where the broker knows them, unacked messages, consumers and
+    ``published_total``, the cumulative count of messages published into the queue as the broker counts
+    them (RabbitMQ's management statistics). For a DLQ (``PollResult.dead_letter_depth``) a present
+    ``published_total`` drives ``celery_dead_letter_messages_added_total`` instead of length differences."""
 
     ready: float
     unacked: float | None = None
     consumers: float | None = None
+    published_total: float | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,13 @@ class PollResult:
     dead_letter: Mapping[str, float] = field(default_factory=dict)
     dead_letter_oldest: Mapping[str, float] = field(default_factory=dict)
     broker_unacked: float | None = None
+    # Optional detail of a DLQ named in ``dead_letter`` (a poller that knows the broker's publish count
+    # sets ``published_total`` here); ``dead_letter`` stays the length the gauges report.
+    dead_letter_depth: Mapping[str, QueueDepth] = field(default_factory=dict)
+    # What this poll could not read and skipped: reason -> count (``celery_exporter_poll_skipped_total``).
+    skipped: Mapping[str, int] = field(default_factory=dict)
+    # Options whose value does not match what the broker holds (``celery_exporter_poll_option_mismatch``).
+    mismatched_options: tuple[str, ...] = ()
 
     def names(self) -> set[str]:
         return set(self.queues) | set(self.retry) | set(self.dead_letter)
@@ -81,6 +92,18 @@ class Rules:
         if matches(name, self.dlq_globs):
             return "dlq"
         return None
+
+
+MAX_NAME_BYTES = 255  # AMQP short strings stop at 255 bytes; a label value needs no more either
+
+
+def valid_queue_name(name: str) -> bool:
+    """A name that can be a label value and a broker key or queue name: valid UTF-8 (no lone surrogate,
+    as a non-UTF-8 Redis key decodes to), no NUL, at most 255 bytes."""
+    try:
+        return "\x00" not in name and len(name.encode("utf-8")) <= MAX_NAME_BYTES
+    except UnicodeEncodeError:
+        return False
 
 
 def exact_names(patterns: Iterable[str]) -> list[str]:
@@ -124,6 +147,7 @@ def entry_timestamp(raw: bytes | str | None, field_name: str) -> float | None:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return None
+    # RecursionError (an entry nested 100,000 levels deep) is left to the caller, which counts the skip.
     for part in field_name.split("."):
         if not isinstance(doc, dict) or part not in doc:
             return None
@@ -162,7 +186,9 @@ def cap_queues(result: PollResult, max_queues: int, pinned: Sequence[str] = ()) 
     dropped = [ts for n, ts in result.dead_letter_oldest.items() if n not in keep]
     if dropped:
         oldest[OVERFLOW_LABEL] = min(dropped)
-    return PollResult(queues, retry, dlq, oldest, result.broker_unacked)
+    dlq_depth = {n: d for n, d in result.dead_letter_depth.items() if n in keep}
+    return PollResult(queues, retry, dlq, oldest, result.broker_unacked, dlq_depth, result.skipped,
+                      result.mismatched_options)
 
 
 def _fold(values: Mapping[str, float], keep: set[str]) -> dict[str, float]:

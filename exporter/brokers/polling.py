@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
-from exporter.brokers.model import PollResult, Rules, cap_queues, exact_names
+from exporter.brokers.model import PollResult, Rules, cap_queues, exact_names, valid_queue_name
 from exporter.brokers.scheduler import STALE_POLLS, Poller, Polling, PollStore, SourceRunner
 from exporter.brokers.settings import PollSettings
 from exporter.secrets import url_secrets
@@ -61,7 +61,11 @@ def build_pollers(settings: PollSettings, queues_seen: Callable[[], Iterable[str
     if pollers is None:
         log.info("queue polling is not available for this broker transport",
                  scheme=scheme_of(settings.broker_url))
-        return []
+        pollers = []
+    if settings.dead_letter_redis_urls:  # beside any broker, Redis or RabbitMQ
+        from exporter.brokers.redis import dead_letter_pollers
+
+        pollers += dead_letter_pollers(settings, monotonic)
     return [Capped(p, settings.max_queues, pinned_queues(settings)) for p in pollers]
 
 
@@ -70,11 +74,13 @@ def build_polling(settings: PollSettings, queues_seen: Callable[[], Iterable[str
     """The background polling: run ``polling.run``; ``polling.views`` reads its last results."""
 
     def seen() -> list[str]:
-        return [q for q in queues_seen() if q and q != OVERFLOW_LABEL]
+        # Names learnt from events reach the broker as keys and queue names: only valid ones do.
+        return [q for q in queues_seen() if q and q != OVERFLOW_LABEL and valid_queue_name(q)]
 
     pollers = build_pollers(settings, seen, monotonic)
     store = PollStore([p.source for p in pollers], STALE_POLLS * settings.interval, monotonic)
-    # Every password of both URLs, as written and percent-decoded, is masked in poll errors.
-    secrets = [*url_secrets(settings.broker_url), *url_secrets(settings.management_url or "")]
+    # Every password of every URL, as written and percent-decoded, is masked in poll errors.
+    secrets = [*url_secrets(settings.broker_url), *url_secrets(settings.management_url or ""),
+               *(s for url in settings.dead_letter_redis_urls for s in url_secrets(url))]
     runners = [SourceRunner(p, store, settings.timeout, secrets, monotonic) for p in pollers]
     return Polling(runners, settings.interval, store.views)

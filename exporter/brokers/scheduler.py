@@ -8,18 +8,25 @@ result in place: it is served for up to ``stale_after`` seconds (12 poll interva
 at the default interval) so a blip does not make the HPA's series vanish, then dropped, so an outage
 shows as absent series (and ``celery_exporter_poll_success 0``) rather than as a frozen, plausible value.
 The scrape path only copies references under a lock; it never touches a broker.
+
+The store also keeps what outlives one result: the dead letters added per DLQ (``growth.py``), the
+entries each source skipped (counted, each reason logged once) and the options a source found not to match
+the broker. When two sources hold a DLQ of the same name, the first source in order (the broker's own
+pollers, then the ``--dead-letter-redis-url`` databases in the order given) reports it as ``queue="<name>"``
+and each later one as ``queue="<name>@<source>"``, so no series is duplicated and none is lost.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import structlog
 
+from exporter.brokers.growth import DeadLetterAdded
 from exporter.brokers.model import PollResult
 from exporter.logs import RateLimitedLog
 from exporter.secrets import describe_error
@@ -48,6 +55,8 @@ class SourceView:
     duration: float
     errors: int
     result: PollResult | None  # None before the first success, or once the last one went stale
+    dead_letter_added: Mapping[str, float] = field(default_factory=dict)
+    skipped: Mapping[str, int] = field(default_factory=dict)  # reason -> total since start
 
 
 class PollStore:
@@ -62,12 +71,22 @@ class PollStore:
         self._duration: dict[str, float] = dict.fromkeys(sources, 0.0)
         self._errors: dict[str, int] = dict.fromkeys(sources, 0)
         self._results: dict[str, tuple[float, PollResult]] = {}
+        self._added: dict[str, DeadLetterAdded] = {s: DeadLetterAdded() for s in sources}
+        self._skipped: dict[str, dict[str, int]] = {s: {} for s in sources}
 
     def record_success(self, source: str, result: PollResult, duration: float) -> None:
         with self._lock:
             self._success[source] = True
             self._duration[source] = duration
             self._results[source] = (self.monotonic(), result)
+            self._added[source].observe(result)
+            skipped = self._skipped[source]
+            for reason, n in result.skipped.items():
+                if reason not in skipped:
+                    log.warning("broker poll skipped what it could not read; the rest of the poll is "
+                                "served (counted in celery_exporter_poll_skipped_total)",
+                                source=source, reason=reason)
+                skipped[reason] = skipped.get(reason, 0) + n
 
     def record_failure(self, source: str, duration: float) -> None:
         with self._lock:
@@ -79,11 +98,32 @@ class PollStore:
         now = self.monotonic()
         with self._lock:
             out = []
+            claimed: set[str] = set()  # DLQ names an earlier source reports
             for source, success in self._success.items():
                 held = self._results.get(source)
                 result = held[1] if held and now - held[0] <= self.stale_after else None
-                out.append(SourceView(source, success, self._duration[source], self._errors[source], result))
+                added = self._added[source].totals()
+                taken = {n for n in (*added, *(result.dead_letter if result else ())) if n in claimed}
+                claimed.update(n for n in (*added, *(result.dead_letter if result else ())) if n not in taken)
+                if taken:
+                    result, added = _rename(result, added, taken, source)
+                out.append(SourceView(source, success, self._duration[source], self._errors[source], result,
+                                      added, dict(self._skipped[source])))
             return out
+
+
+def _rename(result: PollResult | None, added: Mapping[str, float], taken: set[str],
+            source: str) -> tuple[PollResult | None, dict[str, float]]:
+    """Report the DLQs another source already reports as ``<name>@<source>``."""
+
+    def named(values: Mapping[str, Any]) -> dict[str, Any]:
+        return {(f"{n}@{source}" if n in taken else n): v for n, v in values.items()}
+
+    if result is not None:
+        result = replace(result, dead_letter=named(result.dead_letter),
+                         dead_letter_oldest=named(result.dead_letter_oldest),
+                         dead_letter_depth=named(result.dead_letter_depth))
+    return result, named(added)
 
 
 class SourceRunner:

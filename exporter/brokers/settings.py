@@ -52,3 +52,4 @@ class PollSettings:
     max_queues: int
     max_scan_keys: int
     dlq_timestamp_field: str
+    dead_letter_redis_urls: tuple[str, ...]  # more Redis databases searched for DLQs only

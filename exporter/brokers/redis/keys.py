@@ -6,6 +6,13 @@ kombu's Redis transport keeps a queue ``q`` as a list under ``<global_keyprefix>
 bindings as sets ``_kombu.binding.<exchange>`` whose members are ``routing_key<sep>pattern<sep>queue``;
 delivered-but-unacked messages in one hash, ``unacked``. Producers may use other priority steps than the
 exporter was told, so the sub-queues that exist (found by SCAN) are counted, not only configured ones.
+A producer may also use another separator than the exporter was told: ``detect_sep`` reads the one the
+bindings were written with, and a binding member that does not split is never turned into a queue name.
+
+A key, entry or name that cannot be read (not UTF-8, a NUL, over 255 bytes, a key of another type, a DLQ
+entry nested too deep to parse) is skipped and counted in ``PollResult.skipped`` by reason; the rest of the
+poll is served. ``RedisSettings.dead_letters_only`` is a ``--dead-letter-redis-url`` database: only the DLQ
+conventions and globs are searched there (no task queues, no bindings, no unacked hash).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from exporter.brokers.model import (
     entry_timestamp,
     matches,
     parse_timestamp,
+    valid_queue_name,
 )
 
 KOMBU_SEP = "\x06\x16"
@@ -74,6 +82,7 @@ class RedisSettings:
     dlq_names: tuple[str, ...] = ()
     timestamp_field: str = "timestamp"
     max_scan_keys: int = 10_000
+    dead_letters_only: bool = False
 
 
 @dataclass
@@ -100,10 +109,13 @@ def index_keys(names: Iterable[str], layout: RedisLayout) -> KeyIndex:
     return index
 
 
-def binding_queue(member: str, sep: str) -> str:
-    """The queue of a binding member ``routing_key<sep>pattern<sep>queue``. If a name contains the
-    separator, prefer the split where the routing key equals the queue (Celery's default)."""
+def binding_queue(member: str, sep: str) -> str | None:
+    """The queue of a binding member ``routing_key<sep>pattern<sep>queue``, or None when the member was
+    not written with ``sep``. If a name contains the separator, prefer the split where the routing key
+    equals the queue (Celery's default)."""
     parts = member.split(sep)
+    if len(parts) < 3:
+        return None
     if len(parts) > 3 and len(parts) % 2 == 1:
         half = (len(parts) - 1) // 2
         if parts[:half] == parts[half + 1:]:
@@ -111,12 +123,37 @@ def binding_queue(member: str, sep: str) -> str:
     return parts[-1]
 
 
+def detect_sep(member: str) -> str | None:
+    """The separator a binding member was written with, from Celery's default binding (routing key =
+    queue, empty pattern: ``q<sep><sep>q``), or None when the member does not have that shape."""
+    for i in range(1, len(member) // 2):
+        queue = member[:i]
+        middle = member[i:len(member) - i]
+        if member.endswith(queue) and middle and len(middle) % 2 == 0:
+            half = len(middle) // 2
+            if middle[:half] == middle[half:]:
+                return middle[:half]
+    return None
+
+
+def binding_members(index: KeyIndex, first: Sequence[Any], settings: RedisSettings) -> list[str]:
+    """The binding members of the first round's replies (empty for a dead-letters-only source)."""
+    if settings.dead_letters_only:
+        return []
+    members: list[str] = []
+    for reply in first[1:1 + len(bindable(index.exchanges))]:
+        if isinstance(reply, (set, list)):
+            members += sorted(_text(m) for m in reply)
+    return members
+
+
 def first_round(index: KeyIndex, settings: RedisSettings, remembered: Mapping[str, Kind]) -> list[Command]:
     """Round trip 1: the unacked total, every (non-internal) binding set, and the TYPE of every key that
     may be a retry queue or DLQ (a zset is read differently from a list)."""
     layout = settings.layout
     cmds: list[Command] = [("HLEN", layout.prefix + layout.unacked_key)]
-    cmds += [("SMEMBERS", f"{layout.prefix}{BINDING_PREFIX}{x}") for x in bindable(index.exchanges)]
+    if not settings.dead_letters_only:
+        cmds += [("SMEMBERS", f"{layout.prefix}{BINDING_PREFIX}{x}") for x in bindable(index.exchanges)]
     cmds += [("TYPE", layout.prefix + name) for name in special_candidates(index, settings, remembered)]
     return cmds
 
@@ -127,10 +164,14 @@ def bindable(exchanges: Iterable[str]) -> list[str]:
 
 def special_candidates(index: KeyIndex, settings: RedisSettings, remembered: Mapping[str, Kind]) -> list[str]:
     rules = settings.rules
-    names = set(settings.retry_names) | set(settings.dlq_names)
-    names |= {n for n, kind in remembered.items() if kind != "task"}
-    names |= {n for n in index.plain | set(index.substeps) if rules.configured_kind(n) is not None}
-    return sorted(n for n in names if not _internal(n, settings))
+    if settings.dead_letters_only:
+        names = set(settings.dlq_names) | {n for n, kind in remembered.items() if kind == "dlq"}
+        names |= {n for n in index.plain | set(index.substeps) if rules.configured_kind(n) == "dlq"}
+    else:
+        names = set(settings.retry_names) | set(settings.dlq_names)
+        names |= {n for n, kind in remembered.items() if kind != "task"}
+        names |= {n for n in index.plain | set(index.substeps) if rules.configured_kind(n) is not None}
+    return sorted(n for n in names if not _internal(n, settings) and valid_queue_name(n))
 
 
 def _internal(name: str, settings: RedisSettings) -> bool:
@@ -145,27 +186,45 @@ class Plan:
     # name -> (kind, redis type, [(reply index, what)]) with what in llen|zcard|head|tail|zoldest
     slots: dict[str, tuple[Kind, str, list[tuple[int, str]]]] = field(default_factory=dict)
     broker_unacked: float | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
+    mismatched: tuple[str, ...] = ()
+    found_steps: set[int] = field(default_factory=set)  # priority steps of existing sub-queue keys
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
 
 
 def make_plan(index: KeyIndex, first: Sequence[Any], settings: RedisSettings, seen: Iterable[str],
               remembered: Mapping[str, Kind], truncated: bool) -> Plan:
     """Decide the queues of this poll from the scan, the first round's replies, config and events."""
     layout, rules = settings.layout, settings.rules
-    plan = Plan(broker_unacked=_int(first[0]))
-    n_bind = len(bindable(index.exchanges))
+    only_dlq = settings.dead_letters_only
+    plan = Plan(broker_unacked=None if only_dlq else _int(first[0]))
+    n_bind = 0 if only_dlq else len(bindable(index.exchanges))
     names: dict[str, str] = {}  # name -> redis type ("" when not asked)
-    for members in first[1:1 + n_bind]:
-        if isinstance(members, (set, list)):
-            for m in members:
-                names.setdefault(binding_queue(_text(m), layout.sep), "")
-    for name in (*settings.queue_names, *seen, *remembered):
-        names.setdefault(name, "")
-    for name in index.plain | set(index.substeps):
-        if matches(name, settings.queue_globs):
+    for name, held in remembered.items():  # a drained list Redis deleted is reported as 0, not dropped
+        if held == "dlq" or not only_dlq:
             names.setdefault(name, "")
-    if layout.sep == KOMBU_SEP:  # with kombu's own separator a sub-queue key can only be a kombu queue
-        for name in index.substeps:
+    if not only_dlq:
+        for member in binding_members(index, first, settings):
+            queue = binding_queue(member, layout.sep)
+            if queue is not None:  # written with another separator: never invent a name from it
+                names.setdefault(queue, "")
+        for name in (*settings.queue_names, *seen):
             names.setdefault(name, "")
+        for name in index.plain | set(index.substeps):
+            if matches(name, settings.queue_globs):
+                names.setdefault(name, "")
+        if layout.sep == KOMBU_SEP:  # with kombu's own separator a sub-queue key can only be a kombu queue
+            for name in index.substeps:
+                names.setdefault(name, "")
+    # Only names this poll would report count as skipped, not every odd key of the database.
+    wanted = ("dlq",) if only_dlq else ("dlq", "retry")
+    considered = set(names) | {n for n in index.plain | set(index.substeps)
+                               if rules.configured_kind(n) in wanted}
+    invalid = {n for n in considered if not valid_queue_name(n)}
+    if invalid:
+        plan.skip("invalid_name", len(invalid))
     known = set(names)
     for name, rtype in zip(special_candidates(index, settings, remembered), first[1 + n_bind:], strict=False):
         rtype = "" if isinstance(rtype, Exception) else _text(rtype)
@@ -175,12 +234,20 @@ def make_plan(index: KeyIndex, first: Sequence[Any], settings: RedisSettings, se
 
     guess_steps = range(10) if truncated else ()
     for name, rtype in sorted(names.items()):
-        if _internal(name, settings) or rtype not in ("", "list", "zset", "none"):
+        if _internal(name, settings) or name in invalid:
+            continue
+        if rtype not in ("", "list", "zset", "none"):
+            plan.skip("wrong_type")  # a hash or string where a DLQ or retry list should be
             continue
         kind: Kind = rules.configured_kind(name) or remembered.get(name) or "task"
+        if only_dlq and kind != "dlq":
+            continue
         found = index.substeps.get(name, set())
         if kind == "task" and rtype == "zset":
             continue  # a sorted set that no rule names as a retry queue or DLQ is not a task queue
+        if kind == "task" and found - {0, *layout.priority_steps}:
+            plan.mismatched = ("priority_steps",)
+            plan.found_steps |= found
         slots: list[tuple[int, str]] = []
         cmds = plan.commands
         if rtype == "zset":
@@ -211,17 +278,24 @@ def redis_result(
     dlq: dict[str, float] = {}
     oldest: dict[str, float] = {}
     existing: dict[str, Kind] = {}
+    skipped = dict(plan.skipped)
     for name, (kind, rtype, slots) in plan.slots.items():
         length = 0
         stamps: list[float] = []
         for i, what in slots:
             reply = replies[i] if i < len(replies) else None
             if isinstance(reply, Exception):
-                continue  # WRONGTYPE and the like: not a queue key
+                if "WRONGTYPE" in str(reply):  # a task queue's name held by a hash or string
+                    skipped["wrong_type"] = skipped.get("wrong_type", 0) + 1
+                continue
             if what in ("llen", "zcard"):
                 length += _int(reply) or 0
             elif what in ("head", "tail"):
-                ts = entry_timestamp(reply, timestamp_field)
+                try:
+                    ts = entry_timestamp(reply, timestamp_field)
+                except RecursionError:  # nested deeper than the JSON parser goes: skip the entry
+                    skipped["unreadable_entry"] = skipped.get("unreadable_entry", 0) + 1
+                    continue
                 if ts is not None:
                     stamps.append(ts)
             elif what == "zoldest":
@@ -238,7 +312,9 @@ def redis_result(
             dlq[name] = float(length)
             if stamps and length:
                 oldest[name] = min(stamps)
-    return PollResult(queues, retry, dlq, oldest, plan.broker_unacked), existing
+    result = PollResult(queues, retry, dlq, oldest, plan.broker_unacked, skipped=skipped,
+                        mismatched_options=plan.mismatched)
+    return result, existing
 
 
 def _oldest_score(reply: Any) -> float | None:
