@@ -23,15 +23,24 @@ Kind = Literal["task", "retry", "dlq"]
 # and kombu's bookkeeping keys on Redis.
 INTERNAL_GLOBS: tuple[str, ...] = ("celeryev.*", "*.pidbox", "amq.gen-*", "_kombu.*")
 INTERNAL_EXCHANGES = frozenset({"celeryev", "celery.pidbox", "reply.celery.pidbox"})
+# The default of --dead-letter-queues: name patterns, which never override what the broker says (even the
+# exact names among them; a user's own exact names are explicit configuration).
+DEFAULT_DEAD_LETTER_QUEUES: tuple[str, ...] = (
+    "dlq:*", "celery:dead_letter_queue", "dlq", "*.dlq", "dead_letter*",
+)
 
 
 @dataclass(frozen=True)
 class QueueDepth:
-    """A task queue: ready messages, and where the broker knows them, unacked messages and consumers."""
+    """A queue's depth: ready messages, and where the broker knows them, unacked messages, consumers and
+    ``published_total``, the cumulative count of messages published into the queue as the broker counts
+    them (RabbitMQ's management statistics). For a DLQ (``PollResult.dead_letter_depth``) a present
+    ``published_total`` drives ``celery_dead_letter_messages_added_total`` instead of length differences."""
 
     ready: float
     unacked: float | None = None
     consumers: float | None = None
+    published_total: float | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,11 @@ class PollResult:
     dead_letter: Mapping[str, float] = field(default_factory=dict)
     dead_letter_oldest: Mapping[str, float] = field(default_factory=dict)
     broker_unacked: float | None = None
+    # Optional detail of a DLQ named in ``dead_letter`` (a poller that knows the broker's publish count
+    # sets ``published_total`` here); ``dead_letter`` stays the length the gauges report.
+    dead_letter_depth: Mapping[str, QueueDepth] = field(default_factory=dict)
+    # What this poll could not read and skipped: reason -> count (``celery_exporter_poll_skipped_total``).
+    skipped: Mapping[str, int] = field(default_factory=dict)
 
     def names(self) -> set[str]:
         return set(self.queues) | set(self.retry) | set(self.dead_letter)
@@ -162,7 +176,8 @@ def cap_queues(result: PollResult, max_queues: int, pinned: Sequence[str] = ()) 
     dropped = [ts for n, ts in result.dead_letter_oldest.items() if n not in keep]
     if dropped:
         oldest[OVERFLOW_LABEL] = min(dropped)
-    return PollResult(queues, retry, dlq, oldest, result.broker_unacked)
+    dlq_depth = {n: d for n, d in result.dead_letter_depth.items() if n in keep}
+    return PollResult(queues, retry, dlq, oldest, result.broker_unacked, dlq_depth, result.skipped)
 
 
 def _fold(values: Mapping[str, float], keep: set[str]) -> dict[str, float]:

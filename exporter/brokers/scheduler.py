@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -48,6 +48,7 @@ class SourceView:
     duration: float
     errors: int
     result: PollResult | None  # None before the first success, or once the last one went stale
+    skipped: Mapping[str, int] = field(default_factory=dict)  # reason -> total since start
 
 
 class PollStore:
@@ -62,12 +63,20 @@ class PollStore:
         self._duration: dict[str, float] = dict.fromkeys(sources, 0.0)
         self._errors: dict[str, int] = dict.fromkeys(sources, 0)
         self._results: dict[str, tuple[float, PollResult]] = {}
+        self._skipped: dict[str, dict[str, int]] = {s: {} for s in sources}
 
     def record_success(self, source: str, result: PollResult, duration: float) -> None:
         with self._lock:
             self._success[source] = True
             self._duration[source] = duration
             self._results[source] = (self.monotonic(), result)
+            skipped = self._skipped[source]
+            for reason, n in result.skipped.items():
+                if reason not in skipped:
+                    log.warning("broker poll skipped what it could not read; the rest of the poll is "
+                                "served (counted in celery_exporter_poll_skipped_total)",
+                                source=source, reason=reason)
+                skipped[reason] = skipped.get(reason, 0) + n
 
     def record_failure(self, source: str, duration: float) -> None:
         with self._lock:
@@ -82,7 +91,8 @@ class PollStore:
             for source, success in self._success.items():
                 held = self._results.get(source)
                 result = held[1] if held and now - held[0] <= self.stale_after else None
-                out.append(SourceView(source, success, self._duration[source], self._errors[source], result))
+                out.append(SourceView(source, success, self._duration[source], self._errors[source], result,
+                                      dict(self._skipped[source])))
             return out
 
 

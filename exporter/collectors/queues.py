@@ -61,10 +61,17 @@ POLL_ERRORS_SPEC = MetricSpec(
     "celery_exporter_poll_errors_total", "counter", "Broker polls of this source that failed or timed out.",
     ("source",),
 )
+POLL_SKIPPED_SPEC = MetricSpec(
+    "celery_exporter_poll_skipped_total", "counter",
+    "Keys, entries or queue names a broker poll could not read and skipped while serving the rest, by "
+    "reason: invalid_name (not UTF-8, a NUL, over 255 bytes), wrong_type (a DLQ or queue key of another "
+    "Redis type), unreadable_entry (a DLQ entry nested too deep to parse). Each reason is logged once.",
+    ("source", "reason"),
+)
 
 METRICS = (
     QUEUE_LENGTH_SPEC, UNACKED_SPEC, CONSUMERS_SPEC, RETRY_LENGTH_SPEC, DLQ_LENGTH_SPEC, DLQ_AGE_SPEC,
-    BROKER_UNACKED_SPEC, POLL_SUCCESS_SPEC, POLL_DURATION_SPEC, POLL_ERRORS_SPEC,
+    BROKER_UNACKED_SPEC, POLL_SUCCESS_SPEC, POLL_DURATION_SPEC, POLL_ERRORS_SPEC, POLL_SKIPPED_SPEC,
 )
 
 
@@ -80,14 +87,16 @@ def queue_families(views: Sequence[SourceView], now: float) -> Iterator[Metric]:
                              DLQ_LENGTH_SPEC, DLQ_AGE_SPEC)
     )
     broker_unacked = BROKER_UNACKED_SPEC.family()
-    success, duration, errors = (
-        s.family() for s in (POLL_SUCCESS_SPEC, POLL_DURATION_SPEC, POLL_ERRORS_SPEC)
+    success, duration, errors, skipped = (
+        s.family() for s in (POLL_SUCCESS_SPEC, POLL_DURATION_SPEC, POLL_ERRORS_SPEC, POLL_SKIPPED_SPEC)
     )
     for view in sorted(views, key=lambda v: v.source):
         if view.success is not None:
             success.add_metric([view.source], 1.0 if view.success else 0.0)
             duration.add_metric([view.source], view.duration)
         errors.add_metric([view.source], view.errors)
+        for reason, n in sorted(view.skipped.items()):
+            skipped.add_metric([view.source, reason], n)
         r = view.result
         if r is None:
             continue
@@ -106,7 +115,8 @@ def queue_families(views: Sequence[SourceView], now: float) -> Iterator[Metric]:
             age.add_metric([_label(name)], max(0.0, now - ts))
         if r.broker_unacked is not None:
             broker_unacked.add_metric([], r.broker_unacked)
-    yield from (length, unacked, consumers, retry, dlq, age, broker_unacked, success, duration, errors)
+    yield from (length, unacked, consumers, retry, dlq, age, broker_unacked, success, duration, errors,
+                skipped)
 
 
 class QueueCollector(SpecCollector):
