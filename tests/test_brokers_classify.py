@@ -224,12 +224,20 @@ def test_live_counts_replace_the_statistics() -> None:
 
 
 def test_published_total_comes_from_message_stats() -> None:
-    rows = [dict(q("dead_letters", ready=5), message_stats={"publish": 12}), q("dlq", ready=0),
+    rows = [dict(q("dlq", ready=5), message_stats={"publish": 12}), q("orders.dlq", ready=0),
             dict(q("work", consumers=1), message_stats={"publish": 40, "deliver_get": 40})]
     got = management_result(rows, [], RULES)
-    assert got.dead_letter_depth["dead_letters"].published_total == 12.0
-    assert got.dead_letter_depth["dlq"].published_total is None  # never received a message
+    assert got.dead_letter_depth["dlq"].published_total == 12.0
+    assert got.dead_letter_depth["orders.dlq"].published_total is None  # never received a message
     assert got.queues["work"].published_total == 40.0
+
+
+def test_a_dlq_fed_by_a_dlx_has_no_published_total() -> None:
+    """RabbitMQ's publish count leaves out dead-lettered messages: a DLX-fed DLQ must not report one."""
+    rows = [dict(r, message_stats={"publish": 1}) if r["name"] == "dead_letters" else r for r in SEED_004_QUEUES]
+    got = management_result(rows, SEED_004_BINDINGS, RULES)
+    assert got.dead_letter["dead_letters"] == 2.0
+    assert got.dead_letter_depth["dead_letters"].published_total is None
 
 
 def test_names_the_broker_cannot_take() -> None:

@@ -18,6 +18,7 @@ RESULT = PollResult(
     dead_letter={"dlq:app.tasks.pay": 2.0, "celery:dead_letter_queue": 0.0},
     dead_letter_oldest={"dlq:app.tasks.pay": 1_700_000_000.0 - 90.0},
     broker_unacked=5.0,
+    skipped={"invalid_name": 2},
 )
 
 
@@ -59,7 +60,18 @@ def test_exposition_after_a_good_poll() -> None:
         'celery_exporter_poll_success{source="redis"} 1.0',
         'celery_exporter_poll_duration_seconds{source="redis"} 0.25',
         'celery_exporter_poll_errors_total{source="redis"} 0.0',
+        'celery_exporter_poll_skipped_total{reason="invalid_name",source="redis"} 2.0',
     ]
+
+
+def test_skipped_counts_add_up_across_polls() -> None:
+    clock, mono = FakeClock(), FakeClock(100.0)
+    store = PollStore(["rabbitmq_amqp"], stale_after=60.0, monotonic=mono)
+    for _ in range(3):
+        store.record_success("rabbitmq_amqp", PollResult(skipped={"invalid_name": 1}), 0.01)
+    store.record_success("rabbitmq_amqp", PollResult(), 0.01)
+    assert 'celery_exporter_poll_skipped_total{reason="invalid_name",source="rabbitmq_amqp"} 3.0' in (
+        sample_lines(store, clock))
 
 
 def test_after_a_failed_poll_the_last_good_values_are_served_until_they_go_stale() -> None:
@@ -85,6 +97,8 @@ def test_after_a_failed_poll_the_last_good_values_are_served_until_they_go_stale
         'celery_exporter_poll_success{source="redis"} 0.0',
         'celery_exporter_poll_duration_seconds{source="redis"} 4.0',
         'celery_exporter_poll_errors_total{source="redis"} 2.0',
+        # a counter outlives the stale values it came with
+        'celery_exporter_poll_skipped_total{reason="invalid_name",source="redis"} 2.0',
     ]
 
 

@@ -101,7 +101,14 @@ def _number(value: Any) -> float | None:
 
 def classify(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Mapping[str, Any]],
              rules: Rules) -> dict[str, Kind]:
-    """Kind of every reported queue, from queue rows and binding rows of the management API.
+    """Kind of every reported queue, from queue rows and binding rows of the management API (see
+    ``_classify``)."""
+    return _classify(queues, bindings, rules)[0]
+
+
+def _classify(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Mapping[str, Any]],
+              rules: Rules) -> tuple[dict[str, Kind], set[str]]:
+    """Kind of every reported queue, and the queues some queue dead-letters into.
 
     Dead-lettering evidence (step 2 of ``kind_of``): where a queue's dead letters go is the queues bound
     to its DLX (only those bound with its dead-letter routing key, when it has one and such bindings
@@ -169,7 +176,8 @@ def classify(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Mapping[str
         kind = kind_of(name, rules, evidence, name in working)
         if kind is not None:
             kinds[name] = kind
-    return kinds
+    fed = {t for went in reach.values() for t in went or ()}
+    return kinds, fed
 
 
 def management_result(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Mapping[str, Any]],
@@ -178,9 +186,14 @@ def management_result(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Ma
     holds passive-declare counts read right after: they replace the statistics' ready count and
     consumers (the unacked count stays the statistics'), and a queue they found gone is left out. A queue
     whose counts the management database has not published yet (just declared) is left out unless it
-    was read live. ``published_total`` is the statistics' cumulative ``message_stats.publish``."""
+    was read live.
+
+    ``published_total`` is the statistics' cumulative ``message_stats.publish``, which counts messages
+    clients publish, not those RabbitMQ dead-letters into a queue. So a DLQ some queue dead-letters into
+    gets none (its letters-added counter then follows length increases): a publish count there would
+    miss exactly the letters that matter."""
     live = live or {}
-    kinds = classify(queues, bindings, rules)
+    kinds, fed = _classify(queues, bindings, rules)
     task: dict[str, QueueDepth] = {}
     retry: dict[str, float] = {}
     dlq: dict[str, float] = {}
@@ -206,7 +219,7 @@ def management_result(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Ma
             retry[name] = ready + (unacked or 0.0)
         else:
             dlq[name] = ready + (unacked or 0.0)
-            dlq_depth[name] = QueueDepth(ready, unacked, consumers, published)
+            dlq_depth[name] = QueueDepth(ready, unacked, consumers, None if name in fed else published)
             ts = parse_timestamp(q.get("head_message_timestamp"))
             if ts is not None and dlq[name]:
                 oldest[name] = ts
