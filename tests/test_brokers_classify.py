@@ -209,6 +209,11 @@ def test_amqp_result_lets_consumers_beat_name_patterns() -> None:
     counts = {"dead_letter": (4, 1), "dead_letters": (2, 0)}
     assert amqp_result(counts, RULES) == PollResult(
         queues={"dead_letter": QueueDepth(4.0, None, 1.0)}, dead_letter={"dead_letters": 2.0})
+    # Scaled to zero, over AMQP only: nothing but --queues tells the work queue from a DLQ.
+    idle = {"dead_letter": (4, 0)}
+    assert amqp_result(idle, RULES).dead_letter == {"dead_letter": 4.0}
+    listed = rules_for(poll_settings(Config("amqp://", queues=("dead_letter",))))
+    assert amqp_result(idle, listed).queues == {"dead_letter": QueueDepth(4.0, None, 0.0)}
 
 
 def test_live_counts_replace_the_statistics() -> None:

@@ -79,6 +79,7 @@ class Rules:
     dlq_globs: tuple[str, ...] = ()
     exclude_globs: tuple[str, ...] = ()
     internal_names: frozenset[str] = frozenset()
+    task_names: frozenset[str] = frozenset()  # exact names in --queues: task queues by configuration
 
     def excluded(self, name: str) -> bool:
         return (

@@ -44,12 +44,15 @@ def name_problem(name: str) -> str | None:
 
 
 def explicit_kind(name: str, rules: Rules) -> Kind | None:
-    """The kind an exact name the user listed in ``--retry-queues`` / ``--dead-letter-queues`` gives.
-    The built-in default list counts as patterns even where it holds exact names (``dlq``)."""
+    """The kind an exact name the user listed in ``--retry-queues``, ``--dead-letter-queues`` or
+    ``--queues`` (in that order) gives. The built-in default DLQ list counts as patterns even where it
+    holds exact names (``dlq``)."""
     if name in rules.retry_globs and not is_glob(name):
         return "retry"
     if name in rules.dlq_globs and not is_glob(name) and name not in DEFAULT_DEAD_LETTER_QUEUES:
         return "dlq"
+    if name in rules.task_names:
+        return "task"
     return None
 
 
@@ -57,8 +60,8 @@ def kind_of(name: str, rules: Rules, dead_lettering: Kind | None = None, worked:
     """The kind of one queue; None when it is never reported. First match wins:
 
     0. Never reported: Celery's internals, the exporter's event queue, ``--exclude-queues``.
-    1. Explicit configuration: the exact name is listed in ``--retry-queues`` (first) or
-       ``--dead-letter-queues``.
+    1. Explicit configuration: the exact name is listed in ``--retry-queues`` (first),
+       ``--dead-letter-queues`` or ``--queues`` (a task queue).
     2. What the broker says about dead-lettering (``dead_lettering``, from arguments, policies and
        bindings; see ``classify``): a retry queue, or a DLQ that another queue dead-letters into.
     3. What the broker says about work (``worked``): a queue with consumers, or bound to an exchange
