@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
-import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -38,7 +35,12 @@ import structlog
 
 from exporter.brokers.model import PollResult, Rules, matches
 from exporter.brokers.rabbitmq.classify import amqp_result, classify, management_result, name_problem
-from exporter.brokers.rabbitmq.connection import connection_parameters, credentials, ssl_context
+from exporter.brokers.rabbitmq.connection import (
+    connection_parameters,
+    credentials,
+    expecting_channel_close,
+    ssl_context,
+)
 from exporter.logs import RateLimitedLog
 from exporter.secrets import describe_error
 
@@ -137,37 +139,12 @@ def amqp_parameters(broker_url: str, timeout: float, heartbeat: int) -> list[pik
                                  socket_timeout=timeout, stack_timeout=timeout, blocked_timeout=timeout)
 
 
-class _ExpectedClose(logging.Filter):
-    """Drops pika's WARNING "Received remote Channel.Close (404)" (and 403/405) while this thread
-    passive-declares: that is how a missing queue answers, and the poller reports it once itself."""
-
-    local = threading.local()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (getattr(self.local, "declaring", False)
-                    and str(record.msg).startswith("Received remote Channel.Close")
-                    and isinstance(record.args, tuple) and record.args[:1] in ((403,), (404,), (405,)))
-
-
-_EXPECTED_CLOSE = _ExpectedClose()
-logging.getLogger("pika.channel").addFilter(_EXPECTED_CLOSE)  # idempotent: a filter is added once
-
-
-@contextmanager
-def _declaring() -> Iterator[None]:
-    _EXPECTED_CLOSE.local.declaring = True
-    try:
-        yield
-    finally:
-        _EXPECTED_CLOSE.local.declaring = False
-
-
 def fetch_amqp(connection: Any, names: Iterable[str], deadline: float,
                monotonic: Callable[[], float] = time.monotonic) -> dict[str, tuple[int, int] | None]:
     """Passive-declare each queue: ``name -> (ready, consumers)``, or None when it does not exist (or
     this user may not see it). A 404/403 closes only the channel: open a new one and go on."""
     out: dict[str, tuple[int, int] | None] = {}
-    with _declaring():
+    with expecting_channel_close():
         channel = connection.channel()
         try:
             for name in names:
