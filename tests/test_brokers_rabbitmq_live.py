@@ -139,6 +139,33 @@ def test_dlq_publish_count_rises_by_5_and_dlx_fed_dlqs_report_none(
         polling.close()
 
 
+def test_live_queues_option_reads_a_task_queue_live(
+        vhost: str, channel: pika.adapters.blocking_connection.BlockingChannel) -> None:
+    channel.queue_declare("task_queue")
+    config = Config(amqp_url(vhost), rabbitmq_management_url=MGMT_URL, default_queue="task_queue",
+                    rabbitmq_live_queues=("task_*",))
+    source = (("source", "rabbitmq_management"),)
+    wait_for(lambda: by_queue(poll(config, FakeClock(T)), "celery_queue_length"), 40, every=0.5,
+             ok=lambda d: d == {"task_queue": 0.0})
+    for i in range(3):
+        channel.basic_publish("", "task_queue", f"{i}".encode())
+    got = poll(config, FakeClock(T))  # at once: the statistics cannot have caught up in these milliseconds
+    assert (by_queue(got, "celery_queue_length"), got[("celery_exporter_poll_success", source)]) == (
+        {"task_queue": 3.0}, 1.0)
+
+
+def test_live_reads_failing_fall_back_to_the_statistics(
+        vhost: str, channel: pika.adapters.blocking_connection.BlockingChannel) -> None:
+    """The AMQP port unreachable from the exporter (say, a firewall): the poll still serves the DLQ."""
+    channel.queue_declare("dlq")
+    channel.basic_publish("", "dlq", b"{}")
+    unreachable = amqp_url(vhost).replace(":5672/", ":1/")
+    config = Config(unreachable, rabbitmq_management_url=MGMT_URL, poll_timeout=2.0)
+    got = wait_for(lambda: poll(config, FakeClock(T)), 40, every=0.5,
+                   ok=lambda g: by_queue(g, "celery_dead_letter_queue_length") == {"dlq": 1.0})
+    assert got[("celery_exporter_poll_success", (("source", "rabbitmq_management"),))] == 1.0
+
+
 # ------------------------------------------------------------------------------------------ hostile names
 HOSTILE = ("q" * 512, "é" * 128, "bad\ud800", "a\x00b")
 

@@ -20,6 +20,7 @@ from exporter.brokers.model import exact_names, is_glob
 from exporter.brokers.polling import pinned_queues, rules_for
 from exporter.brokers.scheduler import Poller
 from exporter.brokers.settings import PollSettings
+from exporter.secrets import url_secrets
 
 log = structlog.get_logger("exporter.brokers")
 
@@ -42,7 +43,8 @@ def pollers(settings: PollSettings, queues_seen: Callable[[], Iterable[str]],
         api = ManagementApi(settings.management_url, credentials(url))
         # Retry queues and DLQs are read live over AMQP: the statistics lag by up to 5 s.
         live = KeptConnection(amqp_parameters(url, settings.timeout, heartbeat))
-        return [ManagementPoller(api, vhost_of(url), rules, monotonic, live, settings.live_queues)]
+        return [ManagementPoller(api, vhost_of(url), rules, monotonic, live, settings.live_queues,
+                                 url_secrets(url))]
     globs = [g for g in (*settings.queues, *settings.retry_queues) if is_glob(g)]
     if globs:
         log.warning("without --rabbitmq-management-url queue globs only match queues seen in "

@@ -46,7 +46,7 @@ from exporter.secrets import describe_error
 
 log = structlog.get_logger("exporter.brokers")
 ABSENT_RECHECK = 600.0  # seconds between passive declares of a queue found not to exist
-_REMEMBERED_NAMES = 1000  # bad or absent names kept for "log once"; they come from events, so bounded
+_REMEMBERED_NAMES = 1000  # invalid names kept for "log once"; they come from events, so bounded
 
 QUEUE_COLUMNS = (
     "name,messages_ready,messages_unacknowledged,consumers,arguments,effective_policy_definition,"
@@ -106,9 +106,10 @@ class ManagementPoller:
 
     def __init__(self, api: ManagementApi, vhost: str, rules: Rules,
                  monotonic: Callable[[], float] = time.monotonic, amqp: KeptConnection | None = None,
-                 live: Sequence[str] = ()) -> None:
+                 live: Sequence[str] = (), secrets: Sequence[str] = ()) -> None:
         self.api, self.vhost, self.rules, self.monotonic = api, vhost, rules, monotonic
         self.amqp, self.live = amqp, tuple(live)
+        self.secrets = (*api.secrets, *secrets)
         self.log = RateLimitedLog(log, interval=60.0, monotonic=monotonic)
 
     def poll(self, deadline: float) -> PollResult:
@@ -122,7 +123,7 @@ class ManagementPoller:
             except Exception as exc:  # the statistics are still worth serving, a few seconds late
                 self.amqp.close()
                 self.log.warning("live", "reading retry queues and DLQs live failed; serving the "
-                                 "management statistics", error=describe_error(exc, self.api.secrets))
+                                 "management statistics", error=describe_error(exc, self.secrets))
             else:
                 self.log.reset("live")
         return management_result(fetched["queues"], fetched["bindings"], self.rules, counts)
@@ -210,7 +211,10 @@ class AmqpPoller:
     def _pollable(self) -> tuple[list[str], int]:
         """The names to declare this poll, and how many were refused as invalid."""
         now, out, invalid = self.monotonic(), [], 0
-        for name in self.names():
+        names = self.names()
+        current = set(names)
+        self.absent = {n: t for n, t in self.absent.items() if n in current}  # bounded like names()
+        for name in names:
             problem = name_problem(name)
             if problem is not None:
                 invalid += 1
@@ -239,8 +243,7 @@ class AmqpPoller:
                 if name not in self.absent:
                     log.info("queue not found on the broker; not reported until it exists (checked again "
                              f"every {self.absent_recheck:g}s)", queue=name)
-                if name in self.absent or len(self.absent) < _REMEMBERED_NAMES:
-                    self.absent[name] = now
+                self.absent[name] = now
             elif self.absent.pop(name, None) is not None:
                 log.info("queue found on the broker", queue=name)
         result = amqp_result(counts, self.rules)
