@@ -73,7 +73,8 @@ def matches(name: str, globs: Iterable[str]) -> bool:
 
 @dataclass(frozen=True)
 class Rules:
-    """Config-driven naming rules: explicit globs override discovery, exclusions always win."""
+    """Config-driven naming rules; exclusions always win. RabbitMQ weighs the rest against what the broker
+    says in one order (``rabbitmq/classify.kind_of``: exact names, broker, then globs and defaults)."""
 
     retry_globs: tuple[str, ...] = ()
     dlq_globs: tuple[str, ...] = ()
