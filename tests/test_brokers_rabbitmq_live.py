@@ -4,7 +4,7 @@ a DLQ's publish count rising by 5 letters (and none for a DLQ fed by a real DLX,
 count leaves out); queue names from events that the broker
 cannot take skipped and counted while the rest of the poll succeeds; and quiet polling of queues that do
 not exist (no pika WARNING, no `not_found` per poll in RabbitMQ's own log), with a fake clock and for 60 s
-of a real daemon.
+of a real daemon; seed 004's consumed `dead_letter` work queue next to real DLQs, with a real worker.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from exporter.brokers.rabbitmq.classify import name_problem
 from exporter.brokers.rabbitmq.poller import AmqpPoller, amqp_parameters
 from exporter.config import Config
 from tests._broker_helpers import MGMT_URL, amqp_url, by_queue, management_available, poll
-from tests._support import FakeClock, wait_for
+from tests._support import ROOT, FakeClock, celery_worker, wait_for
 
 pytestmark = pytest.mark.integration
 T = 1_700_000_000.0
@@ -248,3 +248,30 @@ def test_sixty_seconds_without_the_management_api_are_quiet(
     missing = [r for r in lines if "queue not found" in str(r.get("event", ""))]
     assert sorted(r["queue"] for r in missing) == ["celery", "celery:dead_letter_queue", "dlq"]
     assert {str(r.get("level")).lower() for r in missing} == {"info"}
+
+
+# ------------------------------------------------------------------------------------------ seed 004
+@pytest.mark.slow
+def test_seed_004_dead_letter_work_queue_is_a_task_queue_with_a_real_worker(
+        vhost: str, channel: pika.adapters.blocking_connection.BlockingChannel) -> None:
+    """A real Celery worker of seed 004's app consumes its task_queues, as `celery worker` without -Q does:
+    `dead_letter` (matched by the default `dead_letter*` DLQ pattern) is a task queue with its consumer,
+    and stays one when the worker is gone (its Celery binding remains); `dead_letters`, consumed too but
+    behind default's DLX, and seed 000's `dlq` are DLQs."""
+    channel.queue_declare("dlq", durable=True)
+    config = Config(amqp_url(vhost), rabbitmq_management_url=MGMT_URL, default_queue="default")
+
+    def kinds() -> dict[str, dict[str, float]]:
+        got = poll(config, FakeClock(T))
+        return {m: by_queue(got, m) for m in ("celery_queue_length", "celery_queue_consumers",
+                                              "celery_dead_letter_queue_length")}
+
+    expected_dlqs = {"dead_letters": 0.0, "dlq": 0.0}
+    with celery_worker("tests._seed004_app", "default,dead_letter,dead_letters", "seed004@%h",
+                       {"SEED004_BROKER": amqp_url(vhost)}, ROOT, pool="solo", concurrency=1):
+        got = wait_for(kinds, 60, every=1.0, ok=lambda k: k["celery_queue_consumers"].get("dead_letter") == 1.0
+                       and k["celery_dead_letter_queue_length"] == expected_dlqs)
+        assert set(got["celery_queue_length"]) == {"default", "dead_letter"}
+    got = wait_for(kinds, 40, every=1.0, ok=lambda k: k["celery_queue_consumers"].get("dead_letter") == 0.0)
+    assert set(got["celery_queue_length"]) == {"default", "dead_letter"}
+    assert got["celery_dead_letter_queue_length"] == expected_dlqs
