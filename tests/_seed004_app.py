@@ -19,11 +19,7 @@ app.conf.update(
         Queue("dead_letter"),
     ),
     task_default_queue="default",
-    task_serializer="json",
-    accept_content=["json"],
-    result_backend=None,
     broker_connection_retry_on_startup=True,
-    worker_hijack_root_logger=False,
 )
 
 
