@@ -54,6 +54,7 @@ def poll_settings(config: Config) -> PollSettings:
         broker_url=config.broker_url,
         transport_options=config.broker_transport_options,
         management_url=config.rabbitmq_management_url,
+        live_queues=config.rabbitmq_live_queues,
         interval=config.poll_interval,
         timeout=config.poll_timeout,
         default_queue=config.default_queue,

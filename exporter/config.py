@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from exporter import config_values as v
+from exporter.brokers.model import DEFAULT_DEAD_LETTER_QUEUES
 from exporter.records import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS, StateSettings
 from exporter.secrets import redact_url, yaml_error
 
@@ -133,10 +134,11 @@ OPTIONS: tuple[Option, ...] = (
            "Task queues to watch (names or globs), beyond those discovered from the broker and events.",
            "GLOBS", POLLING),
     Option("retry_queues", v.string_list, (),
-           "Queues (names or globs) that are retry/delay queues; overrides discovery.", "GLOBS", POLLING),
-    Option("dead_letter_queues", v.string_list,
-           ("dlq:*", "celery:dead_letter_queue", "dlq", "*.dlq", "dead_letter*"),
-           "Queues or Redis keys (names or globs) that are dead-letter queues; overrides discovery.",
+           "Queues (names or globs) that are retry/delay queues: exact names override discovery; globs "
+           "apply only where the broker does not say otherwise.", "GLOBS", POLLING),
+    Option("dead_letter_queues", v.string_list, DEFAULT_DEAD_LETTER_QUEUES,
+           "Queues or Redis keys that are dead-letter queues: exact names override discovery; globs (and "
+           "the default list) apply only where the broker does not say otherwise.",
            "GLOBS", POLLING),
     Option("exclude_queues", v.string_list, (), "Queues (names or globs) never reported.", "GLOBS", POLLING),
     Option("max_scan_keys", v.positive_int, 10_000, "Redis: most keys one poll may SCAN.", "N", POLLING),
@@ -152,6 +154,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("rabbitmq_management_url", v.optional_string, None,
            "RabbitMQ management API base URL (http://user:pass@host:15672); without it queues are "
            "polled with passive declares over AMQP.", "URL", POLLING),
+    Option("rabbitmq_live_queues", v.string_list, (),
+           "RabbitMQ with --rabbitmq-management-url: more queues (names or globs) whose depth is read live "
+           "by a passive declare at each poll instead of from the 5 s statistics, as retry queues and "
+           "DLQs always are.", "GLOBS", POLLING),
     # ------------------------------------------------------------------ web
     Option("web_listen_address", v.listen_address, None,
            "Address of the HTTP server, [HOST]:PORT as in other Prometheus exporters (:9808 or [::]:9808 "
@@ -235,6 +241,7 @@ class Config:
     dlq_timestamp_field: str
     dead_letter_redis_urls: tuple[str, ...]
     rabbitmq_management_url: str | None
+    rabbitmq_live_queues: tuple[str, ...]
     listen_address: str  # "" means every address (IPv6 and IPv4 where the host has IPv6)
     port: int
     web_telemetry_path: str

@@ -1,5 +1,7 @@
 """RabbitMQ queue classification on literal management-API rows: the seed topologies, policies instead
-of arguments, expiring work queues, Celery-countdown-style delay queues, config overrides, exclusions."""
+of arguments, expiring work queues, Celery-countdown-style delay queues, the order of evidence (explicit
+names, then the broker, then name patterns; seed 004's consumed `dead_letter` work queue), live counts,
+publish counts, and which queue names may be sent to the broker at all."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Any
 from exporter.app import poll_settings
 from exporter.brokers.model import PollResult, QueueDepth, Rules
 from exporter.brokers.polling import rules_for
-from exporter.brokers.rabbitmq.classify import amqp_result, classify, management_result
+from exporter.brokers.rabbitmq.classify import amqp_result, classify, kind_of, management_result, name_problem
 from exporter.config import Config
 
 RULES = rules_for(poll_settings(Config("amqp://")))
@@ -69,6 +71,7 @@ def test_seed_topology_result_values() -> None:
         retry={"retry_2s": 2.0, "retry_4s": 1.0, "retry_8s": 0.0},
         dead_letter={"dlq": 1.0, "dead_letters": 3.0},
         dead_letter_oldest={"dlq": 1709294400.0},
+        dead_letter_depth={"dlq": QueueDepth(1.0, 0.0, 0.0), "dead_letters": QueueDepth(3.0, 0.0, 0.0)},
     )
 
 
@@ -115,7 +118,7 @@ def test_ttl_and_dlx_to_an_exchange_with_no_visible_binding_is_a_retry_queue() -
     assert classify(queues, [], RULES) == {"retry_2s": "retry"}
 
 
-def test_config_globs_override_discovery_and_exclusions_win() -> None:
+def test_config_exact_names_override_discovery_and_exclusions_win() -> None:
     rules = rules_for(poll_settings(Config("amqp://", retry_queues=("dead_letters",),
                                            dead_letter_queues=("retry_8s",), exclude_queues=("default",))))
     kinds = classify(SEED_QUEUES, SEED_BINDINGS, rules)
@@ -140,3 +143,114 @@ def test_amqp_result_classifies_by_name_only() -> None:
         retry={"retry_2s": 2.0},
         dead_letter={"dlq": 1.0, "dead_letters": 3.0},
     )
+
+
+# shared/seeds/004: `dead_letter` is a Celery work queue (task_queues has Queue('dead_letter'); the task
+# handle_dead_letter is routed to it and a worker consumes it); `dead_letters` is the real DLQ behind dlx.
+SEED_004_QUEUES = [
+    q("default", {"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "dead_letter"}, consumers=1),
+    q("dead_letter", ready=4, consumers=1),
+    q("dead_letters", ready=2),
+    q("dlq", ready=1),  # seed 000's final dlq: nothing points at it, no consumer, no binding
+]
+SEED_004_BINDINGS = [
+    b("dead_letter", "dead_letter", "dead_letter"),  # kombu binds the queue to its exchange
+    b("default", "default", "default"),
+    b("dlx", "dead_letters", "dead_letter"),
+    *default_bindings("default", "dead_letter", "dead_letters", "dlq"),
+]
+
+
+def test_seed_004_consumed_dead_letter_work_queue_is_a_task_queue() -> None:
+    assert classify(SEED_004_QUEUES, SEED_004_BINDINGS, RULES) == {
+        "default": "task", "dead_letter": "task", "dead_letters": "dlq", "dlq": "dlq"}
+
+
+def test_seed_004_dead_letter_stays_a_task_queue_while_its_workers_are_scaled_to_zero() -> None:
+    """No consumer (KEDA scaled the workers to zero): its Celery binding still says it is worked."""
+    idle = [dict(r, consumers=0) for r in SEED_004_QUEUES]
+    assert classify(idle, SEED_004_BINDINGS, RULES)["dead_letter"] == "task"
+    # Neither consumer nor binding: only the default name pattern is left, and it says DLQ.
+    bare = [r for r in idle if r["name"] != "default"]
+    assert classify(bare, [b("dlx", "dead_letters", "dead_letter")], RULES)["dead_letter"] == "dlq"
+
+
+def test_a_consumed_dlq_stays_a_dlq_when_the_broker_dead_letters_into_it() -> None:
+    """A replay tool consuming `dead_letters` does not make it a work queue: dead-lettering beats consumers."""
+    rows = [dict(r, consumers=1) if r["name"] == "dead_letters" else r for r in SEED_004_QUEUES]
+    assert classify(rows, SEED_004_BINDINGS, RULES)["dead_letters"] == "dlq"
+
+
+def test_explicit_names_beat_the_broker_and_globs_do_not() -> None:
+    explicit = rules_for(poll_settings(Config("amqp://", dead_letter_queues=("dead_letter",))))
+    assert classify(SEED_004_QUEUES, SEED_004_BINDINGS, explicit)["dead_letter"] == "dlq"
+    globbed = rules_for(poll_settings(Config("amqp://", dead_letter_queues=("dead_*",))))
+    assert classify(SEED_004_QUEUES, SEED_004_BINDINGS, globbed)["dead_letter"] == "task"
+    # The default list's exact `dlq` is a pattern too: a consumed queue named dlq is a task queue.
+    worked = [q("dlq", consumers=2)]
+    assert classify(worked, [], RULES) == {"dlq": "task"}
+
+
+def test_kind_of_orders_the_evidence() -> None:
+    rules = Rules(retry_globs=("retry_*", "r1"), dlq_globs=("d1", "dead_*", "dlq"))
+    assert kind_of("celeryev.x", rules, "dlq", True) is None  # 0. never reported
+    assert kind_of("d1", rules, "retry", True) == "dlq"  # 1. explicit name beats all evidence
+    assert kind_of("r1", rules, "dlq") == "retry"
+    assert kind_of("dead_x", rules, "retry", True) == "retry"  # 2. dead-lettering beats work and names
+    assert kind_of("anything", rules, "dlq", True) == "dlq"
+    assert kind_of("dead_x", rules, None, True) == "task"  # 3. work beats name patterns
+    assert kind_of("retry_9", rules, None, True) == "task"
+    assert kind_of("dead_x", rules) == "dlq"  # 4. name patterns
+    assert kind_of("retry_9", rules) == "retry"
+    assert kind_of("orders", rules) == "task"  # 5. the rest
+
+
+def test_amqp_result_lets_consumers_beat_name_patterns() -> None:
+    counts = {"dead_letter": (4, 1), "dead_letters": (2, 0)}
+    assert amqp_result(counts, RULES) == PollResult(
+        queues={"dead_letter": QueueDepth(4.0, None, 1.0)}, dead_letter={"dead_letters": 2.0})
+    # Scaled to zero, over AMQP only: nothing but --queues tells the work queue from a DLQ.
+    idle = {"dead_letter": (4, 0)}
+    assert amqp_result(idle, RULES).dead_letter == {"dead_letter": 4.0}
+    listed = rules_for(poll_settings(Config("amqp://", queues=("dead_letter",))))
+    assert amqp_result(idle, listed).queues == {"dead_letter": QueueDepth(4.0, None, 0.0)}
+
+
+def test_live_counts_replace_the_statistics() -> None:
+    queues = [q("retry_2s", {"x-message-ttl": 2000, "x-dead-letter-exchange": "task_exchange"}, unacked=1),
+              q("dead_letters", ready=0), q("gone", ready=3),
+              {"name": "dlq", "arguments": {}}]  # declared moments ago: no statistics yet
+    live = {"retry_2s": (7, 0), "dead_letters": (5, 1), "gone": None, "dlq": (2, 0)}
+    got = management_result(queues, [], RULES, live)
+    assert got.retry == {"retry_2s": 8.0}  # live ready + the statistics' unacked
+    assert got.dead_letter == {"dead_letters": 5.0, "dlq": 2.0}
+    assert got.dead_letter_depth["dlq"] == QueueDepth(2.0, None, 0.0)
+    assert "gone" not in got.names()
+
+
+def test_published_total_comes_from_message_stats() -> None:
+    rows = [dict(q("dlq", ready=5), message_stats={"publish": 12}), q("orders.dlq", ready=0),
+            dict(q("work", consumers=1), message_stats={"publish": 40, "deliver_get": 40})]
+    got = management_result(rows, [], RULES)
+    assert got.dead_letter_depth["dlq"].published_total == 12.0
+    assert got.dead_letter_depth["orders.dlq"].published_total is None  # never received a message
+    assert got.queues["work"].published_total == 40.0
+
+
+def test_a_dlq_fed_by_a_dlx_has_no_published_total() -> None:
+    """RabbitMQ's publish count leaves out dead-lettered messages: a DLX-fed DLQ must not report one."""
+    rows = [dict(r, message_stats={"publish": 1}) if r["name"] == "dead_letters" else r for r in SEED_004_QUEUES]
+    got = management_result(rows, SEED_004_BINDINGS, RULES)
+    assert got.dead_letter["dead_letters"] == 2.0
+    assert got.dead_letter_depth["dead_letters"].published_total is None
+
+
+def test_names_the_broker_cannot_take() -> None:
+    assert name_problem("celery") is None
+    assert name_problem("é" * 127) is None  # 254 bytes
+    assert name_problem("x" * 255) is None
+    assert name_problem("x" * 256) == "longer than 255 bytes (256)"
+    assert name_problem("é" * 128) == "longer than 255 bytes (256)"  # 128 characters, 256 bytes
+    assert name_problem("bad\ud800") == "not valid UTF-8"
+    assert name_problem(b"\xff\xfe".decode("utf-8", "surrogateescape")) == "not valid UTF-8"
+    assert name_problem("a\x00b") == "contains NUL"

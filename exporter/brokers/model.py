@@ -23,6 +23,11 @@ Kind = Literal["task", "retry", "dlq"]
 # and kombu's bookkeeping keys on Redis.
 INTERNAL_GLOBS: tuple[str, ...] = ("celeryev.*", "*.pidbox", "amq.gen-*", "_kombu.*")
 INTERNAL_EXCHANGES = frozenset({"celeryev", "celery.pidbox", "reply.celery.pidbox"})
+# The default of --dead-letter-queues: name patterns, which never override what the broker says (even the
+# exact names among them; a user's own exact names are explicit configuration).
+DEFAULT_DEAD_LETTER_QUEUES: tuple[str, ...] = (
+    "dlq:*", "celery:dead_letter_queue", "dlq", "*.dlq", "dead_letter*",
+)
 
 
 @dataclass(frozen=True)
@@ -70,12 +75,14 @@ def matches(name: str, globs: Iterable[str]) -> bool:
 
 @dataclass(frozen=True)
 class Rules:
-    """Config-driven naming rules: explicit globs override discovery, exclusions always win."""
+    """Config-driven naming rules; exclusions always win. RabbitMQ weighs the rest against what the broker
+    says in one order (``rabbitmq/classify.kind_of``: exact names, broker, then globs and defaults)."""
 
     retry_globs: tuple[str, ...] = ()
     dlq_globs: tuple[str, ...] = ()
     exclude_globs: tuple[str, ...] = ()
     internal_names: frozenset[str] = frozenset()
+    task_names: frozenset[str] = frozenset()  # exact names in --queues: task queues by configuration
 
     def excluded(self, name: str) -> bool:
         return (

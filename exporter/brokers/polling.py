@@ -44,6 +44,7 @@ def rules_for(settings: PollSettings, internal_names: Iterable[str] = ()) -> Rul
         dlq_globs=tuple(settings.dead_letter_queues),
         exclude_globs=(*settings.exclude_queues, settings.event_queue_prefix + "*"),
         internal_names=frozenset((*internal_names, OVERFLOW_LABEL)),
+        task_names=frozenset(exact_names(settings.queues)),
     )
 
 

@@ -41,6 +41,7 @@ class PollSettings:
     broker_url: str
     transport_options: Mapping[str, Any]
     management_url: str | None
+    live_queues: tuple[str, ...]
     interval: float
     timeout: float
     default_queue: str

@@ -20,6 +20,7 @@ from exporter.brokers.model import exact_names, is_glob
 from exporter.brokers.polling import pinned_queues, rules_for
 from exporter.brokers.scheduler import Poller
 from exporter.brokers.settings import PollSettings
+from exporter.secrets import url_secrets
 
 log = structlog.get_logger("exporter.brokers")
 
@@ -27,13 +28,23 @@ log = structlog.get_logger("exporter.brokers")
 def pollers(settings: PollSettings, queues_seen: Callable[[], Iterable[str]],
             monotonic: Callable[[], float] = time.monotonic) -> list[Poller]:
     from exporter.brokers.rabbitmq.connection import credentials, vhost_of
-    from exporter.brokers.rabbitmq.poller import AmqpPoller, ManagementApi, ManagementPoller, amqp_parameters
+    from exporter.brokers.rabbitmq.poller import (
+        AmqpPoller,
+        KeptConnection,
+        ManagementApi,
+        ManagementPoller,
+        amqp_parameters,
+    )
 
     url = settings.broker_url
     rules = rules_for(settings)
+    heartbeat = int(max(60, 3 * settings.interval))
     if settings.management_url:
         api = ManagementApi(settings.management_url, credentials(url))
-        return [ManagementPoller(api, vhost_of(url), rules, monotonic)]
+        # Retry queues and DLQs are read live over AMQP: the statistics lag by up to 5 s.
+        live = KeptConnection(amqp_parameters(url, settings.timeout, heartbeat))
+        return [ManagementPoller(api, vhost_of(url), rules, monotonic, live, settings.live_queues,
+                                 url_secrets(url))]
     globs = [g for g in (*settings.queues, *settings.retry_queues) if is_glob(g)]
     if globs:
         log.warning("without --rabbitmq-management-url queue globs only match queues seen in "
@@ -44,5 +55,4 @@ def pollers(settings: PollSettings, queues_seen: Callable[[], Iterable[str]],
     def names() -> list[str]:
         return list(dict.fromkeys([*fixed, *queues_seen()]))[: settings.max_queues * 2]
 
-    heartbeat = int(max(60, 3 * settings.interval))
     return [AmqpPoller(amqp_parameters(url, settings.timeout, heartbeat), names, rules, monotonic)]

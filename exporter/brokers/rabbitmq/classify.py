@@ -1,21 +1,10 @@
 """Pure: turn what RabbitMQ tells us about its queues into queue kinds and a ``PollResult``.
 
-Rules, in order (explicit config globs override all of them; Celery internals are dropped first):
-
-1. A queue's message TTL, dead-letter exchange (DLX) and dead-letter routing key come from its
-   ``x-`` arguments, else from its effective policy (``rabbitmqctl set_policy ...``), as RabbitMQ
-   applies them.
-2. Where its dead letters go: the queues bound to its DLX (only those bound with the dead-letter routing
-   key, when it has one and such bindings exist); with the default exchange ``""``, the queue named by
-   the routing key.
-3. Terminal queues: those a queue *without* a TTL dead-letters into (so they receive rejected/failed
-   messages), and those whose name matches ``dead_letter_queues``.
-4. Retry (delay) queue: has a TTL and a DLX, and its dead letters go back to at least one non-terminal
-   queue, or to an exchange whose bindings we cannot see (the seeds' ``retry_2s`` -> ``task_exchange``
-   -> ``task_queue``). A TTL queue whose dead letters only reach terminal queues is a task queue with
-   expiring messages.
-5. Dead-letter queue: no TTL, and some non-retry queue dead-letters into it; or named like one.
-6. Everything else is a task queue.
+``kind_of`` is the one place that orders the evidence (see its docstring): explicit configuration, then
+what the broker says, then name patterns. ``classify`` gathers the broker's evidence from management-API
+rows; ``amqp_result`` from passive declares (only consumers); ``management_result`` builds the result,
+preferring live passive-declare counts where the poller read them. ``name_problem`` says whether a queue
+name can be sent to the broker at all (an AMQP short string: at most 255 bytes of UTF-8, and we refuse NUL).
 """
 
 from __future__ import annotations
@@ -24,7 +13,68 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from exporter.brokers.model import Kind, PollResult, QueueDepth, Rules, parse_timestamp
+from exporter.brokers.model import (
+    DEFAULT_DEAD_LETTER_QUEUES,
+    INTERNAL_EXCHANGES,
+    Kind,
+    PollResult,
+    QueueDepth,
+    Rules,
+    is_glob,
+    parse_timestamp,
+)
+
+# ``name -> (ready messages, consumers)`` from a passive declare, None when the queue does not exist.
+LiveCounts = Mapping[str, "tuple[int, int] | None"]
+AMQP_SHORTSTR_MAX = 255
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` must never reach the broker (None when it is fine): a queue name is an AMQP short
+    string, at most 255 bytes; names learnt from events may be anything."""
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, or bytes kept with surrogateescape
+        return "not valid UTF-8"
+    if "\x00" in name:
+        return "contains NUL"
+    if len(raw) > AMQP_SHORTSTR_MAX:
+        return f"longer than {AMQP_SHORTSTR_MAX} bytes ({len(raw)})"
+    return None
+
+
+def explicit_kind(name: str, rules: Rules) -> Kind | None:
+    """The kind an exact name the user listed in ``--retry-queues``, ``--dead-letter-queues`` or
+    ``--queues`` (in that order) gives. The built-in default DLQ list counts as patterns even where it
+    holds exact names (``dlq``)."""
+    if name in rules.retry_globs and not is_glob(name):
+        return "retry"
+    if name in rules.dlq_globs and not is_glob(name) and name not in DEFAULT_DEAD_LETTER_QUEUES:
+        return "dlq"
+    if name in rules.task_names:
+        return "task"
+    return None
+
+
+def kind_of(name: str, rules: Rules, dead_lettering: Kind | None = None, worked: bool = False) -> Kind | None:
+    """The kind of one queue; None when it is never reported. First match wins:
+
+    0. Never reported: Celery's internals, the exporter's event queue, ``--exclude-queues``.
+    1. Explicit configuration: the exact name is listed in ``--retry-queues`` (first),
+       ``--dead-letter-queues`` or ``--queues`` (a task queue).
+    2. What the broker says about dead-lettering (``dead_lettering``, from arguments, policies and
+       bindings; see ``classify``): a retry queue, or a DLQ that another queue dead-letters into.
+    3. What the broker says about work (``worked``): a queue with consumers, or bound to an exchange
+       Celery publishes through, is a task queue. This is what keeps a name pattern from turning a
+       consumed work queue called ``dead_letter`` into a DLQ.
+    4. Name patterns: the globs of ``--retry-queues`` / ``--dead-letter-queues`` and the built-in
+       default DLQ names (``dlq:*``, ``celery:dead_letter_queue``, ``dlq``, ``*.dlq``, ``dead_letter*``).
+    5. Otherwise a task queue.
+    """
+    if rules.excluded(name):
+        return None
+    return explicit_kind(name, rules) or dead_lettering or ("task" if worked else None) or (
+        rules.configured_kind(name) or "task")
 
 
 @dataclass(frozen=True)
@@ -35,6 +85,7 @@ class DeadLettering:
 
 
 def dead_lettering(queue: Mapping[str, Any]) -> DeadLettering:
+    """TTL, DLX and dead-letter routing key from the ``x-`` arguments, else the effective policy."""
     args = queue.get("arguments") or {}
     policy = queue.get("effective_policy_definition") or {}
     if not isinstance(args, Mapping):
@@ -47,15 +98,39 @@ def dead_lettering(queue: Mapping[str, Any]) -> DeadLettering:
     return DeadLettering(ttl, None if dlx is None else str(dlx), None if dlrk is None else str(dlrk))
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def classify(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Mapping[str, Any]],
              rules: Rules) -> dict[str, Kind]:
-    """Kind of every non-excluded queue, from queue rows and binding rows of the management API."""
+    """Kind of every reported queue, from queue rows and binding rows of the management API (see
+    ``_classify``)."""
+    return _classify(queues, bindings, rules)[0]
+
+
+def _classify(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Mapping[str, Any]],
+              rules: Rules) -> tuple[dict[str, Kind], set[str]]:
+    """Kind of every reported queue, and the queues some queue dead-letters into.
+
+    Dead-lettering evidence (step 2 of ``kind_of``): where a queue's dead letters go is the queues bound
+    to its DLX (only those bound with its dead-letter routing key, when it has one and such bindings
+    exist), or with the default exchange ``""`` the queue the routing key names. A queue with a TTL and
+    a DLX whose letters go back to a non-terminal queue, or to an exchange whose bindings we cannot see
+    (the seeds' ``retry_2s`` -> ``task_exchange``), is a retry queue; a TTL queue whose letters only
+    reach terminal queues is a work queue with expiring messages. A queue without a TTL that a non-retry
+    queue dead-letters into is a DLQ. Work evidence (step 3): consumers, or a binding from an exchange
+    that is not the default one, not Celery's event/control exchanges, and not the DLX of a non-retry
+    queue (a failure route)."""
     dl = {str(q["name"]): dead_lettering(q) for q in queues if "name" in q}
+    consumers = {str(q["name"]): _number(q.get("consumers")) or 0.0 for q in queues if "name" in q}
     bound: dict[str, list[tuple[str, str]]] = {}
+    sources: dict[str, set[str]] = {}
     for b in bindings:
         if b.get("destination_type") == "queue" and b.get("source"):
             row = (str(b.get("routing_key", "")), str(b["destination"]))
             bound.setdefault(str(b["source"]), []).append(row)
+            sources.setdefault(row[1], set()).add(str(b["source"]))
 
     def targets(name: str) -> set[str] | None:
         """Queues ``name`` dead-letters into; None when its DLX has no visible binding."""
@@ -73,9 +148,16 @@ def classify(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Mapping[str
                 return exact
         return {q for _, q in rows}
 
+    def worked(dead_letter_exchanges: set[str | None]) -> set[str]:
+        return {n for n in dl if consumers[n] > 0 or any(
+            s not in dead_letter_exchanges and s not in INTERNAL_EXCHANGES for s in sources.get(n, ()))}
+
     reach = {name: targets(name) for name in dl}
-    named_dlq = {n for n in dl if rules.configured_kind(n) == "dlq"}
-    terminal = set(named_dlq)
+    # Terminal: where failures end up, by configuration or name (kind_of without dead-lettering
+    # evidence; until retry queues are known, a binding from any DLX is no sign of work), or as the DLX
+    # target of a queue without a TTL.
+    maybe_worked = worked({d.dlx for d in dl.values()})
+    terminal = {n for n in dl if kind_of(n, rules, None, n in maybe_worked) == "dlq"}
     for name, d in dl.items():
         if d.dlx is not None and not d.ttl:
             terminal |= {t for t in reach[name] or () if t in dl and not dl[t].ttl}
@@ -84,66 +166,85 @@ def classify(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Mapping[str
         went = reach[name]
         if d.ttl and d.dlx is not None and (went is None or went - terminal):
             retry.add(name)
-    dead = set(named_dlq)
+    dead: set[str] = set()
     for name in dl:
         if name not in retry:
             dead |= {t for t in reach[name] or () if t in dl and not dl[t].ttl and t not in retry}
 
+    # The DLX of a retry queue is how retried tasks come back: a binding from it is a task route.
+    working = worked({d.dlx for n, d in dl.items() if n not in retry})
     kinds: dict[str, Kind] = {}
     for name in dl:
-        if rules.excluded(name):
-            continue
-        kinds[name] = rules.configured_kind(name) or (
-            "retry" if name in retry else "dlq" if name in dead else "task"
-        )
-    return kinds
+        evidence: Kind | None = "retry" if name in retry else "dlq" if name in dead else None
+        kind = kind_of(name, rules, evidence, name in working)
+        if kind is not None:
+            kinds[name] = kind
+    fed = {t for went in reach.values() for t in went or ()}
+    return kinds, fed
 
 
 def management_result(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Mapping[str, Any]],
-                      rules: Rules) -> PollResult:
-    """A ``PollResult`` from ``GET /api/queues/<vhost>`` and ``GET /api/bindings/<vhost>`` rows. A queue
-    whose counts the management database has not published yet (just declared) is left out."""
-    kinds = classify(queues, bindings, rules)
+                      rules: Rules, live: LiveCounts | None = None) -> PollResult:
+    """A ``PollResult`` from ``GET /api/queues/<vhost>`` and ``GET /api/bindings/<vhost>`` rows. ``live``
+    holds passive-declare counts read right after: they replace the statistics' ready count and
+    consumers (the unacked count stays the statistics'), and a queue they found gone is left out. A queue
+    whose counts the management database has not published yet (just declared) is left out unless it
+    was read live.
+
+    ``published_total`` is the statistics' cumulative ``message_stats.publish``, which counts messages
+    clients publish, not those RabbitMQ dead-letters into a queue. So a DLQ some queue dead-letters into
+    gets none (its letters-added counter then follows length increases): a publish count there would
+    miss exactly the letters that matter."""
+    live = live or {}
+    kinds, fed = _classify(queues, bindings, rules)
     task: dict[str, QueueDepth] = {}
     retry: dict[str, float] = {}
     dlq: dict[str, float] = {}
+    dlq_depth: dict[str, QueueDepth] = {}
     oldest: dict[str, float] = {}
     for q in queues:
         name = str(q.get("name", ""))
         kind = kinds.get(name)
-        ready, unacked = q.get("messages_ready"), q.get("messages_unacknowledged")
-        if kind is None or not isinstance(ready, (int, float)):
+        ready, unacked, consumers = (_number(q.get(k)) for k in
+                                     ("messages_ready", "messages_unacknowledged", "consumers"))
+        if name in live:
+            got = live[name]
+            if got is None:
+                continue  # deleted since the management API listed it
+            ready, consumers = float(got[0]), float(got[1])
+        if kind is None or ready is None:
             continue
-        unacked = unacked if isinstance(unacked, (int, float)) else 0
-        consumers = q.get("consumers")
+        stats = q.get("message_stats")
+        published = _number(stats.get("publish")) if isinstance(stats, Mapping) else None
         if kind == "task":
-            n_consumers = float(consumers) if isinstance(consumers, (int, float)) else None
-            task[name] = QueueDepth(float(ready), float(unacked), n_consumers)
+            task[name] = QueueDepth(ready, unacked, consumers, published)
         elif kind == "retry":
-            retry[name] = float(ready + unacked)
+            retry[name] = ready + (unacked or 0.0)
         else:
-            dlq[name] = float(ready + unacked)
+            dlq[name] = ready + (unacked or 0.0)
+            dlq_depth[name] = QueueDepth(ready, unacked, consumers, None if name in fed else published)
             ts = parse_timestamp(q.get("head_message_timestamp"))
-            if ts is not None and ready + unacked:
+            if ts is not None and dlq[name]:
                 oldest[name] = ts
-    return PollResult(task, retry, dlq, oldest)
+    return PollResult(task, retry, dlq, oldest, dead_letter_depth=dlq_depth)
 
 
-def amqp_result(counts: Mapping[str, tuple[int, int] | None], rules: Rules) -> PollResult:
+def amqp_result(counts: LiveCounts, rules: Rules) -> PollResult:
     """A ``PollResult`` from passive declares: ``name -> (ready messages, consumers)`` or None when the
-    queue does not exist. Without the management API only names classify a queue."""
+    queue does not exist. Without the management API the broker tells us only consumers: ``kind_of``
+    with no dead-lettering evidence."""
     task: dict[str, QueueDepth] = {}
     retry: dict[str, float] = {}
     dlq: dict[str, float] = {}
     for name, got in counts.items():
-        if got is None or rules.excluded(name):
+        if got is None:
             continue
         ready, consumers = got
-        kind = rules.configured_kind(name) or "task"
+        kind = kind_of(name, rules, worked=consumers > 0)
         if kind == "task":
             task[name] = QueueDepth(float(ready), None, float(consumers))
         elif kind == "retry":
             retry[name] = float(ready)
-        else:
+        elif kind == "dlq":
             dlq[name] = float(ready)
     return PollResult(task, retry, dlq)

@@ -6,12 +6,18 @@
 the system CA store, or ``?ssl_ca_certs=``, ``?ssl_certfile=``, ``?ssl_keyfile=`` and
 ``?ssl_cert_reqs=CERT_NONE`` as in kombu. Callers choose only their timeouts, heartbeat and connection
 name, so a private CA that works for the events works for the polls.
+
+``expecting_channel_close()`` marks passive declares whose 404 is an expected answer, so pika's own
+WARNING for it is dropped (RabbitMQ closes the channel; the caller logs what it means, once).
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -75,3 +81,30 @@ def connection_parameters(url: str, *, client_name: str, heartbeat: int, socket_
             client_properties={"connection_name": client_name, "product": "celery-exporter"},
         ))
     return out
+
+
+class _ExpectedClose(logging.Filter):
+    """Drops pika's WARNING "Received remote Channel.Close (404)" (and 403/405) while this thread is
+    inside ``expecting_channel_close()``: that is how a passive declare of something missing answers,
+    and the caller reports it itself (once)."""
+
+    local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (getattr(self.local, "declaring", False)
+                    and str(record.msg).startswith("Received remote Channel.Close")
+                    and isinstance(record.args, tuple) and record.args[:1] in ((403,), (404,), (405,)))
+
+
+_EXPECTED_CLOSE = _ExpectedClose()
+logging.getLogger("pika.channel").addFilter(_EXPECTED_CLOSE)  # idempotent: a filter is added once
+
+
+@contextmanager
+def expecting_channel_close() -> Iterator[None]:
+    """Passive declares in this block may close their channel with 404/403/405 without pika warning."""
+    _EXPECTED_CLOSE.local.declaring = True
+    try:
+        yield
+    finally:
+        _EXPECTED_CLOSE.local.declaring = False
