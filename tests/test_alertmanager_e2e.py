@@ -212,7 +212,10 @@ def test_dlq_burst_pages_once_and_a_blind_exporter_pages_only_blind(tmp_path: Pa
             assert pages[0]["path"] == "/pager" and alert["status"] == "firing"
             assert alert["labels"] | {"queue": DLQ, "cluster": "e2e", "namespace": "celery",
                                       "severity": "critical"} == alert["labels"]
-            assert alert["annotations"]["description"].startswith("200 messages were dead-lettered")
+            # A whole count of the burst: increase() over the counter extrapolates to the window's edges,
+            # so it may say more than the 200 letters (up to about a fifth), never fewer, never a fraction.
+            shown = re.match(r"(\d+) messages were dead-lettered", alert["annotations"]["description"])
+            assert shown is not None and 200 <= int(shown.group(1)) <= 250, alert["annotations"]
             assert _names(received) == [("/pager", PAGE, "firing")], "something besides the page was sent"
 
             # The exporter loses its broker (here the broker itself stops): one page, "blind".

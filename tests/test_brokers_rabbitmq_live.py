@@ -19,8 +19,8 @@ import pika
 import pytest
 
 from exporter.app import poll_settings
+from exporter.brokers.model import name_problem
 from exporter.brokers.polling import build_polling, rules_for
-from exporter.brokers.rabbitmq.classify import name_problem
 from exporter.brokers.rabbitmq.poller import AmqpPoller, amqp_parameters
 from exporter.config import Config
 from tests._broker_helpers import MGMT_URL, amqp_url, by_queue, management_available, poll

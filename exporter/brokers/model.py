@@ -104,13 +104,24 @@ class Rules:
 MAX_NAME_BYTES = 255  # AMQP short strings stop at 255 bytes; a label value needs no more either
 
 
-def valid_queue_name(name: str) -> bool:
-    """A name that can be a label value and a broker key or queue name: valid UTF-8 (no lone surrogate,
-    as a non-UTF-8 Redis key decodes to), no NUL, at most 255 bytes."""
+def name_problem(name: str) -> str | None:
+    """Why ``name`` must never reach the broker (None when it is fine): a queue name is an AMQP short
+    string, at most 255 bytes, and a Redis key of a label value must be valid UTF-8 without NUL; names
+    learnt from events may be anything."""
     try:
-        return "\x00" not in name and len(name.encode("utf-8")) <= MAX_NAME_BYTES
-    except UnicodeEncodeError:
-        return False
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, or bytes kept with surrogateescape
+        return "not valid UTF-8"
+    if "\x00" in name:
+        return "contains NUL"
+    if len(raw) > MAX_NAME_BYTES:
+        return f"longer than {MAX_NAME_BYTES} bytes ({len(raw)})"
+    return None
+
+
+def valid_queue_name(name: str) -> bool:
+    """A name that can be a label value and a broker key or queue name (see ``name_problem``)."""
+    return name_problem(name) is None
 
 
 def exact_names(patterns: Iterable[str]) -> list[str]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
-from exporter.brokers.model import PollResult, Rules, cap_queues, exact_names, valid_queue_name
+from exporter.brokers.model import PollResult, Rules, cap_queues, exact_names
 from exporter.brokers.scheduler import STALE_POLLS, Poller, Polling, PollStore, SourceRunner
 from exporter.brokers.settings import PollSettings
 from exporter.secrets import url_secrets
@@ -75,8 +75,8 @@ def build_polling(settings: PollSettings, queues_seen: Callable[[], Iterable[str
     """The background polling: run ``polling.run``; ``polling.views`` reads its last results."""
 
     def seen() -> list[str]:
-        # Names learnt from events reach the broker as keys and queue names: only valid ones do.
-        return [q for q in queues_seen() if q and q != OVERFLOW_LABEL and valid_queue_name(q)]
+        # Names the broker cannot take are each poller's to skip and count (poll_skipped_total).
+        return [q for q in queues_seen() if q and q != OVERFLOW_LABEL]
 
     pollers = build_pollers(settings, seen, monotonic)
     store = PollStore([p.source for p in pollers], STALE_POLLS * settings.interval, monotonic)

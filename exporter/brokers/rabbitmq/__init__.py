@@ -55,4 +55,5 @@ def pollers(settings: PollSettings, queues_seen: Callable[[], Iterable[str]],
     def names() -> list[str]:
         return list(dict.fromkeys([*fixed, *queues_seen()]))[: settings.max_queues * 2]
 
-    return [AmqpPoller(amqp_parameters(url, settings.timeout, heartbeat), names, rules, monotonic)]
+    return [AmqpPoller(amqp_parameters(url, settings.timeout, heartbeat), names, rules, monotonic,
+                       seen=queues_seen)]

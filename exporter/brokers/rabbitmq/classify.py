@@ -3,8 +3,8 @@
 ``kind_of`` is the one place that orders the evidence (see its docstring): explicit configuration, then
 what the broker says, then name patterns. ``classify`` gathers the broker's evidence from management-API
 rows; ``amqp_result`` from passive declares (only consumers); ``management_result`` builds the result,
-preferring live passive-declare counts where the poller read them. ``name_problem`` says whether a queue
-name can be sent to the broker at all (an AMQP short string: at most 255 bytes of UTF-8, and we refuse NUL).
+preferring live passive-declare counts where the poller read them. Whether a queue name can be sent to
+the broker at all is ``model.name_problem``.
 """
 
 from __future__ import annotations
@@ -26,21 +26,6 @@ from exporter.brokers.model import (
 
 # ``name -> (ready messages, consumers)`` from a passive declare, None when the queue does not exist.
 LiveCounts = Mapping[str, "tuple[int, int] | None"]
-AMQP_SHORTSTR_MAX = 255
-
-
-def name_problem(name: str) -> str | None:
-    """Why ``name`` must never reach the broker (None when it is fine): a queue name is an AMQP short
-    string, at most 255 bytes; names learnt from events may be anything."""
-    try:
-        raw = name.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate, or bytes kept with surrogateescape
-        return "not valid UTF-8"
-    if "\x00" in name:
-        return "contains NUL"
-    if len(raw) > AMQP_SHORTSTR_MAX:
-        return f"longer than {AMQP_SHORTSTR_MAX} bytes ({len(raw)})"
-    return None
 
 
 def explicit_kind(name: str, rules: Rules) -> Kind | None:

@@ -33,8 +33,8 @@ import pika
 import pika.exceptions
 import structlog
 
-from exporter.brokers.model import PollResult, Rules, matches
-from exporter.brokers.rabbitmq.classify import amqp_result, classify, management_result, name_problem
+from exporter.brokers.model import PollResult, Rules, matches, name_problem
+from exporter.brokers.rabbitmq.classify import amqp_result, classify, management_result
 from exporter.brokers.rabbitmq.connection import (
     connection_parameters,
     credentials,
@@ -199,13 +199,18 @@ class AmqpPoller:
 
     def __init__(self, parameters: Sequence[pika.ConnectionParameters], names: Callable[[], list[str]],
                  rules: Rules, monotonic: Callable[[], float] = time.monotonic,
-                 absent_recheck: float = ABSENT_RECHECK) -> None:
+                 absent_recheck: float = ABSENT_RECHECK,
+                 seen: Callable[[], Iterable[str]] = tuple) -> None:
         self.amqp = KeptConnection(parameters)
         self.names = names
         self.rules = rules
         self.monotonic = monotonic
         self.absent_recheck = absent_recheck
-        self.absent: dict[str, float] = {}  # name -> when a declare last found it missing
+        # The queue names task-sent events named: a producer routing to a queue found missing is news
+        # that it exists now (the exporter usually starts before the workers that declare the queues), so
+        # such a name is declared again at the next poll, once, instead of after ``absent_recheck``.
+        self.seen = seen
+        self.absent: dict[str, tuple[float, bool]] = {}  # name -> (when found missing, named by events then)
         self._invalid: set[str] = set()
 
     def _pollable(self) -> tuple[list[str], int]:
@@ -214,6 +219,7 @@ class AmqpPoller:
         names = self.names()
         current = set(names)
         self.absent = {n: t for n, t in self.absent.items() if n in current}  # bounded like names()
+        named = set(self.seen()) if self.absent else set()
         for name in names:
             problem = name_problem(name)
             if problem is not None:
@@ -225,8 +231,9 @@ class AmqpPoller:
                 continue
             if self.rules.excluded(name):
                 continue
-            checked = self.absent.get(name)
-            if checked is None or now - checked >= self.absent_recheck:
+            missing = self.absent.get(name)
+            if (missing is None or now - missing[0] >= self.absent_recheck
+                    or (not missing[1] and name in named)):
                 out.append(name)
         return out, invalid
 
@@ -238,12 +245,14 @@ class AmqpPoller:
             self.amqp.close()
             raise
         now = self.monotonic()
+        named = set(self.seen()) if any(got is None for got in counts.values()) else set()
         for name, got in counts.items():
             if got is None:
                 if name not in self.absent:
                     log.info("queue not found on the broker; not reported until it exists (checked again "
-                             f"every {self.absent_recheck:g}s)", queue=name)
-                self.absent[name] = now
+                             f"every {self.absent_recheck:g}s, or as soon as a task is sent to it)",
+                             queue=name)
+                self.absent[name] = (now, name in named)
             elif self.absent.pop(name, None) is not None:
                 log.info("queue found on the broker", queue=name)
         result = amqp_result(counts, self.rules)
