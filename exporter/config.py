@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,7 +27,7 @@ import yaml
 
 from exporter import config_values as v
 from exporter.records import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS, StateSettings
-from exporter.secrets import redact_url, yaml_error
+from exporter.secrets import redact_options, redact_url, url_problem, yaml_error
 
 ENV_PREFIX = "CELERY_EXPORTER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -60,6 +61,7 @@ class Option:
     flags: tuple[str, ...] = ()  # the documented spelling first, then older ones that still work
     field: bool = True  # False: no Config field of its own (web_listen_address fills listen_address+port)
     required: bool = False
+    secret: bool = False  # may hold a password: a bad value is never echoed in an error
 
     @property
     def flag(self) -> str:
@@ -78,10 +80,10 @@ OPTIONS: tuple[Option, ...] = (
     # ------------------------------------------------------------------ broker
     Option("broker_url", v.optional_string, None,
            "Celery broker URL (redis://, rediss://, sentinel://, amqp://, amqps://, pyamqp://, or any "
-           "kombu transport). Required.", "URL", BROKER, required=True),
+           "kombu transport). Required.", "URL", BROKER, required=True, secret=True),
     Option("broker_transport_options", v.mapping, {},
            "Kombu transport options, as in Celery's broker_transport_options (global_keyprefix, "
-           "master_name, priority_steps, sep, ...). YAML mapping or JSON object.", "JSON", BROKER),
+           "master_name, priority_steps, sep, ...). YAML mapping or JSON object.", "JSON", BROKER, secret=True),
     # ------------------------------------------------------------------ events and state
     Option("worker_timeout", v.positive_float, 60.0,
            "Seconds without a heartbeat after which a worker counts as down.", "SECONDS", EVENTS),
@@ -144,7 +146,7 @@ OPTIONS: tuple[Option, ...] = (
            "FIELD", POLLING),
     Option("rabbitmq_management_url", v.optional_string, None,
            "RabbitMQ management API base URL (http://user:pass@host:15672); without it queues are "
-           "polled with passive declares over AMQP.", "URL", POLLING),
+           "polled with passive declares over AMQP.", "URL", POLLING, secret=True),
     # ------------------------------------------------------------------ web
     Option("web_listen_address", v.listen_address, None,
            "Address of the HTTP server, [HOST]:PORT as in other Prometheus exporters (:9808 or [::]:9808 "
@@ -167,6 +169,7 @@ OPTIONS: tuple[Option, ...] = (
            "when it is).", "FORMAT", LOGGING, flags=("--log.format", "--log-format")),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
+_PLAIN_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,63}")
 _BY_ENV = {o.env: o for o in OPTIONS}
 
 T = TypeVar("T")
@@ -248,6 +251,7 @@ class Config:
         for key in ("broker_url", "rabbitmq_management_url"):
             if shown[key]:
                 shown[key] = redact_url(shown[key])
+        shown["broker_transport_options"] = redact_options(shown["broker_transport_options"])
         return "Config(" + ", ".join(f"{k}={val!r}" for k, val in shown.items()) + ")"
 
 
@@ -286,7 +290,8 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         try:
             values[opt.name] = opt.parse(raw)
         except (ValueError, TypeError) as exc:
-            shown = "(value not shown)" if opt.name.endswith("_url") else repr(raw)
+            # A URL or transport options may hold a password (sentinel_kwargs.password): never echoed.
+            shown = "(value not shown)" if opt.secret else repr(raw)
             raise ConfigError(opt.name, source, f"{exc}, got {shown}") from None
         ranks[opt.name], sources[opt.name] = rank, source
 
@@ -306,13 +311,11 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         url = values.get(name)
         if not url:
             continue
-        if "://" not in url:
-            raise ConfigError(name, sources[name], "not a URL (expected scheme://host...; value not shown)")
-        try:  # a bad port or IPv6 literal would otherwise surface later, as a traceback
-            for one in url.split(";"):
-                urlsplit(one.strip()).port  # noqa: B018
-        except ValueError as exc:
-            raise ConfigError(name, sources[name], f"not a valid URL: {exc} (value not shown)") from None
+        # A bad port, a broken IPv6 literal, or a password holding an unencoded '/', '?', '#' or ';'
+        # would otherwise surface later as a traceback, or as a connect error quoting part of the password.
+        problem = url_problem(url)
+        if problem:
+            raise ConfigError(name, sources[name], problem)
     # A URL that can never work (no such transport, its library missing, a Redis db that is not a
     # number) stops here, instead of the event stream retrying it forever.
     problem = v.broker_url_problem(values["broker_url"])
@@ -351,7 +354,9 @@ def _read_yaml(path: str) -> dict[str, Any]:
         if name not in _BY_NAME:
             match = difflib.get_close_matches(name, list(_BY_NAME), n=1)
             hint = f"; did you mean {match[0]!r}?" if match else ""
-            raise ConfigError(str(key), path, "unknown key" + hint)
+            # A key is file content: one that is not a plain name (a URL pasted as a key) is not quoted.
+            shown = str(key) if _PLAIN_KEY.fullmatch(str(key)) else "(a key that is not an option name)"
+            raise ConfigError(shown, path, "unknown key" + hint)
         out[name] = value
     return out
 

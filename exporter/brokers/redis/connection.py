@@ -29,6 +29,7 @@ from redis.connection import parse_url
 from redis.sentinel import Sentinel
 
 from exporter.brokers.settings import BrokerSettingsError
+from exporter.secrets import option_secrets
 
 SCHEMES = ("redis", "rediss", "redis+socket", "socket", "sentinel")
 SSL_QUERY_OPTIONS = frozenset({
@@ -123,6 +124,5 @@ def _sentinel_pool(url: str, options: Mapping[str, Any],
 
 
 def secrets_of(options: Mapping[str, Any]) -> tuple[str, ...]:
-    """Passwords the transport options hold (the sentinels' own), to mask in error messages."""
-    password = (options.get("sentinel_kwargs") or {}).get("password")
-    return (str(password),) if password else ()
+    """Secrets the transport options hold (``sentinel_kwargs.password``...), to mask in error messages."""
+    return option_secrets(options)
