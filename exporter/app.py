@@ -44,6 +44,8 @@ def stream_settings(config: Config) -> StreamSettings:
         queue_prefix=config.event_queue_prefix,
         queue_ttl=config.event_queue_ttl,
         queue_expires=config.event_queue_expires,
+        queue_max_length=config.event_queue_max_length,
+        queue_max_bytes=config.event_queue_max_bytes,
         prefetch=config.event_prefetch,
     )
 

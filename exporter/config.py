@@ -83,7 +83,8 @@ OPTIONS: tuple[Option, ...] = (
            "kombu transport). Required.", "URL", BROKER, required=True, secret=True),
     Option("broker_transport_options", v.mapping, {},
            "Kombu transport options, as in Celery's broker_transport_options (global_keyprefix, "
-           "master_name, priority_steps, sep, ...). YAML mapping or JSON object.", "JSON", BROKER, secret=True),
+           "master_name, priority_steps, sep, ...). YAML mapping or JSON object.", "JSON", BROKER,
+           secret=True),
     # ------------------------------------------------------------------ events and state
     Option("worker_timeout", v.positive_float, 60.0,
            "Seconds without a heartbeat after which a worker counts as down.", "SECONDS", EVENTS),
@@ -123,6 +124,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("event_queue_expires", v.positive_float, 300.0,
            "RabbitMQ: seconds the exporter's event queue outlives a lost connection (x-expires), so a "
            "reconnect picks up what arrived meanwhile.", "SECONDS", EVENTS),
+    Option("event_queue_max_length", v.positive_int, 100_000,
+           "RabbitMQ: most messages the exporter's event queue holds (x-max-length); the oldest are dropped "
+           "beyond it (x-overflow=drop-head), so a crashed exporter's queue stays small until it expires.",
+           "N", EVENTS),
+    Option("event_queue_max_bytes", v.positive_int, 64 * 1024 * 1024,
+           "RabbitMQ: most message bytes the exporter's event queue holds (x-max-length-bytes), the "
+           "oldest dropped first.", "BYTES", EVENTS),
     Option("event_prefetch", v.positive_int, 2_000, "RabbitMQ: unacknowledged events in flight (basic.qos).",
            "N", EVENTS),
     # ------------------------------------------------------------------ polling
@@ -220,6 +228,8 @@ class Config:
     event_queue_prefix: str
     event_queue_ttl: float
     event_queue_expires: float
+    event_queue_max_length: int
+    event_queue_max_bytes: int
     event_prefetch: int
     poll_interval: float
     poll_timeout: float

@@ -8,6 +8,7 @@ and stderr), the index page ``/``, ``/metrics``, the probes and the HTTP error p
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from tests.test_secrets import run_cli
 
 CORE = "Sh0wN0t9q"
 DOWN = free_port()  # nothing listens here
-SENTINEL_OPTIONS = '{"master_name": "mymaster", "sentinel_kwargs": {"password": "%s-sent"}}' % CORE
+SENTINEL_OPTIONS = json.dumps({"master_name": "mymaster", "sentinel_kwargs": {"password": f"{CORE}-sent"}})
 
 # Refused at start (exit 2): the URL cannot be read as the user meant it.
 REFUSED = {
@@ -77,8 +78,8 @@ def test_transport_options_are_never_echoed(tmp_path: Path) -> None:
         (["--broker-url", url, "--broker-transport-options", broken], {}),
         (["--broker-url", url], {"CELERY_EXPORTER_BROKER_TRANSPORT_OPTIONS": broken}),
         (["--broker-url", url, "--broker-transport-options", f'["{CORE}"]'], {}),  # JSON, not an object
-        (["--broker-url", url, "--broker-transport-options", '{"sentinel_kwargs": {"password": "%s"}}' % CORE],
-         {}),  # no master_name: refused when the stream is built
+        (["--broker-url", url, "--broker-transport-options",
+          json.dumps({"sentinel_kwargs": {"password": CORE}})], {}),  # no master_name: refused at build
         (["--broker-url", f"redis://127.0.0.1/0 {CORE}", f"redis://:{CORE}@h/0", f"--x={CORE}"], {}),
     ):
         proc = run_cli(*args, env=env)

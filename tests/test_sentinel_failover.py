@@ -7,6 +7,7 @@ the old master is killed: the event stream and the poller both follow to the new
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -68,7 +69,7 @@ def test_multi_sentinel_url_with_one_sentinel_down_streams_polls_and_fails_over(
     # The database is the first URL's, as kombu reads it (the events go to channel /15.celeryev/...).
     url = f"sentinel://127.0.0.1:{down.port}/15;sentinel://127.0.0.1:{up.port}"
     daemon = exporter_process(["--broker-url", url, "--broker-transport-options",
-                               '{"master_name": "%s"}' % MASTER, "--log-format", "json",
+                               json.dumps({"master_name": MASTER}), "--log-format", "json",
                                "--poll-interval", "1", "--poll-timeout", "2", "--queues", "celery"])
     wait_for(lambda: daemon.get("/readyz")[0] == 200, 20, what="the stream to connect", context=daemon.output)
     assert f"sentinel://127.0.0.1:{down.port};sentinel://127.0.0.1:{up.port}".encode() in daemon.get("/")[1]
