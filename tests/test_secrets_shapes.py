@@ -69,7 +69,7 @@ def test_refused_shapes_exit_2_without_showing_the_password(shape: str, tmp_path
         no_leak(proc.stdout + proc.stderr, (shape, args))
 
 
-def test_transport_options_are_never_echoed(tmp_path: Path) -> None:
+def test_transport_options_and_stray_arguments_are_never_echoed(tmp_path: Path) -> None:
     url = "sentinel://127.0.0.1:26379/0"
     broken = SENTINEL_OPTIONS[:-1]  # the closing brace missing
     config = tmp_path / "exporter.yml"
@@ -81,6 +81,7 @@ def test_transport_options_are_never_echoed(tmp_path: Path) -> None:
         (["--broker-url", url, "--broker-transport-options",
           json.dumps({"sentinel_kwargs": {"password": CORE}})], {}),  # no master_name: refused at build
         (["--broker-url", f"redis://127.0.0.1/0 {CORE}", f"redis://:{CORE}@h/0", f"--x={CORE}"], {}),
+        (["--broker-url", f"redis://:{CORE}@127.0.0.1:1/0?socket_timeout=abc"], {}),  # refused by redis-py
     ):
         proc = run_cli(*args, env=env)
         assert proc.returncode == 2, (args, proc.stderr)
