@@ -122,3 +122,21 @@ def test_accepted_shapes_never_shown_in_logs_or_pages(shape: str,
     for what, text in [("logs", daemon.output()), *((p, b.decode("utf-8", "replace")) for p, b in pages),
                        *(("raw", r.decode("utf-8", "replace")) for r in raw)]:
         no_leak(text, (shape, what))
+
+
+def test_no_error_quotes_file_content(tmp_path: Path) -> None:
+    files = {
+        "url-as-key.yml": f"broker_url: redis://127.0.0.1/0\nredis://:{CORE}@h/0: 1\n",
+        "bad-yaml.yml": f"broker_url: redis://127.0.0.1/0\nbroker_transport_options: {{password: {CORE}\n",
+        "web-user.yml": f'basic_auth_users:\n  "admin:{CORE}": x\n',
+        "web-hash.yml": f"basic_auth_users:\n  admin: {CORE}\n",
+        "web-yaml.yml": f'basic_auth_users:\n  admin: "$2y$10${CORE}\n',
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        flag = "--web.config.file" if name.startswith("web") else "--config"
+        proc = run_cli(flag, str(tmp_path / name), *(["--broker-url", "redis://127.0.0.1:1/0"]
+                                                       if flag != "--config" else []))
+        assert proc.returncode == 2, (name, proc.stderr)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        no_leak(proc.stdout + proc.stderr, name)
