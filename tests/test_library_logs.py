@@ -14,8 +14,9 @@ import logging
 from collections.abc import Callable
 
 import pytest
+import structlog
 
-from exporter.logs import LibraryLogLimiter, configure_logging
+from exporter.logs import LIBRARIES, LibraryLogLimiter, configure_logging
 from tests._broker_helpers import amqp_url
 from tests._support import Daemon, FakeClock, wait_for
 
@@ -57,6 +58,9 @@ def test_remembered_problems_are_bounded() -> None:
 
 def test_library_records_are_rendered_by_structlog_at_our_level() -> None:
     out = io.StringIO()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, {n: logging.getLogger(n).level for n in LIBRARIES},
+             structlog.get_config())
     try:
         configure_logging("error", "json", stream=out)
         logging.getLogger("pika.connection").warning("below our level")
@@ -64,8 +68,12 @@ def test_library_records_are_rendered_by_structlog_at_our_level() -> None:
         assert logging.getLogger("celery").level == logging.ERROR
         configure_logging("info", "json", stream=out)
         assert logging.getLogger("kombu").level == logging.WARNING  # their info is per-connection chatter
-    finally:
-        configure_logging("info", "json")
+    finally:  # leave logging as the other tests of this session had it
+        root.handlers[:], level, libraries, config = saved
+        root.setLevel(level)
+        for name, lib_level in libraries.items():
+            logging.getLogger(name).setLevel(lib_level)
+        structlog.configure(**config)
     (line,) = [json.loads(x) for x in out.getvalue().splitlines()]
     assert line["logger"] == "redis.sentinel" and line["level"] == "error"
     assert "hunter2" not in line["event"] and line["suppressed_since_last"] == 0
