@@ -1,7 +1,8 @@
 """``celery-exporter`` / ``python -m exporter``: parse the config, build the app, run until SIGTERM/SIGINT.
 
 Exit status: 0 after a clean stop, 2 for a configuration error (one message naming the key and its
-source), 1 if the exporter cannot start (for example, the listen port is taken).
+source; a broker URL option the driver refuses is one too), 1 if the exporter cannot start (for example,
+the listen port is taken). No message shows a password (``exporter.secrets``).
 """
 
 from __future__ import annotations
@@ -43,18 +44,25 @@ def run(config: object) -> int:
     from exporter.config import Config
     from exporter.config_values import join_host_port
     from exporter.logs import configure_logging
+    from exporter.secrets import describe_error, option_secrets, url_secrets
 
     assert isinstance(config, Config)
     configure_logging(config.log_level, config.log_format)
     log = structlog.get_logger("exporter")
+    secrets = (*url_secrets(config.broker_url), *url_secrets(config.rabbitmq_management_url or ""),
+               *option_secrets(config.broker_transport_options))
     try:
         app = App(config)
     except (ConfigError, BrokerSettingsError) as exc:
         print(f"celery-exporter: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        log.error("cannot start", error=str(exc), listen=join_host_port(config.listen_address, config.port))
+        log.error("cannot start", error=describe_error(exc, secrets),
+                  listen=join_host_port(config.listen_address, config.port))
         return 1
+    except ValueError as exc:  # a driver refusing a URL option (redis-py: ?socket_timeout=abc): no traceback
+        print(f"celery-exporter: error: --broker-url: {describe_error(exc, secrets)}", file=sys.stderr)
+        return 2
 
     stop = threading.Event()
 

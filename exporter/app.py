@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
@@ -28,6 +27,7 @@ from exporter.config import Config
 from exporter.config_values import join_host_port
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.http import Health, MetricsServer
+from exporter.secrets import broker_location
 from exporter.state import ClusterState, Snapshot
 
 log = structlog.get_logger("exporter")
@@ -44,6 +44,8 @@ def stream_settings(config: Config) -> StreamSettings:
         queue_prefix=config.event_queue_prefix,
         queue_ttl=config.event_queue_ttl,
         queue_expires=config.event_queue_expires,
+        queue_max_length=config.event_queue_max_length,
+        queue_max_bytes=config.event_queue_max_bytes,
         prefetch=config.event_prefetch,
     )
 
@@ -146,10 +148,10 @@ class App:
         return False, f"not connected to the broker: {error}"
 
     def _index_info(self) -> dict[str, str]:
-        url = urlsplit(self.config.broker_url)
         return {
             "version": __version__,
-            "broker": f"{url.scheme}://{url.hostname or ''}{':' + str(url.port) if url.port else ''}",
+            # Every URL of a failover list, host and port only (urlsplit of the whole list raised).
+            "broker": broker_location(self.config.broker_url),
             "broker connected": "yes" if self.status.connected else "no",
             "reconnects": str(self.status.reconnects),
         }

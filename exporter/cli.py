@@ -10,10 +10,11 @@ import argparse
 import platform
 from collections.abc import Sequence
 from importlib import metadata
-from typing import Any
+from typing import Any, NoReturn
 
 from exporter import __version__
 from exporter.config import CONFIG_ENV, GROUPS, OPTIONS, ConfigError
+from exporter.secrets import redact_text
 
 PROG = "celery-exporter"
 USAGE = f"""{PROG} --broker-url URL [options]
@@ -47,6 +48,21 @@ class _GivenEach(_Given):
         setattr(namespace, self.dest, (listed, spelling))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse quotes unrecognised arguments, which may be a password (a URL pasted after a typo'd
+    flag): only their flag names are shown, and every message goes through ``redact_text``."""
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            shown = [e.split("=", 1)[0] if e.startswith("-") else "(a value)" for e in extras]
+            self.error(f"unrecognized arguments: {' '.join(shown)}")
+        return ns
+
+    def error(self, message: str) -> NoReturn:
+        super().error(redact_text(message))
+
+
 def _shown_default(default: object) -> str | None:
     if default is None or default == () or default == {} or default == "":
         return None  # nothing worth printing: no "Default: None." noise
@@ -56,7 +72,7 @@ def _shown_default(default: object) -> str | None:
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog,
         usage=USAGE,
         description=DESCRIPTION,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,7 +28,7 @@ import yaml
 from exporter import config_values as v
 from exporter.brokers.model import DEFAULT_DEAD_LETTER_QUEUES
 from exporter.records import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS, StateSettings
-from exporter.secrets import redact_url, yaml_error
+from exporter.secrets import redact_options, redact_url, url_problem, yaml_error
 
 ENV_PREFIX = "CELERY_EXPORTER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -62,6 +63,7 @@ class Option:
     field: bool = True  # False: no Config field of its own (web_listen_address fills listen_address+port)
     required: bool = False
     repeatable: bool = False  # the flag may be given more than once; the values form a list
+    secret: bool = False  # may hold a password: a bad value is never echoed in an error
 
     @property
     def flag(self) -> str:
@@ -80,10 +82,11 @@ OPTIONS: tuple[Option, ...] = (
     # ------------------------------------------------------------------ broker
     Option("broker_url", v.optional_string, None,
            "Celery broker URL (redis://, rediss://, sentinel://, amqp://, amqps://, pyamqp://, or any "
-           "kombu transport). Required.", "URL", BROKER, required=True),
+           "kombu transport). Required.", "URL", BROKER, required=True, secret=True),
     Option("broker_transport_options", v.mapping, {},
            "Kombu transport options, as in Celery's broker_transport_options (global_keyprefix, "
-           "master_name, priority_steps, sep, ...). YAML mapping or JSON object.", "JSON", BROKER),
+           "master_name, priority_steps, sep, ...). YAML mapping or JSON object.", "JSON", BROKER,
+           secret=True),
     # ------------------------------------------------------------------ events and state
     Option("worker_timeout", v.positive_float, 60.0,
            "Seconds without a heartbeat after which a worker counts as down.", "SECONDS", EVENTS),
@@ -123,6 +126,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("event_queue_expires", v.positive_float, 300.0,
            "RabbitMQ: seconds the exporter's event queue outlives a lost connection (x-expires), so a "
            "reconnect picks up what arrived meanwhile.", "SECONDS", EVENTS),
+    Option("event_queue_max_length", v.positive_int, 100_000,
+           "RabbitMQ: most messages the exporter's event queue holds (x-max-length); the oldest are dropped "
+           "beyond it (x-overflow=drop-head), so a crashed exporter's queue stays small until it expires.",
+           "N", EVENTS),
+    Option("event_queue_max_bytes", v.positive_int, 64 * 1024 * 1024,
+           "RabbitMQ: most message bytes the exporter's event queue holds (x-max-length-bytes), the "
+           "oldest dropped first.", "BYTES", EVENTS),
     Option("event_prefetch", v.positive_int, 2_000, "RabbitMQ: unacknowledged events in flight (basic.qos).",
            "N", EVENTS),
     # ------------------------------------------------------------------ polling
@@ -150,10 +160,10 @@ OPTIONS: tuple[Option, ...] = (
            "lists, the celery:dead_letter_queue sorted set), beside a Redis or RabbitMQ broker, e.g. "
            "redis://host:6379/3. Repeat the flag for more; env and YAML take a list (env: separated by "
            "spaces or commas). Each is its own poll source (source=\"redis_dlq:host:port/db\").", "URL",
-           POLLING, flags=("--dead-letter-redis-url",), repeatable=True),
+           POLLING, flags=("--dead-letter-redis-url",), repeatable=True, secret=True),
     Option("rabbitmq_management_url", v.optional_string, None,
            "RabbitMQ management API base URL (http://user:pass@host:15672); without it queues are "
-           "polled with passive declares over AMQP.", "URL", POLLING),
+           "polled with passive declares over AMQP.", "URL", POLLING, secret=True),
     Option("rabbitmq_live_queues", v.string_list, (),
            "RabbitMQ with --rabbitmq-management-url: more queues (names or globs) whose depth is read live "
            "by a passive declare at each poll instead of from the 5 s statistics, as retry queues and "
@@ -180,6 +190,7 @@ OPTIONS: tuple[Option, ...] = (
            "when it is).", "FORMAT", LOGGING, flags=("--log.format", "--log-format")),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
+_PLAIN_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,63}")
 _BY_ENV = {o.env: o for o in OPTIONS}
 
 T = TypeVar("T")
@@ -230,6 +241,8 @@ class Config:
     event_queue_prefix: str
     event_queue_ttl: float
     event_queue_expires: float
+    event_queue_max_length: int
+    event_queue_max_bytes: int
     event_prefetch: int
     poll_interval: float
     poll_timeout: float
@@ -264,6 +277,7 @@ class Config:
             if shown[key]:
                 shown[key] = redact_url(shown[key])
         shown["dead_letter_redis_urls"] = tuple(redact_url(u) for u in self.dead_letter_redis_urls)
+        shown["broker_transport_options"] = redact_options(shown["broker_transport_options"])
         return "Config(" + ", ".join(f"{k}={val!r}" for k, val in shown.items()) + ")"
 
 
@@ -302,7 +316,8 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         try:
             values[opt.name] = opt.parse(raw)
         except (ValueError, TypeError) as exc:
-            shown = "(value not shown)" if opt.name.endswith("_url") else repr(raw)
+            # A URL or transport options may hold a password (sentinel_kwargs.password): never echoed.
+            shown = "(value not shown)" if opt.secret else repr(raw)
             raise ConfigError(opt.name, source, f"{exc}, got {shown}") from None
         ranks[opt.name], sources[opt.name] = rank, source
 
@@ -322,20 +337,18 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         url = values.get(name)
         if not url:
             continue
-        if "://" not in url:
-            raise ConfigError(name, sources[name], "not a URL (expected scheme://host...; value not shown)")
-        try:  # a bad port or IPv6 literal would otherwise surface later, as a traceback
-            for one in url.split(";"):
-                urlsplit(one.strip()).port  # noqa: B018
-        except ValueError as exc:
-            raise ConfigError(name, sources[name], f"not a valid URL: {exc} (value not shown)") from None
+        # A bad port, a broken IPv6 literal, or a password holding an unencoded '/', '?', '#' or ';'
+        # would otherwise surface later as a traceback, or as a connect error quoting part of the password.
+        problem = url_problem(url)
+        if problem:
+            raise ConfigError(name, sources[name], problem)
     # A URL that can never work (no such transport, its library missing, a Redis db that is not a
     # number) stops here, instead of the event stream retrying it forever.
     problem = v.broker_url_problem(values["broker_url"])
     if problem:
         raise ConfigError("broker_url", sources["broker_url"], problem)
     for url in values.get("dead_letter_redis_urls", ()):
-        problem = v.redis_url_problem(url)
+        problem = url_problem(url) or v.redis_url_problem(url)
         if problem:
             raise ConfigError("dead_letter_redis_urls", sources["dead_letter_redis_urls"], problem)
     return Config(config_file=config_file, **values)
@@ -371,7 +384,9 @@ def _read_yaml(path: str) -> dict[str, Any]:
         if name not in _BY_NAME:
             match = difflib.get_close_matches(name, list(_BY_NAME), n=1)
             hint = f"; did you mean {match[0]!r}?" if match else ""
-            raise ConfigError(str(key), path, "unknown key" + hint)
+            # A key is file content: one that is not a plain name (a URL pasted as a key) is not quoted.
+            shown = str(key) if _PLAIN_KEY.fullmatch(str(key)) else "(a key that is not an option name)"
+            raise ConfigError(shown, path, "unknown key" + hint)
         out[name] = value
     return out
 

@@ -121,8 +121,8 @@ def mapping(v: Any) -> dict[str, Any]:
     if isinstance(v, str):
         try:
             v = json.loads(v) if v.strip() else {}
-        except ValueError:
-            raise ValueError("expected a JSON object") from None
+        except json.JSONDecodeError as exc:  # its msg never quotes the text, which may hold a password
+            raise ValueError(f"expected a JSON object ({exc.msg} at character {exc.pos + 1})") from None
     if not isinstance(v, dict):
         raise ValueError("expected a mapping (YAML) or a JSON object (flag or environment)")
     return {str(k): val for k, val in v.items()}

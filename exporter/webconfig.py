@@ -339,7 +339,8 @@ def _users(raw: Any, path: str) -> dict[str, bytes]:
     for user, hashed in raw.items():
         name = str(user)
         if not name or ":" in name:
-            raise _err(path, "basic_auth_users", f"user name {name!r} is empty or contains ':'")
+            # "admin:hunter2" pasted as a key would be a password: not quoted.
+            raise _err(path, "basic_auth_users", "a user name is empty or contains ':' (value not shown)")
         encoded = hashed.encode() if isinstance(hashed, str) else b""
         if not BCRYPT_HASH.match(encoded):
             # The value is a secret (or a password pasted by mistake): never echo it.

@@ -234,7 +234,9 @@ def test_raw_python_messages_become_plain_ones() -> None:
         load_config(["--broker-url", URL], {"CELERY_EXPORTER_MAX_WORKERS": "abc"})
     assert str(err.value) == "--max-workers: expected a whole number, got 'abc' (from CELERY_EXPORTER_MAX_WORKERS)"
     for argv, text in ((["--poll-interval", "soon"], "--poll-interval: expected a number, got 'soon'"),
-                       (["--broker-transport-options", "{nope"], "expected a JSON object, got '{nope'")):
+                       (["--broker-transport-options", "{nope"],
+                            "expected a JSON object (Expecting property name enclosed in double quotes at "
+                            "character 2), got (value not shown)")):
         with pytest.raises(ConfigError) as err:
             load_config(["--broker-url", URL, *argv], {})
         assert text in str(err.value) and "invalid literal" not in str(err.value)

@@ -40,11 +40,12 @@ AUTH = ("guest", "guest")
 
 # ---------------------------------------------------------------- pure
 def test_queue_arguments_in_whole_milliseconds_and_no_ttl_when_zero() -> None:
-    assert queue_arguments(60.0, 300.0) == {"x-queue-type": "classic", "x-expires": 300_000,
-                                            "x-message-ttl": 60_000}
-    assert queue_arguments(0.0, 1.5) == {"x-queue-type": "classic", "x-expires": 1_500}
-    assert queue_arguments(0.0001, 0.0001) == {"x-queue-type": "classic", "x-expires": 1,
-                                               "x-message-ttl": 1}
+    bound = {"x-max-length": 100, "x-max-length-bytes": 4096, "x-overflow": "drop-head"}
+    assert queue_arguments(60.0, 300.0, 100, 4096) == {"x-queue-type": "classic", "x-expires": 300_000,
+                                                       "x-message-ttl": 60_000, **bound}
+    assert queue_arguments(0.0, 1.5, 100, 4096) == {"x-queue-type": "classic", "x-expires": 1_500, **bound}
+    assert queue_arguments(0.0001, 0.0001, 100, 4096) == {"x-queue-type": "classic", "x-expires": 1,
+                                                          "x-message-ttl": 1, **bound}
 
 
 def parameters(url: str, name: str) -> list[Any]:
@@ -138,7 +139,9 @@ def test_captured_messages_give_exact_counts_and_the_queue_is_built_to_last(vhos
     assert invalid(state) == {}
     assert stream.queue.startswith("ce-test.")
     assert q["durable"] is True and q["auto_delete"] is False and q["exclusive"] is False
-    assert q["arguments"] == {"x-expires": 300_000, "x-message-ttl": 60_000, "x-queue-type": "classic"}
+    assert q["arguments"] == {"x-expires": 300_000, "x-message-ttl": 60_000, "x-queue-type": "classic",
+                              "x-max-length": 100_000, "x-max-length-bytes": 64 * 1024 * 1024,
+                              "x-overflow": "drop-head"}
     assert any(b["source"] == "celeryev" and b["routing_key"] == "#" for b in bindings)
     assert (exchange["type"], exchange["durable"], exchange["auto_delete"]) == ("topic", True, False)
 

@@ -56,10 +56,11 @@ def test_build_stream_passes_the_config_slices() -> None:
     s = build("redis://h:6379/4", broker_transport_options={"global_keyprefix": "k:"})
     assert isinstance(s, RedisEventStream) and s.pattern == "k:/4.celeryev/*"
     a = build("amqp://h//", event_queue_prefix="evq", event_queue_ttl=0.0, event_queue_expires=30.0,
-              event_prefetch=7)
+              event_prefetch=7, event_queue_max_length=500, event_queue_max_bytes=10_000)
     assert isinstance(a, AmqpEventStream)
     assert a.queue.startswith("evq.") and a.prefetch == 7
-    assert a.arguments == {"x-queue-type": "classic", "x-expires": 30_000}
+    assert a.arguments == {"x-queue-type": "classic", "x-expires": 30_000, "x-max-length": 500,
+                           "x-max-length-bytes": 10_000, "x-overflow": "drop-head"}
     other = build("amqp://h//")
     assert isinstance(other, AmqpEventStream) and other.queue != a.queue  # one per process/stream
 

@@ -18,7 +18,7 @@ import structlog
 from exporter.brokers.model import PollResult, Rules, cap_queues, exact_names
 from exporter.brokers.scheduler import STALE_POLLS, Poller, Polling, PollStore, SourceRunner
 from exporter.brokers.settings import PollSettings
-from exporter.secrets import url_secrets
+from exporter.secrets import option_secrets, url_secrets
 from exporter.state import OVERFLOW_LABEL
 
 log = structlog.get_logger("exporter.brokers")
@@ -80,8 +80,10 @@ def build_polling(settings: PollSettings, queues_seen: Callable[[], Iterable[str
 
     pollers = build_pollers(settings, seen, monotonic)
     store = PollStore([p.source for p in pollers], STALE_POLLS * settings.interval, monotonic)
-    # Every password of every URL, as written and percent-decoded, is masked in poll errors.
+    # Every password of every URL and of the transport options, as written and percent-decoded, is
+    # masked in poll errors.
     secrets = [*url_secrets(settings.broker_url), *url_secrets(settings.management_url or ""),
-               *(s for url in settings.dead_letter_redis_urls for s in url_secrets(url))]
+               *(s for url in settings.dead_letter_redis_urls for s in url_secrets(url)),
+               *option_secrets(settings.transport_options)]  # sentinel_kwargs.password
     runners = [SourceRunner(p, store, settings.timeout, secrets, monotonic) for p in pollers]
     return Polling(runners, settings.interval, store.views)

@@ -31,6 +31,8 @@ class StreamSettings:
     queue_prefix: str
     queue_ttl: float
     queue_expires: float
+    queue_max_length: int
+    queue_max_bytes: int
     prefetch: int
 
 

@@ -12,7 +12,15 @@ connection blips), ours is built to survive a reconnect:
 * not auto-delete, not exclusive, and durable (RabbitMQ 4 deprecates transient non-exclusive queues);
   ``x-queue-type=classic`` so a vhost defaulting to quorum queues does not make it a heavy quorum queue;
 * ``x-expires`` = ``event_queue_expires``: RabbitMQ deletes it once we have been gone that long;
-* ``x-message-ttl`` = ``event_queue_ttl`` (omitted when 0): a backlog cannot grow without bound.
+* ``x-message-ttl`` = ``event_queue_ttl`` (omitted when 0): a backlog cannot grow without bound;
+* ``x-max-length`` = ``event_queue_max_length``, ``x-max-length-bytes`` = ``event_queue_max_bytes``,
+  ``x-overflow=drop-head``: while the exporter is away (or after a crash, until ``x-expires``) the queue
+  keeps only the newest events, so an orphan never holds more than this (docs/reliability.md sizes it).
+
+A clean stop (``stop`` set: SIGTERM, SIGINT) deletes the queue before closing the connection, so nothing
+collects events for a process that is gone. The name is unique per process, so a declare never meets a
+queue declared with other arguments by another version; if it does all the same (``PRECONDITION_FAILED``,
+a name reused by hand), the stream takes a fresh name instead of failing forever.
 
 Messages are consumed with ``basic.qos(prefetch_count=event_prefetch)``; everything one
 ``process_data_events`` call delivers is decoded as one batch by ``Ingest.feed_amqp`` and acknowledged
@@ -29,6 +37,7 @@ from typing import Any
 
 import pika
 import pika.exceptions
+import structlog
 
 from exporter.brokers.backoff import Backoff
 from exporter.brokers.rabbitmq.connection import connection_parameters
@@ -41,9 +50,16 @@ CONNECT_TIMEOUT = 5.0
 HEARTBEAT = 30
 
 
-def queue_arguments(ttl: float, expires: float) -> dict[str, Any]:
+PRECONDITION_FAILED = 406
+
+log = structlog.get_logger("exporter.events.stream")
+
+
+def queue_arguments(ttl: float, expires: float, max_length: int, max_bytes: int) -> dict[str, Any]:
     """``queue.declare`` arguments: RabbitMQ wants whole milliseconds; a TTL of 0 means none."""
-    args: dict[str, Any] = {"x-queue-type": "classic", "x-expires": max(1, round(expires * 1000))}
+    args: dict[str, Any] = {"x-queue-type": "classic", "x-expires": max(1, round(expires * 1000)),
+                            "x-max-length": max_length, "x-max-length-bytes": max_bytes,
+                            "x-overflow": "drop-head"}
     if ttl > 0:
         args["x-message-ttl"] = max(1, round(ttl * 1000))
     return args
@@ -58,8 +74,10 @@ class AmqpEventStream:
         url = settings.broker_url
         self.ingest = ingest
         self.status = status
-        self.queue = f"{settings.queue_prefix}.{node_id()}"[:255]
-        self.arguments = queue_arguments(settings.queue_ttl, settings.queue_expires)
+        self.queue_prefix = settings.queue_prefix
+        self.queue = self._new_name()
+        self.arguments = queue_arguments(settings.queue_ttl, settings.queue_expires,
+                                         settings.queue_max_length, settings.queue_max_bytes)
         self.prefetch = prefetch = settings.prefetch
         self.client_name = f"celery-exporter events {self.queue}"
         self.parameters = connection_parameters(
@@ -71,6 +89,9 @@ class AmqpEventStream:
                                      context={"queue": self.queue, "prefetch": prefetch})
         self._pending: list[tuple[bytes, str | None, str | None]] = []
         self._last_tag = 0
+
+    def _new_name(self) -> str:
+        return f"{self.queue_prefix}.{node_id()}"[:255]
 
     def run(self, stop: threading.Event) -> None:
         self.supervisor.run(self.session, stop)
@@ -84,6 +105,8 @@ class AmqpEventStream:
             channel.basic_consume(self.queue, self._on_message, auto_ack=False)
             on_up()
             self._consume(conn, channel, stop)
+            if stop.is_set():
+                self._delete(channel)
         finally:
             # Unacked deliveries go back to our queue when the connection closes.
             if conn.is_open:
@@ -100,10 +123,32 @@ class AmqpEventStream:
                 raise
             channel = conn.channel()  # the failed passive declare closed the channel
             channel.exchange_declare(EXCHANGE, exchange_type="topic", durable=True, auto_delete=False)
-        channel.queue_declare(self.queue, durable=True, exclusive=False, auto_delete=False,
-                              arguments=self.arguments)
+        try:
+            channel.queue_declare(self.queue, durable=True, exclusive=False, auto_delete=False,
+                                  arguments=self.arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != PRECONDITION_FAILED:
+                raise
+            # Someone else's queue by this name, with other arguments: never touch it, take a new name.
+            old, self.queue = self.queue, self._new_name()
+            log.warning("event queue name taken with other arguments; using a new name",
+                        queue=old, new_queue=self.queue)
+            self.supervisor.context["queue"] = self.queue
+            channel = conn.channel()
+            channel.queue_declare(self.queue, durable=True, exclusive=False, auto_delete=False,
+                                  arguments=self.arguments)
         channel.queue_bind(self.queue, EXCHANGE, routing_key="#")
         return channel
+
+    def _delete(self, channel: Any) -> None:
+        """On a clean stop: nobody will read this queue again (the next process has its own name)."""
+        try:
+            channel.queue_delete(self.queue)
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            log.warning("cannot delete the event queue; it expires on its own", queue=self.queue,
+                        error=type(exc).__name__)
+        else:
+            log.info("event queue deleted", queue=self.queue)
 
     def _on_message(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
         self._pending.append((body, properties.content_type, properties.content_encoding))

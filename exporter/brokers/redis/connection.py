@@ -25,10 +25,13 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
+from redis.backoff import NoBackoff
 from redis.connection import parse_url
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from exporter.brokers.settings import BrokerSettingsError
+from exporter.secrets import option_secrets
 
 SCHEMES = ("redis", "rediss", "redis+socket", "socket", "sentinel")
 SSL_QUERY_OPTIONS = frozenset({
@@ -108,8 +111,10 @@ def _sentinel_pool(url: str, options: Mapping[str, Any],
     sentinel_kwargs = dict(options.get("sentinel_kwargs") or {})
     # The sentinels answer quickly or not at all; never wait longer on them than on the master.
     for key in ("socket_connect_timeout", "socket_timeout"):
-        if key in overrides:
-            sentinel_kwargs.setdefault(key, overrides.get("socket_connect_timeout", overrides[key]))
+        sentinel_kwargs.setdefault(key, overrides.get("socket_connect_timeout", overrides.get(key, 2.0)))
+    # A sentinel that is down is skipped for the next one at once: redis-py's default retry (3 attempts
+    # with 1-10 s backoff) spent a whole poll deadline on the first sentinel of the URL when it was down.
+    sentinel_kwargs.setdefault("retry", Retry(NoBackoff(), 0))
     tls = ssl_options(first.query)
     sentinel = Sentinel(hosts, min_other_sentinels=int(options.get("min_other_sentinels", 0)),
                         sentinel_kwargs=sentinel_kwargs)
@@ -123,6 +128,5 @@ def _sentinel_pool(url: str, options: Mapping[str, Any],
 
 
 def secrets_of(options: Mapping[str, Any]) -> tuple[str, ...]:
-    """Passwords the transport options hold (the sentinels' own), to mask in error messages."""
-    password = (options.get("sentinel_kwargs") or {}).get("password")
-    return (str(password),) if password else ()
+    """Secrets the transport options hold (``sentinel_kwargs.password``...), to mask in error messages."""
+    return option_secrets(options)
