@@ -166,9 +166,14 @@ def test_every_mapped_series_exists_in_real_prometheus(tmp_path: Path, broker: t
                                   'celery_task_retried_total{name="compat.flaky"}'),
                                  (f'celery_queue_length{{queue="{QUEUE}"}}',
                                   f'celery_queue_length{{queue_name="{QUEUE}"}}')]:
-                a, b = prom.query(f"sum({ours})"), prom.query(f"sum({theirs})")
-                assert a and b and a[0]["value"][1] == b[0]["value"][1], (
-                    ours, prom.query(ours), theirs, prom.query(theirs))
+                # The rule is evaluated a moment after the scrape it reads: equal within a few
+                # evaluations (the flaky task's retries and the queue may still be moving).
+                def same(ours: str = ours, theirs: str = theirs) -> bool:
+                    a, b = prom.query(f"sum({ours})"), prom.query(f"sum({theirs})")
+                    return bool(a and b and a[0]["value"][1] == b[0]["value"][1])
+
+                wait_for(same, 15, every=0.5, what=f"{theirs} equal to {ours}",
+                         context=lambda ours=ours, theirs=theirs: f"{prom.query(ours)} {prom.query(theirs)}")
     finally:
         procs.stop()
     assert set(found) == EXPECTED[kind]
