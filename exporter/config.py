@@ -198,6 +198,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_queues", _positive_int, 1_000,
            "Distinct queue names tracked from events and broker polls; more fold into "
            "\"__overflow__\".", "N"),
+    Option("max_finished_tasks", _positive_int, 20_000,
+           "Finished tasks remembered (uuid -> name, queue) so their late or repeated events keep their "
+           "name.", "N"),
+    Option("max_series", _positive_int, 50_000,
+           "Total series across the per-task metric families; new ones past it fold into "
+           "\"__overflow__\".", "N"),
     Option("broker_transport_options", _mapping, {},
            "Kombu transport options, as in Celery's broker_transport_options (global_keyprefix, "
            "master_name, priority_steps, sep, ...). YAML mapping or JSON object.", "JSON"),
@@ -259,6 +265,8 @@ class Config:
     max_exception_types: int = 200
     max_workers: int = 1_000
     max_queues: int = 1_000
+    max_finished_tasks: int = 20_000
+    max_series: int = 50_000
     broker_transport_options: Mapping[str, Any] = field(default_factory=dict)
     event_queue_prefix: str = "celeryev.celery-exporter"
     event_queue_ttl: float = 60.0
