@@ -122,6 +122,8 @@ __all__ = [
 
 # Terminal events, as bits of a finished task's memory: a second one of the same kind is a duplicate.
 _DONE_BITS = {"task-succeeded": 1, "task-failed": 2, "task-revoked": 4, "task-rejected": 8}
+# celery_exporter_events_ignored_total{reason}
+IGNORED_REASONS = ("duplicate", "after_terminal", "no_uuid", "unnamed_evicted")
 _TERMINAL = frozenset(("task-succeeded", "task-failed", "task-revoked"))
 # What a held event keeps of its event (tracebacks, args and results are not needed, nor stored).
 _HELD_FIELDS = ("type", "timestamp", "hostname", "runtime", "terminated", "expired", "requeue")
@@ -169,7 +171,7 @@ class ClusterState:
         self._queues: dict[str, None] = {}
         self.events_by_type: dict[str, int] = {}
         self.invalid_by_reason: dict[str, int] = {}
-        self.ignored: dict[str, int] = {}
+        self.ignored: dict[str, int] = dict.fromkeys(IGNORED_REASONS, 0)
         self.unnamed_tasks = 0
         self.overflow: dict[str, int] = {"task_name": 0, "exception": 0, "worker": 0, "queue": 0, "series": 0}
         self.evicted: dict[str, int] = {"capacity": 0, "age": 0}
