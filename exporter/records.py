@@ -220,14 +220,14 @@ def exception_class(text: Any, traceback: Any = None) -> str:
         if wrapped:
             return wrapped.group(1)
     m = _EXC_CLASS.match(text)
-    if m is None:
-        return "Unknown"
-    name = m.group(0)
-    if name.endswith("ExceptionWithTraceback"):
+    if m is None or m.end() == len(text) or text[m.end()] != "(" or m.group(0).endswith("ExceptionWithTraceback"):
+        # Not ``Class(...)``: billiard's wrapper, or a class with its own __repr__ (Reject's is
+        # "reject requeue=False: ..."). The traceback's last line names the class; its last dotted part
+        # is kept, so the label is the one the class's plain repr gives elsewhere.
         inner = _traceback_class(traceback)
         if inner is not None:
-            return inner
-    return name
+            return inner.rpartition(".")[2]
+    return m.group(0) if m else "Unknown"
 
 
 _TB_LAST = re.compile(r"([A-Za-z_][A-Za-z0-9_.]{0,127})(?::|$)")
