@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from exporter.state import (
-    REJECTED,
     RECEIVED,
+    REJECTED,
     REVOKED,
     SENT,
     STARTED,

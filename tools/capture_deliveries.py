@@ -56,8 +56,8 @@ def main(argv: list[str]) -> int:
     with open(out, "w", encoding="utf-8") as fh:
         for line in rec.lines:
             fh.write(json.dumps(line, sort_keys=True) + "\n")
-    print(json.dumps({"mode": mode, "messages": len(rec.lines), "events_by_type": dict(sorted(rec.types.items()))},
-                     indent=1))
+    summary = {"mode": mode, "messages": len(rec.lines), "events_by_type": dict(sorted(rec.types.items()))}
+    print(json.dumps(summary, indent=1))
     return 0
 
 
