@@ -220,8 +220,7 @@ def exception_class(text: Any, traceback: Any = None) -> str:
         if wrapped:
             return wrapped.group(1)
     m = _EXC_CLASS.match(text)
-    plain = m is not None and text[m.end():m.end() + 1] == "(" and not m.group(0).endswith("ExceptionWithTraceback")
-    if not plain:
+    if m is None or text[m.end():m.end() + 1] != "(" or m.group(0).endswith("ExceptionWithTraceback"):
         # Not ``Class(...)``: billiard's wrapper, or a class with its own __repr__ (Reject's is
         # "reject requeue=False: ..."). The traceback's last line names the class; its last dotted part
         # is kept, so the label is the one the class's plain repr gives elsewhere.
