@@ -99,12 +99,14 @@ class Histogram:
 
 
 # The task table maps a task uuid to an entry, what we remember about the task between its events:
-#     (key, attempts, starts, retries, worker, touched, held)
+#     (key, attempts, starts, retries, worker, touched, held, seen)
 # ``starts`` holds the timestamps of the task-started events whose attempt has not ended yet, oldest
 # first (normally zero or one; two when a retry's task-started overtakes the task-retried of the attempt
 # before it); each one counts in celery_tasks_active. ``worker`` is the (sanitised) hostname of the
 # latest task-started, so a lost worker's tasks can be found. ``held`` is None for a task seen named;
 # for a task whose first events came without a name it holds those events (see ClusterState._hold).
+# ``seen`` holds every task-started timestamp of the task (the last few), to tell a repeated task-started
+# from a late one of an earlier attempt.
 # ``attempts`` holds the attempts published or received but not yet started, oldest first, each as
 # ``(retries, sent_ts, eta_ts, received_ts)``. Events of consecutive attempts arrive out of order (a
 # retry's task-sent and task-received often overtake the task-started of the attempt that retried, because
@@ -115,7 +117,7 @@ class Histogram:
 # stops tracking such tuples: a full table (100,000 tasks by default) then adds nothing to its work. As
 # objects and lists, a full table made each full collection walk ~250,000 containers, a pause of ~200 ms
 # (on the benchmark machine) that stalled ingest and scrapes alike every few seconds.
-K, ATTEMPTS, STARTS, RETRIES, WORKER, TOUCHED, HELD = range(7)
+K, ATTEMPTS, STARTS, RETRIES, WORKER, TOUCHED, HELD, SEEN = range(8)
 TaskEntry = tuple[Any, ...]
 Attempt = tuple[Any, Any, Any, Any]
 
@@ -157,6 +159,40 @@ def retries_of(value: Any) -> int:
 
 def _first(att: Attempt) -> Any:
     return att[0]
+
+
+# A finished task, remembered: (key, terminal-event bits, open starts left, end timestamp, starts seen).
+Done = tuple[Any, int, tuple[float, ...], float, tuple[float, ...]]
+
+
+class FinishedTasks:
+    """Bounded memory of recently finished tasks (uuid -> ``Done``): two generations of plain dicts, the
+    older dropped whole when the younger fills half the size, so remembering a task costs one dict
+    store (an LRU's bookkeeping cost the event benchmark ~3%)."""
+
+    __slots__ = ("half", "old", "young")
+
+    def __init__(self, size: int) -> None:
+        self.half = max(1, size // 2)
+        self.young: dict[str, Done] = {}
+        self.old: dict[str, Done] = {}
+
+    def get(self, uuid: str) -> Done | None:
+        done = self.young.get(uuid)
+        return done if done is not None else self.old.get(uuid)
+
+    def put(self, uuid: str, done: Done) -> None:
+        young = self.young
+        young[uuid] = done
+        if len(young) >= self.half:
+            self.old, self.young = young, {}
+
+    def pop(self, uuid: str) -> None:
+        self.young.pop(uuid, None)
+        self.old.pop(uuid, None)
+
+    def __len__(self) -> int:
+        return len(self.young) + len(self.old)
 
 
 @dataclass

@@ -39,6 +39,7 @@ import time
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from exporter.records import (
@@ -65,6 +66,7 @@ from exporter.records import (
     RETRIES,
     REVOKE_REASONS,
     REVOKED,
+    SEEN,
     SENT,
     STARTED,
     STARTS,
@@ -72,6 +74,8 @@ from exporter.records import (
     TOUCHED,
     UNKNOWN_TASK,
     WORKER,
+    Done,
+    FinishedTasks,
     Histogram,
     K,
     Snapshot,
@@ -136,6 +140,7 @@ _MAX_STARTS = 4
 _Key = tuple[str, str]
 _Ev = Mapping[str, Any]
 _Rec = TaskEntry | None
+_Nameless = Callable[[str, _Rec, _Key, _Ev, float], None]
 
 
 class ClusterState:
@@ -146,10 +151,10 @@ class ClusterState:
         self.clock = clock
         self.lock = threading.Lock()
         self._tasks: OrderedDict[str, TaskEntry] = OrderedDict()
-        # uuid -> (key, terminal-event bits, open starts left, end timestamp) of recently finished tasks.
-        self._finished: OrderedDict[str, tuple[_Key, int, tuple[float, ...], float]] = OrderedDict()
+        self._finished = FinishedTasks(s.max_finished_tasks)
         # hostname -> {uuid: start timestamp} of the tasks each worker is running, oldest first.
         self._running: dict[str, dict[str, float]] = {}
+        self._hosts: dict[str, str] = {}  # raw hostname -> label_value(hostname), for task-started
         self._routes = tuple((re.compile(fnmatch.translate(g)), q) for g, q in s.task_routes)
         self._route_cache: dict[str, str] = {}
         self._key_cache: dict[tuple[Any, Any], _Key] = {}
@@ -177,29 +182,23 @@ class ClusterState:
         self.evicted: dict[str, int] = {"capacity": 0, "age": 0}
         self.workers_purged = 0
         self.last_event_ts: float | None = None
-        task = self._task_event
-        self._handlers: dict[str, Callable[[Mapping[str, Any], float], None]] = {
-            "task-sent": self._task_sent,
-            "task-received": self._task_received,
-            "task-started": task,
-            "task-succeeded": task,
-            "task-failed": task,
-            "task-retried": task,
-            "task-rejected": task,
-            "task-revoked": task,
-            "worker-online": self._worker_alive,
-            "worker-heartbeat": self._worker_alive,
-            "worker-offline": self._worker_offline,
-        }
         # Handlers of the events that carry no name: (uuid, live record or None once finished, key,
-        # event, timestamp).
-        self._nameless: dict[str, Callable[[str, _Rec, _Key, _Ev, float], None]] = {
+        # event, timestamp), reached through _task_event (bound with partial: no lookup per event).
+        nameless: dict[str, _Nameless] = {
             "task-started": self._task_started,
             "task-succeeded": self._task_succeeded,
             "task-failed": self._task_failed,
             "task-retried": self._task_retried,
             "task-rejected": self._task_rejected,
             "task-revoked": self._task_revoked,
+        }
+        self._handlers: dict[str, Callable[[_Ev, float], None]] = {
+            "task-sent": self._task_sent,
+            "task-received": self._task_received,
+            **{etype: partial(self._task_event, handler) for etype, handler in nameless.items()},
+            "worker-online": self._worker_alive,
+            "worker-heartbeat": self._worker_alive,
+            "worker-offline": self._worker_offline,
         }
 
     # ------------------------------------------------------------------ feeding
@@ -374,7 +373,7 @@ class ClusterState:
     def _new_record(self, uuid: str, key: _Key | None, now: float,
                     held: tuple[Any, ...] | None = None) -> TaskEntry:
         tasks = self._tasks
-        entry = tasks[uuid] = (key, (), (), 0, None, now, held)
+        entry = tasks[uuid] = (key, (), (), 0, None, now, held, ())
         if len(tasks) > self.settings.max_tracked_tasks:
             _, old = tasks.popitem(last=False)
             self._forget(old)
@@ -414,12 +413,6 @@ class ClusterState:
             if not running:
                 del self._running[hostname]
 
-    def _remember(self, uuid: str, done: tuple[_Key, int, tuple[float, ...], float]) -> None:
-        finished = self._finished
-        finished[uuid] = done
-        if len(finished) > self.settings.max_finished_tasks:
-            finished.popitem(last=False)
-
     def _finish(self, uuid: str, rec: TaskEntry, key: _Key, bit: int, ts: float) -> None:
         """The task ended: it leaves the table (and its worker's running set) for the finished memory,
         which keeps any older attempt still open, for that attempt's late task-retried."""
@@ -429,7 +422,7 @@ class ClusterState:
         if rec[WORKER] is not None:
             self._unrun(rec[WORKER], uuid)
         del self._tasks[uuid]
-        self._remember(uuid, (key, bit, starts[:-1], ts))
+        self._finished.put(uuid, (key, bit, starts[:-1], ts, rec[SEEN]))
 
     @staticmethod
     def _uuid(value: Any) -> str | None:
@@ -450,7 +443,7 @@ class ClusterState:
             return rec, ()
         if key[0] == UNKNOWN_TASK:
             self.unnamed_tasks += 1
-        return (key, (), (), 0, None, now, None), held
+        return (key, (), (), 0, None, now, None, ()), held
 
     def _replay(self, held: tuple[Any, ...]) -> None:
         handlers = self._handlers
@@ -459,7 +452,9 @@ class ClusterState:
 
     def _task_sent(self, ev: Mapping[str, Any], ts: float) -> None:
         now = self.clock()
-        uuid = self._uuid(ev.get("uuid"))
+        uuid = ev.get("uuid")
+        if uuid.__class__ is not str or len(uuid) > 40:
+            uuid = self._uuid(uuid)
         rec = self._tasks.get(uuid) if uuid is not None else None
         queue = ev.get("queue") or ev.get("routing_key")
         sent_key = self._key_for(ev.get("name"), queue)
@@ -484,20 +479,25 @@ class ClusterState:
             # task-received overtook task-sent (they travel on different connections): the task keeps
             # the key its first named event gave it, so no counter moves between series.
             key = rec[K] if rec[HELD] is None else sent_key
-        rec, held = self._adopt(uuid, rec, key, now)
+        held: tuple[Any, ...] = ()
+        if rec is None or rec[HELD] is not None:
+            rec, held = self._adopt(uuid, rec, key, now)
         n = retries_of(ev.get("retries"))
         attempts, i = attempt_index(rec[ATTEMPTS], n)
         if i >= 0:
             att = attempts[i]
             attempts = replace_attempt(attempts, i, (att[0], ts, parse_eta(ev.get("eta")), att[3]))
-        self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None)
+        self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None,
+                             rec[SEEN])
         self.counters[key][SENT] += 1
         if held:
             self._replay(held)
 
     def _task_received(self, ev: Mapping[str, Any], ts: float) -> None:
         now = self.clock()
-        uuid = self._uuid(ev.get("uuid"))
+        uuid = ev.get("uuid")
+        if uuid.__class__ is not str or len(uuid) > 40:
+            uuid = self._uuid(uuid)
         rec = self._tasks.get(uuid) if uuid is not None else None
         if rec is not None:
             self._tasks.move_to_end(uuid)  # type: ignore[arg-type]
@@ -505,13 +505,15 @@ class ClusterState:
         else:
             done = self._finished.get(uuid) if uuid is not None else None
             if done is not None:
-                if ts <= done[3]:  # the same delivery's received again (a redelivered event message)
-                    self._ignore("after_terminal")
+                key = done[0] if done[0][0] != UNKNOWN_TASK else self._key_for(ev.get("name"), None)
+                if ts <= done[3]:
+                    # An earlier attempt's, overtaken by the task's end (that attempt's worker flushed its
+                    # events late): counted, no record reopened.
+                    self.counters[key][RECEIVED] += 1
                     return
                 # A new delivery of a finished task (a DLX ladder or a requeue brought the message back):
                 # a new record, under the name and queue the task had.
-                del self._finished[uuid]  # type: ignore[arg-type]
-                key = done[0] if done[0][0] != UNKNOWN_TASK else self._key_for(ev.get("name"), None)
+                self._finished.pop(uuid)  # type: ignore[arg-type]
             else:
                 key = self._key_for(ev.get("name"), None)
                 if key[0] == UNKNOWN_TASK and uuid is not None:
@@ -519,50 +521,69 @@ class ClusterState:
         if uuid is None:
             self.counters[key][RECEIVED] += 1
             return
-        rec, held = self._adopt(uuid, rec, key, now)
+        held: tuple[Any, ...] = ()
+        if rec is None or rec[HELD] is not None:
+            rec, held = self._adopt(uuid, rec, key, now)
         n = retries_of(ev.get("retries"))
         attempts, i = attempt_index(rec[ATTEMPTS], n)
         if i >= 0:
             att = attempts[i]
             eta = att[2] if att[2] is not None else parse_eta(ev.get("eta"))
             attempts = replace_attempt(attempts, i, (att[0], att[1], eta, ts))
-        self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None)
+        self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None,
+                             rec[SEEN])
         self.counters[key][RECEIVED] += 1
         if held:
             self._replay(held)
 
     # ------------------------------------------------------------------ nameless task events
-    def _task_event(self, ev: Mapping[str, Any], ts: float) -> None:
-        """Route an event without a name to its task: the live record, the finished memory, or (for a
-        uuid never seen) a placeholder that holds it until the name is known."""
-        uuid = self._uuid(ev.get("uuid"))
-        if uuid is None:
-            self._ignore("no_uuid")
-            return
+    def _task_event(self, handler: _Nameless, ev: _Ev, ts: float) -> None:
+        """Route an event without a name to its task (``handler`` is bound per event type): the live
+        record, the finished memory, or (for a uuid never seen) a placeholder holding it until the name
+        is known."""
+        uuid = ev.get("uuid")
+        if uuid.__class__ is not str or len(uuid) > 40:
+            uuid = self._uuid(uuid)
+            if uuid is None:
+                self._ignore("no_uuid")
+                return
         rec = self._tasks.get(uuid)
         if rec is not None:
             if rec[HELD] is None:
                 self._tasks.move_to_end(uuid)
-                self._nameless[ev["type"]](uuid, rec, rec[K], ev, ts)
+                handler(uuid, rec, rec[K], ev, ts)
             else:
                 self._hold(uuid, rec, ev, ts)
             return
         done = self._finished.get(uuid)
         if done is None:
             self._hold(uuid, None, ev, ts)
-            return
-        etype = ev["type"]
-        bit = _DONE_BITS.get(etype, 0)
-        if etype == "task-started":
-            self._ignore("after_terminal")
-        elif done[1] & bit:
-            self._ignore("duplicate")  # a redelivered or repeated terminal event
         else:
-            if bit:
-                self._finished[uuid] = (done[0], done[1] | bit, done[2], done[3])
-            self._nameless[etype](uuid, None, done[0], ev, ts)
+            self._after_end(uuid, done, handler, ev, ts)
 
-    def _hold(self, uuid: str, rec: TaskEntry | None, ev: Mapping[str, Any], ts: float) -> None:
+    def _after_end(self, uuid: str, done: Done, handler: _Nameless, ev: _Ev, ts: float) -> None:
+        """An event of a finished task: a repeat changes nothing but a self-metric, a late one of an
+        earlier attempt (or a contradicting outcome) counts under the task's name."""
+        etype = ev["type"]
+        key, bits, left, end, seen = done
+        if etype == "task-started":
+            if ts in seen:
+                self._ignore("duplicate")
+            elif ts > end:  # no new delivery (that opens with task-received) started it
+                self._ignore("after_terminal")
+            else:  # an earlier attempt's, overtaken by the end: left open for its late task-retried
+                self.counters[key][STARTED] += 1
+                self._finished.put(uuid, (key, bits, (*left, ts), end, (*seen[-7:], ts)))
+            return
+        bit = _DONE_BITS.get(etype, 0)
+        if bits & bit:
+            self._ignore("duplicate")  # a redelivered or repeated terminal event
+            return
+        if bit:
+            self._finished.put(uuid, (key, bits | bit, left, end, seen))
+        handler(uuid, None, key, ev, ts)
+
+    def _hold(self, uuid: str, rec: _Rec, ev: _Ev, ts: float) -> None:
         """Keep a nameless event of a task not yet seen named, counted nowhere. When the task ends (or
         holds too many) without a name, what it holds is counted under ``unknown``."""
         item: dict[str, Any] = {k: ev[k] for k in _HELD_FIELDS if k in ev}
@@ -576,11 +597,11 @@ class ClusterState:
             self._new_record(uuid, None, now, held)
         else:
             held = (*rec[HELD], item)
-            self._tasks[uuid] = (*rec[:TOUCHED], now, held)
+            self._tasks[uuid] = (None, (), (), 0, None, now, held, ())
             self._tasks.move_to_end(uuid)
         if ev["type"] in _TERMINAL or len(held) >= MAX_HELD_EVENTS:
             self.unnamed_tasks += 1
-            self._tasks[uuid] = (self._key_for(None, None), (), (), 0, None, now, None)
+            self._tasks[uuid] = (self._key_for(None, None), (), (), 0, None, now, None, ())
             self._replay(held)
 
     def _take_start(self, uuid: str, rec: TaskEntry, key: _Key) -> tuple[float | None, tuple[float, ...]]:
@@ -596,7 +617,8 @@ class ClusterState:
     def _task_started(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
         assert rec is not None  # a task-started of a finished task is ignored before this
         starts = rec[STARTS]
-        if ts in starts:
+        seen = rec[SEEN]
+        if ts in seen:
             self._ignore("duplicate")  # the same task-started twice
             return
         now = self.clock()
@@ -614,8 +636,12 @@ class ClusterState:
         if len(starts) > _MAX_STARTS:
             self.active[key] -= 1
             starts = starts[1:]
-        host = ev.get("hostname")
-        host = label_value(host) if host.__class__ is str else None
+        raw = ev.get("hostname")
+        host = self._hosts.get(raw) if raw.__class__ is str else None
+        if host is None and raw.__class__ is str:
+            host = label_value(raw)
+            if len(self._hosts) < 10_000:
+                self._hosts[raw] = host
         worker = rec[WORKER]
         if worker is not None and worker != host:
             self._unrun(worker, uuid)
@@ -624,7 +650,8 @@ class ClusterState:
             if running is None:
                 running = self._running[host] = {}
             running[uuid] = ts
-        self._tasks[uuid] = (key, attempts, starts, rec[RETRIES], host, now, None)
+        self._tasks[uuid] = (key, attempts, starts, rec[RETRIES], host, now, None,
+                             (*seen[-7:], ts) if len(seen) >= 8 else (*seen, ts))
 
     def _runtime(self, value: Any) -> float | None:
         if value.__class__ is float:
@@ -638,7 +665,9 @@ class ClusterState:
 
     def _task_succeeded(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
         self.counters[key][SUCCEEDED] += 1
-        runtime = self._runtime(ev.get("runtime"))
+        runtime = ev.get("runtime")
+        if runtime.__class__ is not float:
+            runtime = self._runtime(runtime)
         starts = rec[STARTS] if rec is not None else ()
         if runtime is not None:
             self._observe_duration(key, D_SUCCEEDED, runtime)
@@ -659,16 +688,16 @@ class ClusterState:
     def _task_retried(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
         self._count_by_label(self.retried, key, self._exception(ev.get("exception"), ev.get("traceback")))
         if rec is None:  # after the task's end: the attempt it closes was left open in the finished memory
-            done = self._finished[uuid]
-            if done[2]:
+            done = self._finished.get(uuid)
+            if done is not None and done[2]:
                 self._observe_duration(key, D_RETRIED, ts - done[2][0])
-                self._finished[uuid] = (done[0], done[1], done[2][1:], done[3])
+                self._finished.put(uuid, (done[0], done[1], done[2][1:], done[3], done[4]))
             return
         start, starts = self._take_start(uuid, rec, key)
         if start is not None:
             self._observe_duration(key, D_RETRIED, ts - start)
         self._tasks[uuid] = (key, rec[ATTEMPTS], starts, rec[RETRIES], rec[WORKER] if starts else None,
-                             self.clock(), None)
+                             self.clock(), None, rec[SEEN])
 
     def _task_rejected(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
         self.counters[key][REJECTED] += 1
@@ -680,7 +709,7 @@ class ClusterState:
         # Requeued: the attempt is over, the task is not; the message comes back with a task-received.
         _, starts = self._take_start(uuid, rec, key)
         self._tasks[uuid] = (key, rec[ATTEMPTS], starts, rec[RETRIES], rec[WORKER] if starts else None,
-                             self.clock(), None)
+                             self.clock(), None, rec[SEEN])
 
     def _task_revoked(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
         if ev.get("expired") is True:
@@ -731,7 +760,7 @@ class ClusterState:
         self.lost[key] += 1
         if rec[WORKER] is not None:
             self._unrun(rec[WORKER], uuid)
-        self._tasks[uuid] = (key, rec[ATTEMPTS], (), rec[RETRIES], None, rec[TOUCHED], None)
+        self._tasks[uuid] = (key, rec[ATTEMPTS], (), rec[RETRIES], None, rec[TOUCHED], None, rec[SEEN])
 
     def _lose_worker(self, hostname: str) -> None:
         for uuid in list(self._running.get(hostname, ())):
@@ -765,6 +794,8 @@ class ClusterState:
         if not isinstance(hostname, str) or not hostname:
             return None
         hostname = label_value(hostname)
+        if not hostname:  # nothing left once made safe ("\x00")
+            return None
         rec = self.workers.get(hostname)
         if rec is None:
             if len(self.workers) >= self.settings.max_workers:

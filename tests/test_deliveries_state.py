@@ -81,10 +81,26 @@ def test_redelivered_terminal_event_and_start_after_the_end_change_only_a_self_m
     done = succeeded("u", T0 + 2, runtime=1.0)
     feed(s, sent("u", "t", T0), received("u", "t", T0), started("u", T0 + 1), done)
     before = (s.counters[("t", Q)][:], dict(s.active), {k: h.counts[:] for k, h in s.durations.items()})
-    feed(s, dict(done), started("u", T0 + 1), received("u", "t", T0 + 0.5))  # AMQP redelivered / late
+    feed(s, dict(done), started("u", T0 + 1), started("u", T0 + 9))  # redelivered; a start after the end
     assert (s.counters[("t", Q)], dict(s.active), {k: h.counts for k, h in s.durations.items()}) == before
-    assert s.ignored["duplicate"] == 1 and s.ignored["after_terminal"] == 2
+    assert s.ignored["duplicate"] == 2 and s.ignored["after_terminal"] == 1
     assert not any(k[0] == UNKNOWN_TASK for k in s.counters)
+
+
+def test_an_earlier_attempts_events_overtaken_by_the_final_outcome_still_count() -> None:
+    # Attempt 1 ran on a worker that flushed its events late; attempt 2 (another worker) already finished
+    # (the event benchmark's flood has this ordering). Its received/started/retried are late, not repeats.
+    s = make()
+    feed(s, sent("u", "t", T0), received("u", "t", T0), started("u", T0 + 1), retried("u", T0 + 2),
+         sent("u", "t", T0 + 2, retries=1), sent("u", "t", T0 + 3, retries=2),
+         received("u", "t", T0 + 5, retries=2), started("u", T0 + 5.5), succeeded("u", T0 + 6, runtime=0.5),
+         received("u", "t", T0 + 3.1, retries=1), started("u", T0 + 3.2), retried("u", T0 + 3.7))
+    c = s.counters[("t", Q)]
+    assert (c[RECEIVED], c[STARTED], c[SUCCEEDED]) == (3, 3, 1)
+    assert s.retried[("t", Q, "ConnectionError")] == 2
+    assert sum(s.durations[("t", Q, 2)].counts) == 2  # each retried attempt one sample
+    assert s.durations[("t", Q, 2)].total == pytest.approx(1.0 + 0.5)
+    assert s.active[("t", Q)] == 0 and len(s._tasks) == 0 and s.ignored["after_terminal"] == 0
 
 
 def test_late_task_retried_does_not_erase_the_next_attempts_start() -> None:
@@ -195,7 +211,7 @@ def test_finished_memory_is_bounded() -> None:
     s = make(max_finished_tasks=10)
     for i in range(100):
         feed(s, sent(f"u{i}", "t", T0), started(f"u{i}", T0), succeeded(f"u{i}", T0, 0.1))
-    assert len(s._finished) == 10 and len(s._tasks) == 0
+    assert 5 <= len(s._finished) <= 10 and len(s._tasks) == 0
 
 
 def test_held_events_are_bounded_per_task() -> None:
