@@ -66,7 +66,6 @@ from exporter.records import (
     RETRIES,
     REVOKE_REASONS,
     REVOKED,
-    SEEN,
     SENT,
     STARTED,
     STARTS,
@@ -373,7 +372,7 @@ class ClusterState:
     def _new_record(self, uuid: str, key: _Key | None, now: float,
                     held: tuple[Any, ...] | None = None) -> TaskEntry:
         tasks = self._tasks
-        entry = tasks[uuid] = (key, (), (), 0, None, now, held, ())
+        entry = tasks[uuid] = (key, (), (), 0, None, now, held)
         if len(tasks) > self.settings.max_tracked_tasks:
             _, old = tasks.popitem(last=False)
             self._forget(old)
@@ -419,10 +418,15 @@ class ClusterState:
         starts = rec[STARTS]
         if starts:
             self.active[key] -= len(starts)
-        if rec[WORKER] is not None:
-            self._unrun(rec[WORKER], uuid)
+            worker = rec[WORKER]
+            if worker is not None:
+                running = self._running.get(worker)
+                if running is not None:
+                    running.pop(uuid, None)
+                    if not running:
+                        del self._running[worker]
         del self._tasks[uuid]
-        self._finished.put(uuid, (key, bit, starts[:-1], ts, rec[SEEN]))
+        self._finished.remember(uuid, key, bit, starts, ts)
 
     @staticmethod
     def _uuid(value: Any) -> str | None:
@@ -443,7 +447,7 @@ class ClusterState:
             return rec, ()
         if key[0] == UNKNOWN_TASK:
             self.unnamed_tasks += 1
-        return (key, (), (), 0, None, now, None, ()), held
+        return (key, (), (), 0, None, now, None), held
 
     def _replay(self, held: tuple[Any, ...]) -> None:
         handlers = self._handlers
@@ -487,8 +491,7 @@ class ClusterState:
         if i >= 0:
             att = attempts[i]
             attempts = replace_attempt(attempts, i, (att[0], ts, parse_eta(ev.get("eta")), att[3]))
-        self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None,
-                             rec[SEEN])
+        self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None)
         self.counters[key][SENT] += 1
         if held:
             self._replay(held)
@@ -530,8 +533,7 @@ class ClusterState:
             att = attempts[i]
             eta = att[2] if att[2] is not None else parse_eta(ev.get("eta"))
             attempts = replace_attempt(attempts, i, (att[0], att[1], eta, ts))
-        self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None,
-                             rec[SEEN])
+        self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None)
         self.counters[key][RECEIVED] += 1
         if held:
             self._replay(held)
@@ -565,22 +567,22 @@ class ClusterState:
         """An event of a finished task: a repeat changes nothing but a self-metric, a late one of an
         earlier attempt (or a contradicting outcome) counts under the task's name."""
         etype = ev["type"]
-        key, bits, left, end, seen = done
+        key, bits, starts, end = done
         if etype == "task-started":
-            if ts in seen:
+            if ts in starts:
                 self._ignore("duplicate")
             elif ts > end:  # no new delivery (that opens with task-received) started it
                 self._ignore("after_terminal")
             else:  # an earlier attempt's, overtaken by the end: left open for its late task-retried
                 self.counters[key][STARTED] += 1
-                self._finished.put(uuid, (key, bits, (*left, ts), end, (*seen[-7:], ts)))
+                self._finished.put(uuid, (key, bits, (ts, *starts), end))
             return
         bit = _DONE_BITS.get(etype, 0)
         if bits & bit:
             self._ignore("duplicate")  # a redelivered or repeated terminal event
             return
         if bit:
-            self._finished.put(uuid, (key, bits | bit, left, end, seen))
+            self._finished.put(uuid, (key, bits | bit, starts, end))
         handler(uuid, None, key, ev, ts)
 
     def _hold(self, uuid: str, rec: _Rec, ev: _Ev, ts: float) -> None:
@@ -597,11 +599,11 @@ class ClusterState:
             self._new_record(uuid, None, now, held)
         else:
             held = (*rec[HELD], item)
-            self._tasks[uuid] = (None, (), (), 0, None, now, held, ())
+            self._tasks[uuid] = (None, (), (), 0, None, now, held)
             self._tasks.move_to_end(uuid)
         if ev["type"] in _TERMINAL or len(held) >= MAX_HELD_EVENTS:
             self.unnamed_tasks += 1
-            self._tasks[uuid] = (self._key_for(None, None), (), (), 0, None, now, None, ())
+            self._tasks[uuid] = (self._key_for(None, None), (), (), 0, None, now, None)
             self._replay(held)
 
     def _take_start(self, uuid: str, rec: TaskEntry, key: _Key) -> tuple[float | None, tuple[float, ...]]:
@@ -617,8 +619,7 @@ class ClusterState:
     def _task_started(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
         assert rec is not None  # a task-started of a finished task is ignored before this
         starts = rec[STARTS]
-        seen = rec[SEEN]
-        if ts in seen:
+        if ts in starts:
             self._ignore("duplicate")  # the same task-started twice
             return
         now = self.clock()
@@ -631,11 +632,15 @@ class ClusterState:
                 if eta is not None and eta > enqueued:
                     enqueued = eta
                 self._observe_wait(key, ts - enqueued)
-        self.active[key] += 1
-        starts = (*starts, ts)
-        if len(starts) > _MAX_STARTS:
-            self.active[key] -= 1
-            starts = starts[1:]
+        if starts:
+            starts = (*starts, ts)
+            if len(starts) > _MAX_STARTS:
+                starts = starts[1:]
+            else:
+                self.active[key] += 1
+        else:
+            starts = (ts,)
+            self.active[key] += 1
         raw = ev.get("hostname")
         host = self._hosts.get(raw) if raw.__class__ is str else None
         if host is None and raw.__class__ is str:
@@ -650,8 +655,7 @@ class ClusterState:
             if running is None:
                 running = self._running[host] = {}
             running[uuid] = ts
-        self._tasks[uuid] = (key, attempts, starts, rec[RETRIES], host, now, None,
-                             (*seen[-7:], ts) if len(seen) >= 8 else (*seen, ts))
+        self._tasks[uuid] = (key, attempts, starts, rec[RETRIES], host, now, None)
 
     def _runtime(self, value: Any) -> float | None:
         if value.__class__ is float:
@@ -689,15 +693,15 @@ class ClusterState:
         self._count_by_label(self.retried, key, self._exception(ev.get("exception"), ev.get("traceback")))
         if rec is None:  # after the task's end: the attempt it closes was left open in the finished memory
             done = self._finished.get(uuid)
-            if done is not None and done[2]:
+            if done is not None and len(done[2]) > 1:  # the last start is the final attempt's
                 self._observe_duration(key, D_RETRIED, ts - done[2][0])
-                self._finished.put(uuid, (done[0], done[1], done[2][1:], done[3], done[4]))
+                self._finished.put(uuid, (done[0], done[1], done[2][1:], done[3]))
             return
         start, starts = self._take_start(uuid, rec, key)
         if start is not None:
             self._observe_duration(key, D_RETRIED, ts - start)
         self._tasks[uuid] = (key, rec[ATTEMPTS], starts, rec[RETRIES], rec[WORKER] if starts else None,
-                             self.clock(), None, rec[SEEN])
+                             self.clock(), None)
 
     def _task_rejected(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
         self.counters[key][REJECTED] += 1
@@ -709,7 +713,7 @@ class ClusterState:
         # Requeued: the attempt is over, the task is not; the message comes back with a task-received.
         _, starts = self._take_start(uuid, rec, key)
         self._tasks[uuid] = (key, rec[ATTEMPTS], starts, rec[RETRIES], rec[WORKER] if starts else None,
-                             self.clock(), None, rec[SEEN])
+                             self.clock(), None)
 
     def _task_revoked(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
         if ev.get("expired") is True:
@@ -760,7 +764,7 @@ class ClusterState:
         self.lost[key] += 1
         if rec[WORKER] is not None:
             self._unrun(rec[WORKER], uuid)
-        self._tasks[uuid] = (key, rec[ATTEMPTS], (), rec[RETRIES], None, rec[TOUCHED], None, rec[SEEN])
+        self._tasks[uuid] = (key, rec[ATTEMPTS], (), rec[RETRIES], None, rec[TOUCHED], None)
 
     def _lose_worker(self, hostname: str) -> None:
         for uuid in list(self._running.get(hostname, ())):
