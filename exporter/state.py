@@ -153,7 +153,6 @@ class ClusterState:
         self._finished = FinishedTasks(s.max_finished_tasks)
         # hostname -> {uuid: start timestamp} of the tasks each worker is running, oldest first.
         self._running: dict[str, dict[str, float]] = {}
-        self._hosts: dict[str, str] = {}  # raw hostname -> label_value(hostname), for task-started
         self._routes = tuple((re.compile(fnmatch.translate(g)), q) for g, q in s.task_routes)
         self._route_cache: dict[str, str] = {}
         self._key_cache: dict[tuple[Any, Any], _Key] = {}
@@ -468,7 +467,8 @@ class ClusterState:
             self.counters[sent_key][SENT] += 1
             return
         if rec is None:
-            done = self._finished.get(uuid)
+            fin = self._finished  # FinishedTasks.get, its miss inlined: every task's task-sent misses
+            done = fin.get(uuid) if uuid in fin.young.keys or uuid in fin.old.keys else None
             if done is not None:
                 # A task-sent slower than the task itself (the producer's connection): counted with the
                 # rest of the task, no record reopened.
@@ -641,12 +641,12 @@ class ClusterState:
         else:
             starts = (ts,)
             self.active[key] += 1
-        raw = ev.get("hostname")
-        host = self._hosts.get(raw) if raw.__class__ is str else None
-        if host is None and raw.__class__ is str:
-            host = label_value(raw)
-            if len(self._hosts) < 10_000:
-                self._hosts[raw] = host
+        # The worker's name only ties the task to a worker record (never a label): kept raw when short,
+        # which a sane node name always is; _worker() keys its records by label_value(), the same string
+        # for those.
+        host = ev.get("hostname")
+        if host.__class__ is not str or len(host) > MAX_LABEL_BYTES:
+            host = None
         worker = rec[WORKER]
         if worker is not None and worker != host:
             self._unrun(worker, uuid)
