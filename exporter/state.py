@@ -484,7 +484,9 @@ class ClusterState:
             # the key its first named event gave it, so no counter moves between series.
             key = rec[K] if rec[HELD] is None else sent_key
         held: tuple[Any, ...] = ()
-        if rec is None or rec[HELD] is not None:
+        if rec is None:
+            rec = self._new_record(uuid, key, now)
+        elif rec[HELD] is not None:
             rec, held = self._adopt(uuid, rec, key, now)
         n = retries_of(ev.get("retries"))
         attempts, i = attempt_index(rec[ATTEMPTS], n)
@@ -525,7 +527,9 @@ class ClusterState:
             self.counters[key][RECEIVED] += 1
             return
         held: tuple[Any, ...] = ()
-        if rec is None or rec[HELD] is not None:
+        if rec is None:
+            rec = self._new_record(uuid, key, now)
+        elif rec[HELD] is not None:
             rec, held = self._adopt(uuid, rec, key, now)
         n = retries_of(ev.get("retries"))
         attempts, i = attempt_index(rec[ATTEMPTS], n)
