@@ -78,9 +78,10 @@ them by uuid, whatever order they arrive in:
   `task-received`. Finished tasks are remembered (`--max-finished-tasks`, uuid -> name and queue), so the
   `task-rejected` and every later delivery count under the task's name and queue.
 * **`task_name="unknown"`** appears only for a task the exporter never saw named: its nameless events are
-  held, counted nowhere, until a `task-sent`/`task-received` names it (then they count under that name) or
-  it ends without one (then they count under `unknown`, and `celery_exporter_unknown_tasks_total` goes up
-  by one). Nothing counted under `unknown` ever moves to another series: counters never go backwards.
+  held, counted nowhere, until a `task-sent`/`task-received` names it (then they count under that name;
+  an expired task's `task-revoked` often overtakes its `task-sent`) or 10 s pass without one (then they
+  count under `unknown`, and `celery_exporter_unknown_tasks_total` goes up by one). Nothing counted
+  under `unknown` ever moves to another series: counters never go backwards.
   In practice `unknown` means tasks already running when the exporter started.
 * **Idempotent where Celery's delivery is not.** A repeated terminal event (an AMQP redelivery, the
   second `task-failed` of a hard time limit) and a `task-started` after the task's end change nothing but

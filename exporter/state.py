@@ -8,8 +8,8 @@ Every delivery is counted under its task's own name, whatever order Celery's eve
 
 * Only task-sent and task-received carry a name. The other task events of a uuid the exporter holds no
   record of are *held* in a placeholder record, counted nowhere, until a named event for the uuid
-  arrives (they are then replayed under its name) or the task ends without one (they are then counted
-  under ``task_name="unknown"``, and so is ``celery_exporter_unknown_tasks_total``). Re-keying a
+  arrives (they are then replayed under its name) or ``HOLD_SECONDS`` pass without one (they are then
+  counted under ``task_name="unknown"``, and so is ``celery_exporter_unknown_tasks_total``). Re-keying a
   placeholder therefore never moves a counter backwards: nothing was counted under it.
 * Finished tasks are remembered (uuid -> name, queue, which terminal events came) in a bounded LRU, so a
   task-rejected after task-failed, a redelivered terminal event or a late task-retried keep the name;
@@ -33,6 +33,7 @@ Time comes from the injected ``clock``, so time-outs are tested without sleeping
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 import threading
 import time
@@ -100,6 +101,7 @@ __all__ = [
     "D_RETRIED",
     "D_SUCCEEDED",
     "EXHAUSTED",
+    "HOLD_SECONDS",
     "MAX_LABEL_BYTES",
     "MAX_LABEL_LENGTH",
     "N_COUNTERS",
@@ -126,8 +128,10 @@ __all__ = [
 # Terminal events, as bits of a finished task's memory: a second one of the same kind is a duplicate.
 _DONE_BITS = {"task-succeeded": 1, "task-failed": 2, "task-revoked": 4, "task-rejected": 8}
 # celery_exporter_events_ignored_total{reason}
-IGNORED_REASONS = ("duplicate", "after_terminal", "no_uuid", "unnamed_evicted")
-_TERMINAL = frozenset(("task-succeeded", "task-failed", "task-revoked"))
+IGNORED_REASONS = ("duplicate", "after_terminal", "no_uuid")
+# How long nameless events wait for their task's name (a task-revoked of an expired task, published at
+# receipt, overtakes the producer's task-sent): then they count under "unknown". Ticks come every 5 s.
+HOLD_SECONDS = 10.0
 # What a held event keeps of its event (tracebacks, args and results are not needed, nor stored).
 _HELD_FIELDS = ("type", "timestamp", "hostname", "runtime", "terminated", "expired", "requeue")
 # Series one new (task_name, queue) key adds: the plain counters, failed{exception=""},
@@ -153,6 +157,7 @@ class ClusterState:
         self._finished = FinishedTasks(s.max_finished_tasks)
         # hostname -> {uuid: start timestamp} of the tasks each worker is running, oldest first.
         self._running: dict[str, dict[str, float]] = {}
+        self._holding: dict[str, float] = {}  # uuid -> when its first held event came, oldest first
         self._routes = tuple((re.compile(fnmatch.translate(g)), q) for g, q in s.task_routes)
         self._route_cache: dict[str, str] = {}
         self._key_cache: dict[tuple[Any, Any], _Key] = {}
@@ -241,6 +246,7 @@ class ClusterState:
         for hostname in gone:
             del self.workers[hostname]
         self.workers_purged += len(gone)
+        self._release_held(now)
         self._evict_aged(now)
 
     def _newest_touch(self, hostname: str) -> float:
@@ -373,8 +379,8 @@ class ClusterState:
         tasks = self._tasks
         entry = tasks[uuid] = (key, (), (), 0, None, now, held)
         if len(tasks) > self.settings.max_tracked_tasks:
-            _, old = tasks.popitem(last=False)
-            self._forget(old)
+            old_uuid, old = tasks.popitem(last=False)
+            self._forget(old, old_uuid)
             self.evicted["capacity"] += 1
         else:
             self._evict_aged(now)
@@ -396,13 +402,9 @@ class ClusterState:
         if entry[STARTS]:
             self.active[entry[K]] -= len(entry[STARTS])
         if entry[WORKER] is not None:
-            running = self._running.get(entry[WORKER])
-            if running:
-                if uuid is None:  # popped by capacity: find it (rare, and bounded by one worker's tasks)
-                    uuid = next((u for u in running if self._tasks.get(u) is None), None)
-                self._unrun(entry[WORKER], uuid)
-        if entry[HELD] is not None:  # never named, never counted: say so
-            self.ignored["unnamed_evicted"] = self.ignored.get("unnamed_evicted", 0) + len(entry[HELD])
+            self._unrun(entry[WORKER], uuid)
+        if entry[HELD] is not None and uuid is not None:  # never named: counted as unknown now
+            self._count_unnamed(uuid, entry[HELD])
 
     def _unrun(self, hostname: str, uuid: str | None) -> None:
         running = self._running.get(hostname)
@@ -444,6 +446,7 @@ class ClusterState:
         held = rec[HELD]
         if held is None:
             return rec, ()
+        self._holding.pop(uuid, None)
         if key[0] == UNKNOWN_TASK:
             self.unnamed_tasks += 1
         return (key, (), (), 0, None, now, None), held
@@ -601,14 +604,35 @@ class ClusterState:
         if rec is None:
             held: tuple[Any, ...] = (item,)
             self._new_record(uuid, None, now, held)
+            self._holding[uuid] = now
         else:
             held = (*rec[HELD], item)
             self._tasks[uuid] = (None, (), (), 0, None, now, held)
             self._tasks.move_to_end(uuid)
-        if ev["type"] in _TERMINAL or len(held) >= MAX_HELD_EVENTS:
-            self.unnamed_tasks += 1
-            self._tasks[uuid] = (self._key_for(None, None), (), (), 0, None, now, None)
-            self._replay(held)
+        if len(held) >= MAX_HELD_EVENTS:
+            del self._tasks[uuid]
+            self._count_unnamed(uuid, held)
+
+    def _count_unnamed(self, uuid: str, held: tuple[Any, ...]) -> None:
+        """The task's name never came (within HOLD_SECONDS, or before it held too many events, or before
+        it was evicted): what it held counts under ``unknown``, through the finished-task memory, so its
+        later events count there too and nothing is counted twice."""
+        self._holding.pop(uuid, None)
+        self.unnamed_tasks += 1
+        self._finished.remember(uuid, self._key_for(None, None), 0, (), math.inf)
+        self._replay(held)
+
+    def _release_held(self, now: float) -> None:
+        holding = self._holding
+        while holding:
+            uuid = next(iter(holding))
+            if now - holding[uuid] < HOLD_SECONDS:
+                break
+            del holding[uuid]
+            rec = self._tasks.get(uuid)
+            if rec is not None and rec[HELD] is not None:
+                del self._tasks[uuid]
+                self._count_unnamed(uuid, rec[HELD])
 
     def _take_start(self, uuid: str, rec: TaskEntry, key: _Key) -> tuple[float | None, tuple[float, ...]]:
         """Close the oldest open attempt (a task-retried or task-rejected ends it)."""

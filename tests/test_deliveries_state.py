@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from exporter.state import (
+    HOLD_SECONDS,
     RECEIVED,
     REJECTED,
     REVOKED,
@@ -138,14 +139,32 @@ def test_nameless_events_are_held_then_replayed_under_the_name() -> None:
 
 
 def test_unknown_only_for_a_task_never_seen_named_and_counted() -> None:
-    s = make()
+    clock = FakeClock()
+    s = make(clock)
     feed(s, started("ghost", T0), succeeded("ghost", T0 + 1, runtime=1.0))
+    assert s.counters == {}  # held: its name may still come
+    clock.advance(HOLD_SECONDS)
+    s.tick()
     key = (UNKNOWN_TASK, Q)
     assert s.counters[key][STARTED] == 1 and s.counters[key][SUCCEEDED] == 1 and s.unnamed_tasks == 1
     assert s.active[key] == 0
     # Its task-sent, late: counted under the name it carries; nothing under unknown moves back.
     feed(s, sent("ghost", "t", T0 - 1))
     assert s.counters[("t", Q)][SENT] == 1 and s.counters[key][STARTED] == 1
+
+
+def test_a_terminal_event_overtaking_the_task_sent_keeps_the_name() -> None:
+    # An expired task is revoked at receipt, without task-received: its task-revoked (worker connection)
+    # can overtake the producer's task-sent (seen on RabbitMQ by tests/test_deliveries_e2e.py).
+    clock = FakeClock()
+    s = make(clock)
+    feed(s, revoked("u", T0 + 1, expired=True))
+    clock.advance(3)
+    feed(s, sent("u", "t", T0))
+    clock.advance(HOLD_SECONDS)
+    s.tick()
+    assert s.revoked == {("t", Q, "expired"): 1} and s.counters[("t", Q)][SENT] == 1
+    assert s.unnamed_tasks == 0 and len(s._tasks) == 0
 
 
 def test_revoke_reasons_from_the_events_flags() -> None:

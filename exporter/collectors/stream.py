@@ -56,8 +56,8 @@ OVERFLOW_SPEC = MetricSpec(
 IGNORED_SPEC = MetricSpec(
     "celery_exporter_events_ignored_total", "counter",
     "Task events applied that changed nothing, by reason: duplicate (a terminal or start event repeated, "
-    "e.g. an AMQP redelivery), after_terminal (a task-started or task-received of a delivery that "
-    "already ended), no_uuid, unnamed_evicted (held events of a task never seen named, dropped with it).",
+    "e.g. an AMQP redelivery), after_terminal (a task-started later than its task's end, with no new "
+    "delivery), no_uuid.",
     ("reason",),
 )
 UNKNOWN_SPEC = MetricSpec(
