@@ -59,7 +59,8 @@ def run(broker: str, rabbitmq: bool, tmp_path: Path) -> None:
                 wait_for(done, 90, every=0.5, what="exact per-name counts")
             except AssertionError:
                 m = daemon.metrics()
-                pytest.fail(f"mismatch: { {k: (m.get(k), v) for k, v in want.items() if m.get(k, 0) != v} }")
+                pytest.fail(f"mismatch: { {k: (m.get(k), v) for k, v in want.items() if m.get(k, 0) != v} }; "
+                            + "revoked and unknown: " + repr({k: v for k, v in m.items() if "revoked" in k or "unknown" in k}))
             m = daemon.metrics()
         assert not any('task_name="unknown"' in k for k in m), [k for k in m if "unknown" in k]
         assert m["celery_exporter_unknown_tasks_total"] == 0

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from exporter.config import state_settings
 from exporter.events.ingest import Ingest
-from exporter.state import RECEIVED, REJECTED, SENT, STARTED, SUCCEEDED, ClusterState, StateSettings
+from exporter.state import RECEIVED, REJECTED, SENT, STARTED, SUCCEEDED, ClusterState
 from tests._deliveries_driver import expected
 
 DATA = Path(__file__).parent / "testdata" / "events"
@@ -32,7 +33,7 @@ def replay(name: str) -> ClusterState:
     clock = Clock()
     # The routes, as docs/troubleshooting.md advises: a task-received can overtake its task-sent.
     routes = (("deliveries.victim", "deliveries-victim"), ("deliveries.*", "deliveries"))
-    state = ClusterState(StateSettings(default_queue="fallback", worker_timeout=5.0, task_routes=routes), clock)
+    state = ClusterState(state_settings(default_queue="fallback", worker_timeout=5.0, task_routes=routes), clock)
     ingest = Ingest(state, clock)
     for m in lines:
         body = m["body"] if "body" in m else base64.b64decode(json.loads(m["payload"])["body"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from exporter.config import state_settings
 from exporter.state import (
     HOLD_SECONDS,
     RECEIVED,
@@ -17,7 +18,6 @@ from exporter.state import (
     SUCCEEDED,
     UNKNOWN_TASK,
     ClusterState,
-    StateSettings,
     exception_class,
 )
 from tests._events import T0, ev, failed, heartbeat, received, retried, sent, started, succeeded
@@ -27,7 +27,7 @@ Q = "celery"
 
 
 def make(clock: FakeClock | None = None, **settings: object) -> ClusterState:
-    return ClusterState(StateSettings(**settings), clock or FakeClock())  # type: ignore[arg-type]
+    return ClusterState(state_settings(**settings), clock or FakeClock())  # type: ignore[arg-type]
 
 
 def feed(state: ClusterState, *events: dict) -> None:

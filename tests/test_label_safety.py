@@ -17,9 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
+from exporter.config import state_settings
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.exposition import render
-from exporter.state import ClusterState, StateSettings, label_value
+from exporter.state import ClusterState, label_value
 from tests._events import T0, ev, heartbeat, received, redis_envelope, sent, started, succeeded
 from tests._support import FakeClock
 
@@ -29,7 +30,7 @@ BASE_NAMES = {"proj.add", "proj.pay", "default", "payments", "celery@w1", "celer
 
 def pipeline() -> tuple[Ingest, CollectorRegistry]:
     clock = FakeClock(T0 + 100)
-    state = ClusterState(StateSettings(max_series=2_000), clock)
+    state = ClusterState(state_settings(max_series=2_000), clock)
     status = StreamStatus(clock)
     registry = CollectorRegistry(auto_describe=False)
     for c in (TaskCollector(state.take_snapshot), WorkerCollector(state.take_snapshot),
