@@ -113,6 +113,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_queues", v.positive_int, 1_000,
            "Distinct queue names tracked from events and broker polls; more fold into "
            "\"__overflow__\".", "N", EVENTS),
+    Option("max_finished_tasks", v.positive_int, 20_000,
+           "Finished tasks remembered (uuid -> name, queue) so their late or repeated events keep their "
+           "name.", "N", EVENTS),
+    Option("max_series", v.positive_int, 50_000,
+           "Total series across the per-task metric families; new ones past it fold into "
+           "\"__overflow__\".", "N", EVENTS),
     Option("event_queue_prefix", v.string, "celeryev.celery-exporter",
            "RabbitMQ: name prefix of the exporter's own event queue (a per-process id is appended).", "NAME",
            EVENTS),
@@ -227,6 +233,8 @@ class Config:
     max_exception_types: int
     max_workers: int
     max_queues: int
+    max_finished_tasks: int
+    max_series: int
     event_queue_prefix: str
     event_queue_ttl: float
     event_queue_expires: float

@@ -30,11 +30,24 @@ _RETRY_WRAPPER = re.compile(
 )
 
 MAX_PENDING_ATTEMPTS = 8
+# Events held for a task not yet seen named (see ClusterState._hold): past this the task is counted as
+# "unknown" at once rather than holding more.
+MAX_HELD_EVENTS = 8
 # Raw (name, queue) pairs remembered by _key_for; past this, keys are still right, only computed each time.
 KEY_CACHE_SIZE = 4_096
-# Longest task name, queue name or worker name kept (longer ones are cut): the caps bound how many label
-# values there are, this bounds how big each one is.
-MAX_LABEL_LENGTH = 256
+# Longest task name, queue name, worker name or other label value kept, in UTF-8 bytes (longer ones are
+# cut at a character boundary): the caps bound how many label values there are, this bounds how big each
+# one is. 255 because a queue name learnt from events is also declared on RabbitMQ, whose short strings
+# (queue names) stop at 255 bytes.
+MAX_LABEL_BYTES = 255
+MAX_LABEL_LENGTH = MAX_LABEL_BYTES  # the old name, kept for importers
+# Longest task uuid kept as a task-table key, in bytes: Celery's are 36, custom task ids rarely pass 100;
+# a hostile megabyte-long id must not be stored as is.
+MAX_UUID_BYTES = 255
+# Label value of task_name for tasks the exporter never saw named (docs/troubleshooting.md).
+UNKNOWN_TASK = "unknown"
+# celery_task_revoked_total{reason}: from the task-revoked event's own flags.
+REVOKE_REASONS = ("revoked", "terminated", "expired")
 # Distinct event types counted by name in celery_exporter_events_total; Celery's own always are.
 MAX_EVENT_TYPES = 64
 # Durations and waits outside [0, a year] are clock trouble or hostile input; they are observed as 0 like
@@ -62,6 +75,12 @@ class StateSettings:
     max_exception_types: int
     max_workers: int
     max_queues: int
+    # Finished tasks remembered (uuid -> name, queue) so that their late events (task-rejected after
+    # task-failed, a redelivered terminal event) keep their name.
+    max_finished_tasks: int
+    # Total series across the per-task families; the default keeps a full scrape well under a second
+    # (docs/metrics.md, "Series cap").
+    max_series: int
 
 
 class Histogram:
@@ -81,7 +100,12 @@ class Histogram:
 
 
 # The task table maps a task uuid to an entry, what we remember about the task between its events:
-#     (key, attempts, started, retries, active, touched)
+#     (key, attempts, starts, retries, worker, touched, held)
+# ``starts`` holds the timestamps of the task-started events whose attempt has not ended yet, oldest
+# first (normally zero or one; two when a retry's task-started overtakes the task-retried of the attempt
+# before it); each one counts in celery_tasks_active. ``worker`` is the (sanitised) hostname of the
+# latest task-started, so a lost worker's tasks can be found. ``held`` is None for a task seen named;
+# for a task whose first events came without a name it holds those events (see ClusterState._hold).
 # ``attempts`` holds the attempts published or received but not yet started, oldest first, each as
 # ``(retries, sent_ts, eta_ts, received_ts)``. Events of consecutive attempts arrive out of order (a
 # retry's task-sent and task-received often overtake the task-started of the attempt that retried, because
@@ -92,7 +116,7 @@ class Histogram:
 # stops tracking such tuples: a full table (100,000 tasks by default) then adds nothing to its work. As
 # objects and lists, a full table made each full collection walk ~250,000 containers, a pause of ~200 ms
 # (on the benchmark machine) that stalled ingest and scrapes alike every few seconds.
-K, ATTEMPTS, STARTED_AT, RETRIES, ACTIVE, TOUCHED = range(6)
+K, ATTEMPTS, STARTS, RETRIES, WORKER, TOUCHED, HELD = range(7)
 TaskEntry = tuple[Any, ...]
 Attempt = tuple[Any, Any, Any, Any]
 
@@ -136,6 +160,70 @@ def _first(att: Attempt) -> Any:
     return att[0]
 
 
+# A finished task, remembered: (key, terminal-event bits, starts, end timestamp). ``starts`` are the
+# attempts' start times open at the end, the last one being the final attempt's (closed by the end): the
+# others wait for their late task-retried. A task-started at one of these times is a repeat.
+Done = tuple[Any, int, tuple[float, ...], float]
+
+
+class _Generation:
+    __slots__ = ("bits", "ends", "keys", "starts")
+
+    def __init__(self) -> None:
+        # Parallel dicts of atomic values (and shared key tuples): a tuple per finished task would be
+        # a new GC-tracked object surviving each collection; 20,000 of them made the event benchmark's
+        # young-generation collections 8x as frequent and the state ~30% slower.
+        self.keys: dict[str, Any] = {}
+        self.bits: dict[str, int] = {}
+        self.ends: dict[str, float] = {}
+        self.starts: dict[str, Any] = {}  # a float (one start) or a tuple (several) or None
+
+
+class FinishedTasks:
+    """Bounded memory of recently finished tasks (uuid -> ``Done``): two generations, the older dropped
+    whole when the younger fills half the size, so remembering a task costs a few dict stores."""
+
+    __slots__ = ("half", "old", "young")
+
+    def __init__(self, size: int) -> None:
+        self.half = max(1, size // 2)
+        self.young = _Generation()
+        self.old = _Generation()
+
+    def get(self, uuid: str) -> Done | None:
+        gen = self.young
+        key = gen.keys.get(uuid)
+        if key is None:
+            gen = self.old
+            key = gen.keys.get(uuid)
+            if key is None:
+                return None
+        starts = gen.starts[uuid]
+        return key, gen.bits[uuid], starts if starts.__class__ is tuple else (starts,) if starts else (), \
+            gen.ends[uuid]
+
+    def put(self, uuid: str, done: Done) -> None:
+        key, bits, starts, end = done
+        self.remember(uuid, key, bits, starts, end)
+
+    def remember(self, uuid: str, key: Any, bits: int, starts: tuple[float, ...], end: float) -> None:
+        young = self.young
+        young.keys[uuid] = key
+        young.bits[uuid] = bits
+        young.ends[uuid] = end
+        young.starts[uuid] = starts[0] if len(starts) == 1 else starts if starts else None
+        if len(young.keys) >= self.half:
+            self.old, self.young = young, _Generation()
+
+    def pop(self, uuid: str) -> None:
+        for gen in (self.young, self.old):
+            if gen.keys.pop(uuid, None) is not None:
+                del gen.bits[uuid], gen.ends[uuid], gen.starts[uuid]
+
+    def __len__(self) -> int:
+        return len(self.young.keys) + len(self.old.keys)
+
+
 @dataclass
 class WorkerRecord:
     """One Celery node, as seen through its worker-* events."""
@@ -147,6 +235,9 @@ class WorkerRecord:
     active: float = 0.0
     version: str = ""
     system: str = ""
+    # uuids a heartbeat found in excess (the worker reported fewer active tasks than we hold for it);
+    # if the next heartbeat still finds them in excess they are counted lost.
+    suspects: tuple[str, ...] = ()
 
 
 @dataclass
@@ -172,10 +263,21 @@ class Snapshot:
     queue_wait_buckets: tuple[float, ...]
     worker_timeout: float
     queues_seen: tuple[str, ...] = field(default_factory=tuple)
+    lost: dict[tuple[str, str], int] = field(default_factory=dict)
+    revoked: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    ignored: dict[str, int] = field(default_factory=dict)
+    unnamed_tasks: int = 0
 
 
-def exception_class(text: Any) -> str:
-    """Reduce Celery's ``safe_repr(exc)`` (``"ValueError('boom')"``) to a bounded class name."""
+def exception_class(text: Any, traceback: Any = None) -> str:
+    """Reduce Celery's ``safe_repr(exc)`` (``"ValueError('boom')"``) to a bounded class name.
+
+    Billiard's ``ExceptionWithTraceback`` wrapper (what a hard time limit's second task-failed and some
+    pool errors carry) names no class of its own: the class is the one in the traceback's last line,
+    ``"billiard.exceptions.WorkerLostError: Worker exited prematurely..."``. Module paths are kept as
+    sent (``requests.exceptions.HTTPError``); ``Reject``, ``Retry``, ``TimeLimitExceeded`` and the other
+    Celery and billiard exceptions are ordinary classes here.
+    """
     if not isinstance(text, str) or not text:
         return "Unknown"
     if "Retry(" in text[:40]:
@@ -183,7 +285,44 @@ def exception_class(text: Any) -> str:
         if wrapped:
             return wrapped.group(1)
     m = _EXC_CLASS.match(text)
+    if m is None or text[m.end():m.end() + 1] != "(" or m.group(0).endswith("ExceptionWithTraceback"):
+        # Not ``Class(...)``: billiard's wrapper, or a class with its own __repr__ (Reject's is
+        # "reject requeue=False: ..."). The traceback's last line names the class; its last dotted part
+        # is kept, so the label is the one the class's plain repr gives elsewhere.
+        inner = _traceback_class(traceback)
+        if inner is not None:
+            return inner.rpartition(".")[2]
     return m.group(0) if m else "Unknown"
+
+
+_TB_LAST = re.compile(r"([A-Za-z_][A-Za-z0-9_.]{0,127})(?::|$)")
+
+
+def _traceback_class(traceback: Any) -> str | None:
+    """The exception class a formatted traceback ends with (its last non-blank line, ``Class: text``)."""
+    if not isinstance(traceback, str):
+        return None
+    for line in reversed(traceback[-4096:].splitlines()):  # the tail only: tracebacks can be huge
+        line = line.strip()
+        if line:
+            m = _TB_LAST.match(line)
+            return m.group(1) if m and not m.group(1).endswith("ExceptionWithTraceback") else None
+    return None
+
+
+def label_value(value: str, max_bytes: int = MAX_LABEL_BYTES) -> str:
+    """``value`` made safe to serve as a label value: valid UTF-8 (lone surrogates, which the json module
+    lets through and no encoder accepts, become U+FFFD), no NUL, at most ``max_bytes`` bytes (cut at a
+    character boundary). Plain ASCII of a sane length, the common case, is returned as is."""
+    if value.isascii():
+        if "\x00" in value:
+            value = value.replace("\x00", "")
+        return value if len(value) <= max_bytes else value[:max_bytes]
+    text = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\x00", "")
+    raw = text.encode("utf-8")
+    if len(raw) > max_bytes:
+        text = raw[:max_bytes].decode("utf-8", "ignore")
+    return text
 
 
 def parse_iso(value: Any) -> float | None:

@@ -4,10 +4,30 @@ The event loop is the only writer. It calls ``apply()`` for each event while hol
 batch of messages; scrapes take the same lock once to copy a ``Snapshot`` (a few dict copies, bounded by
 the cardinality caps, independent of the event rate) and build metric families from the copy outside it.
 
-Memory is bounded everywhere an outsider controls a key: the task table is an LRU capped by
-``max_tracked_tasks`` plus an age limit, distinct task names and exception classes are capped (overflow
-folds into ``OVERFLOW_LABEL`` and is counted), and so is the number of tracked workers. Time comes from
-the injected ``clock``, so time-outs are tested without sleeping.
+Every delivery is counted under its task's own name, whatever order Celery's events arrive in:
+
+* Only task-sent and task-received carry a name. The other task events of a uuid the exporter holds no
+  record of are *held* in a placeholder record, counted nowhere, until a named event for the uuid
+  arrives (they are then replayed under its name) or the task ends without one (they are then counted
+  under ``task_name="unknown"``, and so is ``celery_exporter_unknown_tasks_total``). Re-keying a
+  placeholder therefore never moves a counter backwards: nothing was counted under it.
+* Finished tasks are remembered (uuid -> name, queue, which terminal events came) in a bounded LRU, so a
+  task-rejected after task-failed, a redelivered terminal event or a late task-retried keep the name;
+  a repeated terminal event and a task-started after the end change nothing but
+  ``celery_exporter_events_ignored_total``. A task-received after the end is a new delivery (a DLX or a
+  requeue brought the message back) and opens a new record under the same name and queue.
+* Each record keeps the start times of its open attempts (oldest first) and the worker that started it:
+  a task-retried closes the oldest, a final event the newest, so a retry's task-started overtaking the
+  previous attempt's task-retried erases nothing. When a worker is lost (past ``worker_timeout``,
+  worker-offline while it still runs tasks) or two heartbeats running report fewer active tasks than we
+  hold for it, those tasks stop counting as active and count in ``celery_task_lost_total``.
+
+Memory is bounded everywhere an outsider controls a key or a size: the task table is an LRU capped by
+``max_tracked_tasks`` plus an age limit, the finished-task memory by ``max_finished_tasks``, distinct
+task names, queues, exception classes and workers are capped (overflow folds into ``OVERFLOW_LABEL`` and
+is counted), so is the total of per-task series (``max_series``), and every string that can become a
+label value or a key is made valid UTF-8 and cut to a byte limit where it enters (``label_value``).
+Time comes from the injected ``clock``, so time-outs are tested without sleeping.
 """
 
 from __future__ import annotations
@@ -19,10 +39,10 @@ import time
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from exporter.records import (
-    ACTIVE,
     ATTEMPTS,
     D_FAILED,
     D_RETRIED,
@@ -31,21 +51,30 @@ from exporter.records import (
     DEFAULT_QUEUE_WAIT_BUCKETS,
     DURATION_STATES,
     EXHAUSTED,
+    HELD,
     KEY_CACHE_SIZE,
     MAX_EVENT_TYPES,
+    MAX_HELD_EVENTS,
+    MAX_LABEL_BYTES,
     MAX_LABEL_LENGTH,
     MAX_OBSERVED_SECONDS,
+    MAX_UUID_BYTES,
     N_COUNTERS,
     OVERFLOW_LABEL,
     RECEIVED,
     REJECTED,
     RETRIES,
+    REVOKE_REASONS,
     REVOKED,
     SENT,
     STARTED,
-    STARTED_AT,
+    STARTS,
     SUCCEEDED,
     TOUCHED,
+    UNKNOWN_TASK,
+    WORKER,
+    Done,
+    FinishedTasks,
     Histogram,
     K,
     Snapshot,
@@ -54,6 +83,7 @@ from exporter.records import (
     WorkerRecord,
     attempt_index,
     exception_class,
+    label_value,
     parse_eta,
     parse_iso,
     replace_attempt,
@@ -70,24 +100,46 @@ __all__ = [
     "D_RETRIED",
     "D_SUCCEEDED",
     "EXHAUSTED",
+    "MAX_LABEL_BYTES",
     "MAX_LABEL_LENGTH",
     "N_COUNTERS",
     "OVERFLOW_LABEL",
     "RECEIVED",
     "REJECTED",
     "REVOKED",
+    "REVOKE_REASONS",
     "SENT",
     "STARTED",
     "SUCCEEDED",
+    "UNKNOWN_TASK",
     "ClusterState",
     "Histogram",
     "Snapshot",
     "StateSettings",
     "WorkerRecord",
     "exception_class",
+    "label_value",
     "parse_eta",
     "parse_iso",
 ]
+
+# Terminal events, as bits of a finished task's memory: a second one of the same kind is a duplicate.
+_DONE_BITS = {"task-succeeded": 1, "task-failed": 2, "task-revoked": 4, "task-rejected": 8}
+# celery_exporter_events_ignored_total{reason}
+IGNORED_REASONS = ("duplicate", "after_terminal", "no_uuid", "unnamed_evicted")
+_TERMINAL = frozenset(("task-succeeded", "task-failed", "task-revoked"))
+# What a held event keeps of its event (tracebacks, args and results are not needed, nor stored).
+_HELD_FIELDS = ("type", "timestamp", "hostname", "runtime", "terminated", "expired", "requeue")
+# Series one new (task_name, queue) key adds: the plain counters, failed{exception=""},
+# retried{exception=""}, tasks_active, task_lost.
+_KEY_SERIES = N_COUNTERS + 4
+_OVERFLOW_KEY = (OVERFLOW_LABEL, OVERFLOW_LABEL)
+# Open attempts kept per task: more are a hostile stream (or lost events); the oldest is dropped.
+_MAX_STARTS = 4
+_Key = tuple[str, str]
+_Ev = Mapping[str, Any]
+_Rec = TaskEntry | None
+_Nameless = Callable[[str, _Rec, _Key, _Ev, float], None]
 
 
 class ClusterState:
@@ -102,37 +154,51 @@ class ClusterState:
         self.clock = clock
         self.lock = threading.Lock()
         self._tasks: OrderedDict[str, TaskEntry] = OrderedDict()
+        self._finished = FinishedTasks(s.max_finished_tasks)
+        # hostname -> {uuid: start timestamp} of the tasks each worker is running, oldest first.
+        self._running: dict[str, dict[str, float]] = {}
+        self._hosts: dict[str, str] = {}  # raw hostname -> label_value(hostname), for task-started
         self._routes = tuple((re.compile(fnmatch.translate(g)), q) for g, q in s.task_routes)
         self._route_cache: dict[str, str] = {}
-        self._key_cache: dict[tuple[Any, Any], tuple[str, str]] = {}
-        self._canonical: dict[tuple[str, str], tuple[str, str]] = {}
+        self._key_cache: dict[tuple[Any, Any], _Key] = {}
+        self._canonical: dict[_Key, _Key] = {}
         self._dbounds = s.duration_buckets
         self._wbounds = s.queue_wait_buckets
-        self.counters: dict[tuple[str, str], list[int]] = {}
+        self.series = 0
+        self.counters: dict[_Key, list[int]] = {}
         self.failed: dict[tuple[str, str, str], int] = {}
         self.retried: dict[tuple[str, str, str], int] = {}
+        self.revoked: dict[tuple[str, str, str], int] = {}  # terminated and expired; plain ones in counters
         self.durations: dict[tuple[str, str, int], Histogram] = {}
-        self.queue_wait: dict[tuple[str, str], Histogram] = {}
-        self.active: dict[tuple[str, str], int] = {}
+        self.queue_wait: dict[_Key, Histogram] = {}
+        self.active: dict[_Key, int] = {}
+        self.lost: dict[_Key, int] = {}
         self.workers: dict[str, WorkerRecord] = {}
         self._names: set[str] = set()
         self._exceptions: set[str] = set()
         self._queues: dict[str, None] = {}
         self.events_by_type: dict[str, int] = {}
         self.invalid_by_reason: dict[str, int] = {}
-        self.overflow: dict[str, int] = {"task_name": 0, "exception": 0, "worker": 0, "queue": 0}
+        self.ignored: dict[str, int] = dict.fromkeys(IGNORED_REASONS, 0)
+        self.unnamed_tasks = 0
+        self.overflow: dict[str, int] = {"task_name": 0, "exception": 0, "worker": 0, "queue": 0, "series": 0}
         self.evicted: dict[str, int] = {"capacity": 0, "age": 0}
         self.workers_purged = 0
         self.last_event_ts: float | None = None
-        self._handlers: dict[str, Callable[[Mapping[str, Any], float], None]] = {
-            "task-sent": self._task_sent,
-            "task-received": self._task_received,
+        # Handlers of the events that carry no name: (uuid, live record or None once finished, key,
+        # event, timestamp), reached through _task_event (bound with partial: no lookup per event).
+        nameless: dict[str, _Nameless] = {
             "task-started": self._task_started,
             "task-succeeded": self._task_succeeded,
             "task-failed": self._task_failed,
             "task-retried": self._task_retried,
             "task-rejected": self._task_rejected,
             "task-revoked": self._task_revoked,
+        }
+        self._handlers: dict[str, Callable[[_Ev, float], None]] = {
+            "task-sent": self._task_sent,
+            "task-received": self._task_received,
+            **{etype: partial(self._task_event, handler) for etype, handler in nameless.items()},
             "worker-online": self._worker_alive,
             "worker-heartbeat": self._worker_alive,
             "worker-offline": self._worker_offline,
@@ -146,7 +212,8 @@ class ClusterState:
         if etype in by_type:
             by_type[etype] += 1
         elif len(by_type) < MAX_EVENT_TYPES or etype in self._handlers:
-            by_type[etype] = 1
+            label = label_value(etype)  # anyone can invent one, and it becomes a label value
+            by_type[label] = by_type.get(label, 0) + 1
         else:  # anyone who can publish on the channel can invent event types: fold the rest
             by_type[OVERFLOW_LABEL] = by_type.get(OVERFLOW_LABEL, 0) + 1
         ts = event["timestamp"]
@@ -159,9 +226,21 @@ class ClusterState:
     def count_invalid(self, reason: str, n: int = 1) -> None:
         self.invalid_by_reason[reason] = self.invalid_by_reason.get(reason, 0) + n
 
+    def _ignore(self, reason: str) -> None:
+        self.ignored[reason] = self.ignored.get(reason, 0) + 1
+
     def tick(self) -> None:
-        """Periodic housekeeping from the event loop: purge departed workers and aged-out tasks."""
+        """Periodic housekeeping from the event loop: lose the tasks of workers silent past
+        ``worker_timeout``, purge departed workers and aged-out tasks."""
         now = self.clock()
+        timeout = self.settings.worker_timeout
+        for hostname in list(self._running):
+            worker = self.workers.get(hostname)
+            # A worker never heard from (its worker-online came before the exporter started) gets the
+            # same grace, counted from the newest event of the tasks it runs.
+            last = worker.heartbeat_seen if worker is not None else self._newest_touch(hostname)
+            if now - last > timeout:
+                self._lose_worker(hostname)
         purge = self.settings.worker_purge_after
         gone = [h for h, w in self.workers.items() if now - w.seen > purge]
         for hostname in gone:
@@ -169,8 +248,20 @@ class ClusterState:
         self.workers_purged += len(gone)
         self._evict_aged(now)
 
+    def _newest_touch(self, hostname: str) -> float:
+        tasks = self._tasks
+        return max((tasks[u][TOUCHED] for u in self._running.get(hostname, ()) if u in tasks), default=0.0)
+
     # ------------------------------------------------------------------ label guards
-    def _key_for(self, name: Any, queue: Any) -> tuple[str, str]:
+    def _room(self, n: int) -> bool:
+        """Whether ``n`` more per-task series fit under ``max_series`` (taken if so; counted if not)."""
+        if self.series + n <= self.settings.max_series:
+            self.series += n
+            return True
+        self.overflow["series"] += 1
+        return False
+
+    def _key_for(self, name: Any, queue: Any) -> _Key:
         """The canonical ``(task_name, queue)`` label key for an event's raw name and queue.
 
         One tuple per key, shared by every task-table entry (a fresh tuple of the event's own strings
@@ -183,21 +274,22 @@ class ClusterState:
             if key is not None:
                 return key
             # Only short raw values: the cache must not keep a hostile megabyte-long name alive.
-            cacheable = len(name) <= MAX_LABEL_LENGTH and (queue is None or len(queue) <= MAX_LABEL_LENGTH)
-        overflowed = self.overflow["task_name"] + self.overflow["queue"]
+            cacheable = len(name) <= MAX_LABEL_BYTES and (queue is None or len(queue) <= MAX_LABEL_BYTES)
+        ov = self.overflow
+        overflowed = ov["task_name"] + ov["queue"] + ov["series"]
         key = self._guard_key(name, queue)
         key = self._canonical.setdefault(key, key)
         if (cacheable and len(self._key_cache) < KEY_CACHE_SIZE
-                and overflowed == self.overflow["task_name"] + self.overflow["queue"]):
+                and overflowed == ov["task_name"] + ov["queue"] + ov["series"]):
             self._key_cache[(name, queue)] = key
         return key
 
-    def _guard_key(self, name: Any, queue: Any) -> tuple[str, str]:
+    def _guard_key(self, name: Any, queue: Any) -> _Key:
         if not isinstance(name, str) or not name:
-            name = "unknown"
+            name = UNKNOWN_TASK
         elif name not in self._names:
-            name = name[:MAX_LABEL_LENGTH]
-            if name in self._names:
+            name = label_value(name) or UNKNOWN_TASK
+            if name in self._names or name == UNKNOWN_TASK:
                 pass
             elif len(self._names) >= self.settings.max_task_names:
                 self.overflow["task_name"] += 1
@@ -207,9 +299,11 @@ class ClusterState:
         if not isinstance(queue, str) or not queue:
             queue = self._route(name)
         elif queue not in self._queues:
-            queue = queue[:MAX_LABEL_LENGTH]
+            queue = label_value(queue)
             if queue in self._queues:
                 pass
+            elif not queue:
+                queue = self._route(name)
             elif len(self._queues) >= self.settings.max_queues:
                 self.overflow["queue"] += 1
                 queue = OVERFLOW_LABEL
@@ -217,17 +311,25 @@ class ClusterState:
                 self._queues[queue] = None
         key = (name, queue)
         if key not in self.counters:
+            if not self._room(_KEY_SERIES):
+                return self._overflow_key()
             self._init_key(key)
         return key
 
-    def _init_key(self, key: tuple[str, str]) -> None:
+    def _init_key(self, key: _Key) -> None:
         # Every series of a task starts at zero, so rate() and ratios work before the first failure.
         self.counters[key] = [0] * N_COUNTERS
         self.failed[(*key, "")] = 0
         self.retried[(*key, "")] = 0
         self.active[key] = 0
+        self.lost[key] = 0
 
-    def _learn_route(self, raw_name: Any, key: tuple[str, str]) -> None:
+    def _overflow_key(self) -> _Key:
+        if _OVERFLOW_KEY not in self.counters:  # past max_series: the one key that may still be added
+            self._init_key(_OVERFLOW_KEY)
+        return _OVERFLOW_KEY
+
+    def _learn_route(self, raw_name: Any, key: _Key) -> None:
         """Remember the queue task-sent events give a task name, for that name's events that arrive
         without one: a task-received that overtakes its task-sent (they travel on different
         connections) then still gets the queue producers really use, not the configured fallback."""
@@ -251,8 +353,8 @@ class ClusterState:
                 self._route_cache[name] = queue
         return queue
 
-    def _exception(self, text: Any) -> str:
-        exc = exception_class(text)
+    def _exception(self, text: Any, traceback: Any = None) -> str:
+        exc = exception_class(text, traceback)
         if exc not in self._exceptions:
             if len(self._exceptions) >= self.settings.max_exception_types:
                 self.overflow["exception"] += 1
@@ -260,18 +362,21 @@ class ClusterState:
             self._exceptions.add(exc)
         return exc
 
-    # ------------------------------------------------------------------ task table
-    def _record(self, uuid: Any) -> TaskEntry | None:
-        """The entry of ``uuid`` (moved to the young end of the LRU); the caller stores it back touched,
-        or drops it."""
-        entry = self._tasks.get(uuid) if isinstance(uuid, str) else None
-        if entry is not None:
-            self._tasks.move_to_end(uuid)
-        return entry
+    def _count_by_label(self, table: dict[tuple[str, str, str], int], key: _Key, label: str) -> None:
+        """+1 on ``table[(*key, label)]``, a series that may be new: past ``max_series`` it folds."""
+        lkey = (key[0], key[1], label)
+        if lkey in table:
+            table[lkey] += 1
+            return
+        if not self._room(1):
+            lkey = (*self._overflow_key(), OVERFLOW_LABEL)
+        table[lkey] = table.get(lkey, 0) + 1
 
-    def _new_record(self, uuid: str, key: tuple[str, str], now: float) -> TaskEntry:
+    # ------------------------------------------------------------------ task table
+    def _new_record(self, uuid: str, key: _Key | None, now: float,
+                    held: tuple[Any, ...] | None = None) -> TaskEntry:
         tasks = self._tasks
-        entry = tasks[uuid] = (key, (), None, 0, False, now)
+        entry = tasks[uuid] = (key, (), (), 0, None, now, held)
         if len(tasks) > self.settings.max_tracked_tasks:
             _, old = tasks.popitem(last=False)
             self._forget(old)
@@ -289,75 +394,240 @@ class ClusterState:
             if oldest[TOUCHED] >= limit:
                 break
             del tasks[uuid]
-            self._forget(oldest)
+            self._forget(oldest, uuid)
             self.evicted["age"] += 1
 
-    def _forget(self, entry: TaskEntry) -> None:
-        if entry[ACTIVE]:
-            self.active[entry[K]] -= 1
+    def _forget(self, entry: TaskEntry, uuid: str | None = None) -> None:
+        if entry[STARTS]:
+            self.active[entry[K]] -= len(entry[STARTS])
+        if entry[WORKER] is not None:
+            running = self._running.get(entry[WORKER])
+            if running:
+                if uuid is None:  # popped by capacity: find it (rare, and bounded by one worker's tasks)
+                    uuid = next((u for u in running if self._tasks.get(u) is None), None)
+                self._unrun(entry[WORKER], uuid)
+        if entry[HELD] is not None:  # never named, never counted: say so
+            self.ignored["unnamed_evicted"] = self.ignored.get("unnamed_evicted", 0) + len(entry[HELD])
 
-    def _drop(self, uuid: str) -> None:
-        self._tasks.pop(uuid, None)
+    def _unrun(self, hostname: str, uuid: str | None) -> None:
+        running = self._running.get(hostname)
+        if running is not None and uuid is not None:
+            running.pop(uuid, None)
+            if not running:
+                del self._running[hostname]
 
-    def _finish(self, entry: TaskEntry | None, key: tuple[str, str]) -> None:
-        if entry is not None and entry[ACTIVE]:
-            self.active[key] -= 1
+    def _finish(self, uuid: str, rec: TaskEntry, key: _Key, bit: int, ts: float) -> None:
+        """The task ended: it leaves the table (and its worker's running set) for the finished memory,
+        which keeps any older attempt still open, for that attempt's late task-retried."""
+        starts = rec[STARTS]
+        if starts:
+            self.active[key] -= len(starts)
+            worker = rec[WORKER]
+            if worker is not None:
+                running = self._running.get(worker)
+                if running is not None:
+                    running.pop(uuid, None)
+                    if not running:
+                        del self._running[worker]
+        del self._tasks[uuid]
+        self._finished.remember(uuid, key, bit, starts, ts)
 
-    # ------------------------------------------------------------------ task events
+    @staticmethod
+    def _uuid(value: Any) -> str | None:
+        if value.__class__ is not str or not value:
+            return None
+        if len(value) > 40 and len(value.encode("utf-8", "surrogatepass")) > MAX_UUID_BYTES:
+            value = label_value(value, MAX_UUID_BYTES)  # a hostile megabyte-long id is not stored
+        return value
+
+    # ------------------------------------------------------------------ named task events
+    def _adopt(self, uuid: str, rec: _Rec, key: _Key, now: float) -> tuple[TaskEntry, tuple[Any, ...]]:
+        """A named event for ``uuid``: its live record (a new one if none), placeholder or not, and the
+        held events to replay under ``key`` once the named event is applied."""
+        if rec is None:
+            return self._new_record(uuid, key, now), ()
+        held = rec[HELD]
+        if held is None:
+            return rec, ()
+        if key[0] == UNKNOWN_TASK:
+            self.unnamed_tasks += 1
+        return (key, (), (), 0, None, now, None), held
+
+    def _replay(self, held: tuple[Any, ...]) -> None:
+        handlers = self._handlers
+        for item in held:
+            handlers[item["type"]](item, item["timestamp"])
+
     def _task_sent(self, ev: Mapping[str, Any], ts: float) -> None:
         now = self.clock()
         uuid = ev.get("uuid")
-        rec = self._record(uuid)
+        if uuid.__class__ is not str or len(uuid) > 40:
+            uuid = self._uuid(uuid)
+        rec = self._tasks.get(uuid) if uuid is not None else None
         queue = ev.get("queue") or ev.get("routing_key")
         sent_key = self._key_for(ev.get("name"), queue)
         if queue.__class__ is str:
             self._learn_route(ev.get("name"), sent_key)
+        if uuid is None:
+            self.counters[sent_key][SENT] += 1
+            return
         if rec is None:
+            done = self._finished.get(uuid)
+            if done is not None:
+                # A task-sent slower than the task itself (the producer's connection): counted with the
+                # rest of the task, no record reopened.
+                key = done[0] if done[0][0] != UNKNOWN_TASK else sent_key
+                self.counters[key][SENT] += 1
+                return
+            if sent_key[0] == UNKNOWN_TASK:
+                self.unnamed_tasks += 1
             key = sent_key
-            if isinstance(uuid, str):
-                rec = self._new_record(uuid, key, now)
         else:
+            self._tasks.move_to_end(uuid)
             # task-received overtook task-sent (they travel on different connections): the task keeps
-            # the key its first event gave it, so no counter moves between series.
-            key = rec[K]
-        if rec is not None:
-            n = retries_of(ev.get("retries"))
-            attempts, i = attempt_index(rec[ATTEMPTS], n)
-            if i >= 0:
-                att = attempts[i]
-                attempts = replace_attempt(attempts, i, (att[0], ts, parse_eta(ev.get("eta")), att[3]))
-            self._tasks[ev["uuid"]] = (key, attempts, rec[STARTED_AT], max(n, rec[RETRIES]), rec[ACTIVE], now)
+            # the key its first named event gave it, so no counter moves between series.
+            key = rec[K] if rec[HELD] is None else sent_key
+        held: tuple[Any, ...] = ()
+        if rec is None or rec[HELD] is not None:
+            rec, held = self._adopt(uuid, rec, key, now)
+        n = retries_of(ev.get("retries"))
+        attempts, i = attempt_index(rec[ATTEMPTS], n)
+        if i >= 0:
+            att = attempts[i]
+            attempts = replace_attempt(attempts, i, (att[0], ts, parse_eta(ev.get("eta")), att[3]))
+        self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None)
         self.counters[key][SENT] += 1
-
-    def _lookup(self, ev: Mapping[str, Any], now: float) -> tuple[TaskEntry | None, tuple[str, str]]:
-        uuid = ev.get("uuid")
-        rec = self._record(uuid)
-        if rec is not None:
-            return rec, rec[K]
-        key = self._key_for(ev.get("name"), None)
-        if isinstance(uuid, str):
-            return self._new_record(uuid, key, now), key
-        return None, key
+        if held:
+            self._replay(held)
 
     def _task_received(self, ev: Mapping[str, Any], ts: float) -> None:
         now = self.clock()
-        rec, key = self._lookup(ev, now)
+        uuid = ev.get("uuid")
+        if uuid.__class__ is not str or len(uuid) > 40:
+            uuid = self._uuid(uuid)
+        rec = self._tasks.get(uuid) if uuid is not None else None
         if rec is not None:
-            n = retries_of(ev.get("retries"))
-            attempts, i = attempt_index(rec[ATTEMPTS], n)
-            if i >= 0:
-                att = attempts[i]
-                eta = att[2] if att[2] is not None else parse_eta(ev.get("eta"))
-                attempts = replace_attempt(attempts, i, (att[0], att[1], eta, ts))
-            self._tasks[ev["uuid"]] = (key, attempts, rec[STARTED_AT], max(n, rec[RETRIES]), rec[ACTIVE], now)
-        self.counters[key][RECEIVED] += 1
-
-    def _task_started(self, ev: Mapping[str, Any], ts: float) -> None:
-        now = self.clock()
-        rec, key = self._lookup(ev, now)
-        self.counters[key][STARTED] += 1
-        if rec is None:
+            self._tasks.move_to_end(uuid)  # type: ignore[arg-type]
+            key = rec[K] if rec[HELD] is None else self._key_for(ev.get("name"), None)
+        else:
+            done = self._finished.get(uuid) if uuid is not None else None
+            if done is not None:
+                key = done[0] if done[0][0] != UNKNOWN_TASK else self._key_for(ev.get("name"), None)
+                if ts <= done[3]:
+                    # An earlier attempt's, overtaken by the task's end (that attempt's worker flushed its
+                    # events late): counted, no record reopened.
+                    self.counters[key][RECEIVED] += 1
+                    return
+                # A new delivery of a finished task (a DLX ladder or a requeue brought the message back):
+                # a new record, under the name and queue the task had.
+                self._finished.pop(uuid)  # type: ignore[arg-type]
+            else:
+                key = self._key_for(ev.get("name"), None)
+                if key[0] == UNKNOWN_TASK and uuid is not None:
+                    self.unnamed_tasks += 1
+        if uuid is None:
+            self.counters[key][RECEIVED] += 1
             return
+        held: tuple[Any, ...] = ()
+        if rec is None or rec[HELD] is not None:
+            rec, held = self._adopt(uuid, rec, key, now)
+        n = retries_of(ev.get("retries"))
+        attempts, i = attempt_index(rec[ATTEMPTS], n)
+        if i >= 0:
+            att = attempts[i]
+            eta = att[2] if att[2] is not None else parse_eta(ev.get("eta"))
+            attempts = replace_attempt(attempts, i, (att[0], att[1], eta, ts))
+        self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None)
+        self.counters[key][RECEIVED] += 1
+        if held:
+            self._replay(held)
+
+    # ------------------------------------------------------------------ nameless task events
+    def _task_event(self, handler: _Nameless, ev: _Ev, ts: float) -> None:
+        """Route an event without a name to its task (``handler`` is bound per event type): the live
+        record, the finished memory, or (for a uuid never seen) a placeholder holding it until the name
+        is known."""
+        uuid = ev.get("uuid")
+        if uuid.__class__ is not str or len(uuid) > 40:
+            uuid = self._uuid(uuid)
+            if uuid is None:
+                self._ignore("no_uuid")
+                return
+        rec = self._tasks.get(uuid)
+        if rec is not None:
+            if rec[HELD] is None:
+                self._tasks.move_to_end(uuid)
+                handler(uuid, rec, rec[K], ev, ts)
+            else:
+                self._hold(uuid, rec, ev, ts)
+            return
+        done = self._finished.get(uuid)
+        if done is None:
+            self._hold(uuid, None, ev, ts)
+        else:
+            self._after_end(uuid, done, handler, ev, ts)
+
+    def _after_end(self, uuid: str, done: Done, handler: _Nameless, ev: _Ev, ts: float) -> None:
+        """An event of a finished task: a repeat changes nothing but a self-metric, a late one of an
+        earlier attempt (or a contradicting outcome) counts under the task's name."""
+        etype = ev["type"]
+        key, bits, starts, end = done
+        if etype == "task-started":
+            if ts in starts:
+                self._ignore("duplicate")
+            elif ts > end:  # no new delivery (that opens with task-received) started it
+                self._ignore("after_terminal")
+            else:  # an earlier attempt's, overtaken by the end: left open for its late task-retried
+                self.counters[key][STARTED] += 1
+                self._finished.put(uuid, (key, bits, (ts, *starts), end))
+            return
+        bit = _DONE_BITS.get(etype, 0)
+        if bits & bit:
+            self._ignore("duplicate")  # a redelivered or repeated terminal event
+            return
+        if bit:
+            self._finished.put(uuid, (key, bits | bit, starts, end))
+        handler(uuid, None, key, ev, ts)
+
+    def _hold(self, uuid: str, rec: _Rec, ev: _Ev, ts: float) -> None:
+        """Keep a nameless event of a task not yet seen named, counted nowhere. When the task ends (or
+        holds too many) without a name, what it holds is counted under ``unknown``."""
+        item: dict[str, Any] = {k: ev[k] for k in _HELD_FIELDS if k in ev}
+        item["uuid"] = uuid
+        item["timestamp"] = ts
+        if "exception" in ev:  # reduced now: the traceback it may need is not kept
+            item["exception"] = exception_class(ev.get("exception"), ev.get("traceback"))
+        now = self.clock()
+        if rec is None:
+            held: tuple[Any, ...] = (item,)
+            self._new_record(uuid, None, now, held)
+        else:
+            held = (*rec[HELD], item)
+            self._tasks[uuid] = (None, (), (), 0, None, now, held)
+            self._tasks.move_to_end(uuid)
+        if ev["type"] in _TERMINAL or len(held) >= MAX_HELD_EVENTS:
+            self.unnamed_tasks += 1
+            self._tasks[uuid] = (self._key_for(None, None), (), (), 0, None, now, None)
+            self._replay(held)
+
+    def _take_start(self, uuid: str, rec: TaskEntry, key: _Key) -> tuple[float | None, tuple[float, ...]]:
+        """Close the oldest open attempt (a task-retried or task-rejected ends it)."""
+        starts = rec[STARTS]
+        if not starts:
+            return None, starts
+        self.active[key] -= 1
+        if len(starts) == 1 and rec[WORKER] is not None:
+            self._unrun(rec[WORKER], uuid)
+        return starts[0], starts[1:]
+
+    def _task_started(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
+        assert rec is not None  # a task-started of a finished task is ignored before this
+        starts = rec[STARTS]
+        if ts in starts:
+            self._ignore("duplicate")  # the same task-started twice
+            return
+        now = self.clock()
+        self.counters[key][STARTED] += 1
         att, attempts = take_started_attempt(rec[ATTEMPTS])
         if att is not None:
             enqueued = att[1] if att[1] is not None else att[3]
@@ -366,100 +636,188 @@ class ClusterState:
                 if eta is not None and eta > enqueued:
                     enqueued = eta
                 self._observe_wait(key, ts - enqueued)
-        if not rec[ACTIVE]:
+        if starts:
+            starts = (*starts, ts)
+            if len(starts) > _MAX_STARTS:
+                starts = starts[1:]
+            else:
+                self.active[key] += 1
+        else:
+            starts = (ts,)
             self.active[key] += 1
-        self._tasks[ev["uuid"]] = (key, attempts, ts, rec[RETRIES], True, now)
+        raw = ev.get("hostname")
+        host = self._hosts.get(raw) if raw.__class__ is str else None
+        if host is None and raw.__class__ is str:
+            host = label_value(raw)
+            if len(self._hosts) < 10_000:
+                self._hosts[raw] = host
+        worker = rec[WORKER]
+        if worker is not None and worker != host:
+            self._unrun(worker, uuid)
+        if host is not None:
+            running = self._running.get(host)
+            if running is None:
+                running = self._running[host] = {}
+            running[uuid] = ts
+        self._tasks[uuid] = (key, attempts, starts, rec[RETRIES], host, now, None)
 
-    def _task_succeeded(self, ev: Mapping[str, Any], ts: float) -> None:
-        rec, key = self._lookup(ev, self.clock())
+    def _runtime(self, value: Any) -> float | None:
+        if value.__class__ is float:
+            return value  # type: ignore[no-any-return]
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except OverflowError:  # decode refuses these; a direct caller may not have
+                return None
+        return None
+
+    def _task_succeeded(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
         self.counters[key][SUCCEEDED] += 1
         runtime = ev.get("runtime")
-        if isinstance(runtime, (int, float)) and not isinstance(runtime, bool):
-            self._observe_duration(key, D_SUCCEEDED, float(runtime))
-        elif rec is not None and rec[STARTED_AT] is not None:
-            self._observe_duration(key, D_SUCCEEDED, ts - rec[STARTED_AT])
+        if runtime.__class__ is not float:
+            runtime = self._runtime(runtime)
+        starts = rec[STARTS] if rec is not None else ()
+        if runtime is not None:
+            self._observe_duration(key, D_SUCCEEDED, runtime)
+        elif starts:
+            self._observe_duration(key, D_SUCCEEDED, ts - starts[-1])  # the final attempt is the newest
         if rec is not None:
-            self._finish(rec, key)
-            self._drop(ev["uuid"])
+            self._finish(uuid, rec, key, 1, ts)
 
-    def _task_failed(self, ev: Mapping[str, Any], ts: float) -> None:
-        rec, key = self._lookup(ev, self.clock())
-        exc = self._exception(ev.get("exception"))
-        fkey = (key[0], key[1], exc)
-        self.failed[fkey] = self.failed.get(fkey, 0) + 1
+    def _task_failed(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
+        self._count_by_label(self.failed, key, self._exception(ev.get("exception"), ev.get("traceback")))
         if rec is not None:
             if rec[RETRIES] >= 1:
                 self.counters[key][EXHAUSTED] += 1
-            if rec[STARTED_AT] is not None:
-                self._observe_duration(key, D_FAILED, ts - rec[STARTED_AT])
-            self._finish(rec, key)
-            self._drop(ev["uuid"])
+            if rec[STARTS]:
+                self._observe_duration(key, D_FAILED, ts - rec[STARTS][-1])
+            self._finish(uuid, rec, key, 2, ts)
 
-    def _task_retried(self, ev: Mapping[str, Any], ts: float) -> None:
-        now = self.clock()
-        rec, key = self._lookup(ev, now)
-        exc = self._exception(ev.get("exception"))
-        rkey = (key[0], key[1], exc)
-        self.retried[rkey] = self.retried.get(rkey, 0) + 1
-        if rec is not None:
-            if rec[STARTED_AT] is not None:
-                self._observe_duration(key, D_RETRIED, ts - rec[STARTED_AT])
-            self._finish(rec, key)
-            self._tasks[ev["uuid"]] = (key, rec[ATTEMPTS], None, rec[RETRIES], False, now)
+    def _task_retried(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
+        self._count_by_label(self.retried, key, self._exception(ev.get("exception"), ev.get("traceback")))
+        if rec is None:  # after the task's end: the attempt it closes was left open in the finished memory
+            done = self._finished.get(uuid)
+            if done is not None and len(done[2]) > 1:  # the last start is the final attempt's
+                self._observe_duration(key, D_RETRIED, ts - done[2][0])
+                self._finished.put(uuid, (done[0], done[1], done[2][1:], done[3]))
+            return
+        start, starts = self._take_start(uuid, rec, key)
+        if start is not None:
+            self._observe_duration(key, D_RETRIED, ts - start)
+        self._tasks[uuid] = (key, rec[ATTEMPTS], starts, rec[RETRIES], rec[WORKER] if starts else None,
+                             self.clock(), None)
 
-    def _task_rejected(self, ev: Mapping[str, Any], ts: float) -> None:
-        now = self.clock()
-        rec, key = self._lookup(ev, now)
+    def _task_rejected(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
         self.counters[key][REJECTED] += 1
-        if rec is not None:
-            self._finish(rec, key)
-            self._tasks[ev["uuid"]] = (key, rec[ATTEMPTS], rec[STARTED_AT], rec[RETRIES], False, now)
+        if rec is None:
+            return
+        if ev.get("requeue") is False:  # dropped (or dead-lettered): this delivery is over
+            self._finish(uuid, rec, key, 8, ts)
+            return
+        # Requeued: the attempt is over, the task is not; the message comes back with a task-received.
+        _, starts = self._take_start(uuid, rec, key)
+        self._tasks[uuid] = (key, rec[ATTEMPTS], starts, rec[RETRIES], rec[WORKER] if starts else None,
+                             self.clock(), None)
 
-    def _task_revoked(self, ev: Mapping[str, Any], ts: float) -> None:
-        rec, key = self._lookup(ev, self.clock())
-        self.counters[key][REVOKED] += 1
+    def _task_revoked(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
+        if ev.get("expired") is True:
+            self._count_by_label(self.revoked, key, "expired")
+        elif ev.get("terminated") is True:
+            self._count_by_label(self.revoked, key, "terminated")
+        else:
+            self.counters[key][REVOKED] += 1
         if rec is not None:
-            self._finish(rec, key)
-            self._drop(ev["uuid"])
+            self._finish(uuid, rec, key, 4, ts)
 
-    def _observe_duration(self, key: tuple[str, str], state: int, seconds: float) -> None:
+    def _observe_duration(self, key: _Key, state: int, seconds: float) -> None:
         if not 0.0 <= seconds <= MAX_OBSERVED_SECONDS:  # NaN, clock skew, or a poisoned runtime
             seconds = 0.0
         hkey = (key[0], key[1], state)
         hist = self.durations.get(hkey)
         if hist is None:
-            hist = self.durations[hkey] = Histogram(len(self._dbounds))
+            if not self._room(len(self._dbounds) + 3):  # buckets, +Inf, _sum, _count
+                hkey = (*self._overflow_key(), state)
+                hist = self.durations.get(hkey)
+            if hist is None:
+                hist = self.durations[hkey] = Histogram(len(self._dbounds))
         hist.counts[bisect_left(self._dbounds, seconds)] += 1
         hist.total += seconds
 
-    def _observe_wait(self, key: tuple[str, str], seconds: float) -> None:
+    def _observe_wait(self, key: _Key, seconds: float) -> None:
         if not 0.0 <= seconds <= MAX_OBSERVED_SECONDS:
             seconds = 0.0
         hist = self.queue_wait.get(key)
         if hist is None:
-            hist = self.queue_wait[key] = Histogram(len(self._wbounds))
+            if not self._room(len(self._wbounds) + 3):
+                key = self._overflow_key()
+                hist = self.queue_wait.get(key)
+            if hist is None:
+                hist = self.queue_wait[key] = Histogram(len(self._wbounds))
         hist.counts[bisect_left(self._wbounds, seconds)] += 1
         hist.total += seconds
 
+    # ------------------------------------------------------------------ lost tasks
+    def _lose(self, uuid: str) -> None:
+        """A started task whose worker is gone (or no longer runs it): not active any more, counted in
+        celery_task_lost_total. Its record stays, so a later event for it still counts normally."""
+        rec = self._tasks.get(uuid)
+        if rec is None or rec[HELD] is not None or not rec[STARTS]:
+            return
+        key = rec[K]
+        self.active[key] -= len(rec[STARTS])
+        self.lost[key] += 1
+        if rec[WORKER] is not None:
+            self._unrun(rec[WORKER], uuid)
+        self._tasks[uuid] = (key, rec[ATTEMPTS], (), rec[RETRIES], None, rec[TOUCHED], None)
+
+    def _lose_worker(self, hostname: str) -> None:
+        for uuid in list(self._running.get(hostname, ())):
+            self._lose(uuid)
+        self._running.pop(hostname, None)
+
+    def _reconcile(self, hostname: str, rec: WorkerRecord, ts: float) -> None:
+        """The worker's heartbeat says how many tasks it runs. Fewer than we hold for it means tasks
+        ended without an event (``Ignore``, a crashed child whose message went back): the excess,
+        oldest first and started before the heartbeat, is suspect; still in excess at the next
+        heartbeat (its final event may merely be in flight: Celery buffers task events but not
+        heartbeats), it is lost."""
+        running = self._running.get(hostname)
+        if not running:
+            rec.suspects = ()
+            return
+        excess = len(running) - int(rec.active)
+        if excess <= 0:
+            rec.suspects = ()
+            return
+        candidates = [u for u, started_at in running.items() if started_at < ts][:excess]
+        suspects = rec.suspects
+        for uuid in candidates:
+            if uuid in suspects:
+                self._lose(uuid)
+        rec.suspects = tuple(u for u in candidates if u not in suspects)
+
     # ------------------------------------------------------------------ worker events
-    def _worker(self, ev: Mapping[str, Any], now: float, ts: float) -> WorkerRecord | None:
+    def _worker(self, ev: Mapping[str, Any], now: float, ts: float) -> tuple[str, WorkerRecord] | None:
         hostname = ev.get("hostname")
         if not isinstance(hostname, str) or not hostname:
             return None
-        hostname = hostname[:MAX_LABEL_LENGTH]
+        hostname = label_value(hostname)
+        if not hostname:  # nothing left once made safe ("\x00")
+            return None
         rec = self.workers.get(hostname)
         if rec is None:
             if len(self.workers) >= self.settings.max_workers:
                 self.overflow["worker"] += 1
                 return None
             rec = self.workers[hostname] = WorkerRecord(seen=now, heartbeat_seen=now, heartbeat_ts=ts)
-        return rec
+        return hostname, rec
 
     def _worker_alive(self, ev: Mapping[str, Any], ts: float) -> None:
         now = self.clock()
-        rec = self._worker(ev, now, ts)
-        if rec is None:
+        found = self._worker(ev, now, ts)
+        if found is None:
             return
+        hostname, rec = found
         rec.seen = rec.heartbeat_seen = now
         rec.heartbeat_ts = ts
         rec.online = True
@@ -467,18 +825,25 @@ class ClusterState:
         # Bounded: Inf (JSON 1e999) or 1e300 would otherwise be served until the worker's next heartbeat.
         if isinstance(active, (int, float)) and not isinstance(active, bool) and 0 <= active <= 1e6:
             rec.active = float(active)
+            if ev["type"] == "worker-heartbeat":
+                self._reconcile(hostname, rec, ts)
         if ev["type"] == "worker-online" or not rec.version:
             ver, system = ev.get("sw_ver"), ev.get("sw_sys")
-            rec.version = ver[:64] if isinstance(ver, str) else ""
-            rec.system = system[:64] if isinstance(system, str) else ""
+            rec.version = label_value(ver, 64) if isinstance(ver, str) else ""
+            rec.system = label_value(system, 64) if isinstance(system, str) else ""
 
     def _worker_offline(self, ev: Mapping[str, Any], ts: float) -> None:
         now = self.clock()
-        rec = self._worker(ev, now, ts)
-        if rec is not None:
+        found = self._worker(ev, now, ts)
+        if found is not None:
+            hostname, rec = found
             rec.seen = now
             rec.online = False
             rec.active = 0.0
+            rec.suspects = ()
+            # A warm shutdown waits for its tasks and sends their events first: whatever it still runs
+            # now is lost (a cold shutdown, or a child killed on the way out).
+            self._lose_worker(hostname)
 
     # ------------------------------------------------------------------ reading
     def snapshot(self) -> Snapshot:
@@ -509,6 +874,10 @@ class ClusterState:
             queue_wait_buckets=self._wbounds,
             worker_timeout=self.settings.worker_timeout,
             queues_seen=tuple(self._queues),
+            lost=dict(self.lost),
+            revoked=dict(self.revoked),
+            ignored=dict(self.ignored),
+            unnamed_tasks=self.unnamed_tasks,
         )
 
     def take_snapshot(self) -> Snapshot:

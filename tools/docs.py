@@ -55,11 +55,67 @@ METRICS_DOC = """# Metrics reference
 Generated from the code by `python -m tools.generate`; `tests/test_docs.py` fails when it drifts.
 Every metric below is served on `/metrics`. Task metrics never carry the worker's name (pods churn);
 label values are bounded by `--max-task-names`, `--max-exception-types`, `--max-queues` and `--max-workers`,
-and what overflows is folded into `__overflow__` and counted in `celery_exporter_label_overflow_total`.
+and what overflows is folded into `__overflow__` and counted in `celery_exporter_label_overflow_total`;
+the total of per-task series is bounded by `--max-series` (see "Series cap" below). Every label value is
+valid UTF-8 without NUL bytes and at most 255 bytes long, whatever a publisher sends.
 The exporter also serves client_python's standard `process_*`, `python_info` and `python_gc_*` metrics.
 
 <!-- BEGIN GENERATED: metrics -->
 <!-- END GENERATED: metrics -->
+
+## How deliveries are counted
+
+Celery names a task only in `task-sent` and `task-received`; `task-started`, `task-succeeded`,
+`task-failed`, `task-retried`, `task-rejected` and `task-revoked` carry just the uuid. The exporter pairs
+them by uuid, whatever order they arrive in:
+
+* **Every delivery under its own name.** A `Reject(requeue=False)` sends `task-failed` and then a
+  `task-rejected`; a dead-letter exchange (seed 000's TTL ladder) brings the message back as a new
+  `task-received`. Finished tasks are remembered (`--max-finished-tasks`, uuid -> name and queue), so the
+  `task-rejected` and every later delivery count under the task's name and queue.
+* **`task_name="unknown"`** appears only for a task the exporter never saw named: its nameless events are
+  held, counted nowhere, until a `task-sent`/`task-received` names it (then they count under that name) or
+  it ends without one (then they count under `unknown`, and `celery_exporter_unknown_tasks_total` goes up
+  by one). Nothing counted under `unknown` ever moves to another series: counters never go backwards.
+  In practice `unknown` means tasks already running when the exporter started.
+* **Idempotent where Celery's delivery is not.** A repeated terminal event (an AMQP redelivery, the
+  second `task-failed` of a hard time limit) and a `task-started` after the task's end change nothing but
+  `celery_exporter_events_ignored_total{reason}`. A number a float cannot hold (an integer `runtime` of
+  400 digits) refuses the whole event (`celery_exporter_events_invalid_total{reason="bad_number"}`)
+  before any counter moves.
+* **Durations.** Each task keeps the start times of its open attempts: `task-retried` closes the oldest,
+  the final event the newest, so a retry's `task-started` that overtakes the previous attempt's
+  `task-retried` (retries with jitter) loses nothing, and each finished attempt gets one sample.
+* **Exception classes** come from what Celery sends: `ValueError('x')` gives `ValueError`; billiard's
+  wrapper `ExceptionWithTraceback()` and classes with their own repr (`Reject`) take the class from the
+  traceback's last line (`TimeLimitExceeded`, `WorkerLostError`, `Reject`); module paths in the text are
+  kept (`requests.exceptions.HTTPError`).
+
+## Lost tasks
+
+`celery_task_lost_total{task_name,queue}` counts started tasks that ended without a final event. A task
+is tied to the worker that sent its `task-started`; it is lost when that worker is silent past
+`--worker-timeout` (a SIGKILL, an OOM kill, a lost node), sends `worker-offline` while still running it,
+or reports in two heartbeats running fewer active tasks than the exporter holds for it (the oldest
+started before the heartbeat go first: `Ignore` ends a task without any event, and clears within one
+heartbeat interval). A lost task stops counting in `celery_tasks_active`; if an event for it comes later
+(a redelivered message finishing elsewhere), it counts as usual.
+
+## Revoke reasons
+
+`celery_task_revoked_total{reason}`: `terminated` (revoked with `terminate=True` while running),
+`expired` (its `expires` passed before a worker ran it) or `revoked` (revoked before it ran), from the
+`task-revoked` event's own `terminated` and `expired` flags. `reason="revoked"` starts at zero for every
+task name; the other two appear with their first occurrence.
+
+## Series cap
+
+`--max-series` (default 50,000) bounds the total of series across the per-task families (each task
+name and queue pair costs 11 counter and gauge series, each exception class one more, each histogram its
+buckets plus 3). A new series past the cap is folded into `task_name="__overflow__",queue="__overflow__"`
+(and `exception="__overflow__"`), and each fold is counted in
+`celery_exporter_label_overflow_total{label="series"}`. The per-label caps alone would multiply (1,000
+names times 1,000 queues); 50,000 series keep a full scrape well under a second on one core.
 """
 
 CONFIG_DOC = """# Configuration reference

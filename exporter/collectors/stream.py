@@ -48,8 +48,21 @@ EVICTED_SPEC = MetricSpec(
 OVERFLOW_SPEC = MetricSpec(
     "celery_exporter_label_overflow_total", "counter",
     'Events whose task_name, exception, queue or worker was folded into "__overflow__" (or, for '
-    "workers, not tracked) because a cardinality cap was reached, by label.",
+    "workers, not tracked) because a cardinality cap was reached, by label; label=\"series\" counts "
+    "new per-task series folded into task_name=queue=\"__overflow__\" past --max-series.",
     ("label",),
+)
+IGNORED_SPEC = MetricSpec(
+    "celery_exporter_events_ignored_total", "counter",
+    "Task events applied that changed nothing, by reason: duplicate (a terminal or start event repeated, "
+    "e.g. an AMQP redelivery), after_terminal (a task-started or task-received of a delivery that "
+    "already ended), no_uuid, unnamed_evicted (held events of a task never seen named, dropped with it).",
+    ("reason",),
+)
+UNKNOWN_SPEC = MetricSpec(
+    "celery_exporter_unknown_tasks_total", "counter",
+    'Tasks counted under task_name="unknown": the exporter never saw a named event (task-sent, '
+    "task-received) for them, e.g. tasks already running when it started.",
 )
 PURGED_SPEC = MetricSpec(
     "celery_exporter_workers_purged_total", "counter",
@@ -58,7 +71,7 @@ PURGED_SPEC = MetricSpec(
 
 METRICS = (
     BUILD_SPEC, EVENTS_SPEC, INVALID_SPEC, CONNECTED_SPEC, RECONNECTS_SPEC, LAST_EVENT_SPEC, TRACKED_SPEC,
-    EVICTED_SPEC, OVERFLOW_SPEC, PURGED_SPEC,
+    EVICTED_SPEC, OVERFLOW_SPEC, PURGED_SPEC, IGNORED_SPEC, UNKNOWN_SPEC,
 )
 
 
@@ -84,6 +97,7 @@ def stream_families(snap: Snapshot, status: StreamStatus) -> Iterator[Metric]:
         (INVALID_SPEC, snap.invalid_by_reason),
         (EVICTED_SPEC, snap.evicted),
         (OVERFLOW_SPEC, snap.overflow),
+        (IGNORED_SPEC, snap.ignored),
     ):
         fam = spec.family()
         for label, count in sorted(table.items()):
@@ -94,6 +108,7 @@ def stream_families(snap: Snapshot, status: StreamStatus) -> Iterator[Metric]:
         (RECONNECTS_SPEC, status.reconnects),
         (TRACKED_SPEC, snap.tracked_tasks),
         (PURGED_SPEC, snap.workers_purged),
+        (UNKNOWN_SPEC, snap.unnamed_tasks),
     )
     for spec, value in singles:
         fam = spec.family()

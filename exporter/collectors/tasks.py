@@ -49,7 +49,22 @@ RETRIED_SPEC = MetricSpec(
 REJECTED_SPEC = MetricSpec(
     "celery_task_rejected_total", "counter", "Tasks rejected by a worker (task-rejected events).", TL
 )
-REVOKED_SPEC = MetricSpec("celery_task_revoked_total", "counter", "Tasks revoked (task-revoked events).", TL)
+REVOKED_SPEC = MetricSpec(
+    "celery_task_revoked_total",
+    "counter",
+    "Tasks revoked (task-revoked events), by reason: terminated (revoked with terminate=True while "
+    'running), expired (its expires time passed before it ran), or revoked; reason="revoked" is the zero '
+    "series present from a task name's first sighting.",
+    (*TL, "reason"),
+)
+LOST_SPEC = MetricSpec(
+    "celery_task_lost_total",
+    "counter",
+    "Started tasks that ended without any final event, because their worker was lost (silent past "
+    "--worker-timeout, or gone offline while running them) or its heartbeats stopped counting them "
+    "(e.g. Ignore): they no longer count in celery_tasks_active.",
+    TL,
+)
 EXHAUSTED_SPEC = MetricSpec(
     "celery_task_retries_exhausted_total",
     "counter",
@@ -80,7 +95,6 @@ _PLAIN_COUNTERS = (
     (STARTED_SPEC, STARTED),
     (SUCCEEDED_SPEC, SUCCEEDED),
     (REJECTED_SPEC, REJECTED),
-    (REVOKED_SPEC, REVOKED),
     (EXHAUSTED_SPEC, EXHAUSTED),
 )
 
@@ -97,6 +111,7 @@ METRICS = (
     DURATION_SPEC,
     QUEUE_WAIT_SPEC,
     ACTIVE_SPEC,
+    LOST_SPEC,
 )
 
 
@@ -112,6 +127,12 @@ def task_families(snap: Snapshot) -> Iterator[Metric]:
         for lkey, value in table.items():
             fam.add(lkey, value)
         yield fam
+    fam = REVOKED_SPEC.family()
+    for (name, queue), counts in snap.counters.items():
+        fam.add((name, queue, "revoked"), counts[REVOKED])
+    for lkey, value in snap.revoked.items():  # terminated, expired (and __overflow__ past the series cap)
+        fam.add(lkey, value)
+    yield fam
     fam = DURATION_SPEC.family(snap.duration_buckets)
     for (name, queue, state), hist in snap.durations.items():
         fam.add_histogram((name, queue, DURATION_STATES[state]), hist.counts, hist.total)
@@ -120,10 +141,11 @@ def task_families(snap: Snapshot) -> Iterator[Metric]:
     for key, hist in snap.queue_wait.items():
         fam.add_histogram(key, hist.counts, hist.total)
     yield fam
-    fam = ACTIVE_SPEC.family()
-    for key, value in snap.active.items():
-        fam.add(key, value)
-    yield fam
+    for spec, gauge in ((ACTIVE_SPEC, snap.active), (LOST_SPEC, snap.lost)):
+        fam = spec.family()
+        for key, value in gauge.items():
+            fam.add(key, value)
+        yield fam
 
 
 class TaskCollector(SpecCollector):

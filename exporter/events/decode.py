@@ -49,6 +49,7 @@ BAD_JSON = "bad_json"
 NOT_AN_EVENT = "not_an_event"
 MISSING_TYPE = "missing_type"
 BAD_TIMESTAMP = "bad_timestamp"
+BAD_NUMBER = "bad_number"
 REASONS = (
     MALFORMED_ENVELOPE,
     UNSUPPORTED_CONTENT_TYPE,
@@ -58,6 +59,7 @@ REASONS = (
     NOT_AN_EVENT,
     MISSING_TYPE,
     BAD_TIMESTAMP,
+    BAD_NUMBER,
 )
 
 JSON_CONTENT_TYPES = frozenset({"application/json", "application/x-json"})
@@ -66,6 +68,12 @@ MAX_TYPE_LEN = 64
 # Events further in the future than this (seconds, against the exporter's clock) are refused: a
 # far-future timestamp would pin celery_exporter_last_event_timestamp_seconds for good.
 MAX_FUTURE_SKEW = 86_400.0
+
+# Numeric fields the state turns into floats or compares: an integer beyond this (JSON has no limit, and
+# the json module parses a 400-digit integer exactly) is refused with the whole event, before any counter
+# moves, instead of raising OverflowError half-way through applying it.
+_NUMERIC_FIELDS = ("runtime", "retries", "active", "utcoffset")
+_MAX_INT = 2**63
 
 # The exporter's own offset, read once: events carry the sender's, and Celery adjusts by the difference.
 LOCAL_UTCOFFSET: float = _local_utcoffset()
@@ -244,8 +252,10 @@ def _collect(obj: Any, now: float, here_offset: float | None, out: Decoded) -> N
                 and (offset is None or (offset.__class__ is float and offset == here))  # nothing to adjust
                 and 0.0 <= ts <= latest  # also False for NaN; +-Inf is beyond latest or below 0
             ):
-                append(ev)
-                continue
+                runtime = ev.get("runtime")  # the one number a float() is taken of: ints go the slow way
+                if runtime is None or runtime.__class__ is float:
+                    append(ev)
+                    continue
         _one(ev, now, here_offset, out)
 
 
@@ -266,6 +276,11 @@ def _one(ev: Any, now: float, here_offset: float | None, out: Decoded) -> None:
             ts = float(ts)
         except OverflowError:  # a JSON integer beyond float range
             out.invalid.append(BAD_TIMESTAMP)
+            return
+    for field in _NUMERIC_FIELDS:
+        value = ev.get(field)
+        if value.__class__ is int and not -_MAX_INT < value < _MAX_INT:  # type: ignore[operator]
+            out.invalid.append(BAD_NUMBER)
             return
     offset = ev.get("utcoffset")
     if offset is not None and isinstance(offset, (int, float)) and not isinstance(offset, bool):
