@@ -663,7 +663,7 @@ class ClusterState:
 
     def _runtime(self, value: Any) -> float | None:
         if value.__class__ is float:
-            return value  # type: ignore[no-any-return]
+            return value
         if isinstance(value, int) and not isinstance(value, bool):
             try:
                 return float(value)

@@ -279,7 +279,7 @@ def _one(ev: Any, now: float, here_offset: float | None, out: Decoded) -> None:
             return
     for field in _NUMERIC_FIELDS:
         value = ev.get(field)
-        if value.__class__ is int and not -_MAX_INT < value < _MAX_INT:  # type: ignore[operator]
+        if value.__class__ is int and not -_MAX_INT < value < _MAX_INT:
             out.invalid.append(BAD_NUMBER)
             return
     offset = ev.get("utcoffset")
