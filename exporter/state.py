@@ -42,6 +42,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
+from exporter.stalls import STAMPED_STATES, RunningTasks, WaitingTasks
 from exporter.records import (
     ATTEMPTS,
     D_FAILED,
@@ -185,6 +186,12 @@ class ClusterState:
         self.evicted: dict[str, int] = {"capacity": 0, "age": 0}
         self.workers_purged = 0
         self.last_event_ts: float | None = None
+        # The stall signals (exporter.stalls): waiting and running tasks outlive the task table's LRU.
+        self._waiting = WaitingTasks(s.max_tracked_tasks, s.task_max_age)
+        self._run_ages = RunningTasks(s.max_tracked_tasks)
+        self._waiting_checked = 0.0
+        # (task_name, queue) -> newest timestamp per STAMPED_STATES (0.0: no series yet).
+        self._stamps: dict[_Key, list[float]] = {}
         # Handlers of the events that carry no name: (uuid, live record or None once finished, key,
         # event, timestamp), reached through _task_event (bound with partial: no lookup per event).
         nameless: dict[str, _Nameless] = {
@@ -247,6 +254,9 @@ class ClusterState:
             del self.workers[hostname]
         self.workers_purged += len(gone)
         self._evict_aged(now)
+        if now - self._waiting_checked >= 60.0:  # a full pass, so not every tick
+            self._waiting_checked = now
+            self._waiting.expire(now)
 
     def _newest_touch(self, hostname: str) -> float:
         tasks = self._tasks
@@ -353,6 +363,23 @@ class ClusterState:
                 self._route_cache[name] = queue
         return queue
 
+    def _stamp(self, key: _Key, i: int, ts: float) -> None:
+        """Newest event timestamp of kind ``STAMPED_STATES[i]`` for ``key``; a new series must fit under
+        ``max_series`` (else it folds into the overflow key)."""
+        stamps = self._stamps.get(key)
+        if stamps is None or stamps[i] == 0.0:
+            stamps = self._stamp_slot(key, i)
+        if ts > stamps[i]:
+            stamps[i] = ts
+
+    def _stamp_slot(self, key: _Key, i: int) -> list[float]:
+        if not self._room(1):
+            key = _OVERFLOW_KEY
+        stamps = self._stamps.get(key)
+        if stamps is None:
+            stamps = self._stamps[key] = [0.0] * len(STAMPED_STATES)
+        return stamps
+
     def _exception(self, text: Any, traceback: Any = None) -> str:
         exc = exception_class(text, traceback)
         if exc not in self._exceptions:
@@ -430,6 +457,8 @@ class ClusterState:
                     if not running:
                         del self._running[worker]
         del self._tasks[uuid]
+        self._waiting.discard(uuid)
+        self._run_ages.discard(uuid)
         self._finished.remember(uuid, key, bit, starts, ts)
 
     @staticmethod
@@ -470,6 +499,7 @@ class ClusterState:
             self._learn_route(ev.get("name"), sent_key)
         if uuid is None:
             self.counters[sent_key][SENT] += 1
+            self._stamp(sent_key, 0, ts)
             return
         if rec is None:
             done = self._finished.get(uuid)
@@ -478,6 +508,7 @@ class ClusterState:
                 # rest of the task, no record reopened.
                 key = done[0] if done[0][0] != UNKNOWN_TASK else sent_key
                 self.counters[key][SENT] += 1
+                self._stamp(key, 0, ts)
                 return
             if sent_key[0] == UNKNOWN_TASK:
                 self.unnamed_tasks += 1
@@ -492,11 +523,15 @@ class ClusterState:
             rec, held = self._adopt(uuid, rec, key, now)
         n = retries_of(ev.get("retries"))
         attempts, i = attempt_index(rec[ATTEMPTS], n)
+        eta = parse_eta(ev.get("eta"))
         if i >= 0:
             att = attempts[i]
-            attempts = replace_attempt(attempts, i, (att[0], ts, parse_eta(ev.get("eta")), att[3]))
+            attempts = replace_attempt(attempts, i, (att[0], ts, eta, att[3]))
+        if not rec[STARTS] or n > rec[RETRIES]:  # else this attempt started before its task-sent came
+            self._waiting.add(uuid, key, eta if eta is not None and eta > ts else ts, n)
         self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None)
         self.counters[key][SENT] += 1
+        self._stamp(key, 0, ts)
         if held:
             self._replay(held)
 
@@ -561,11 +596,27 @@ class ClusterState:
             else:
                 self._hold(uuid, rec, ev, ts)
             return
+        self._unrecorded(uuid, ev, ts)
         done = self._finished.get(uuid)
         if done is None:
             self._hold(uuid, None, ev, ts)
         else:
             self._after_end(uuid, done, handler, ev, ts)
+
+    def _unrecorded(self, uuid: str, ev: _Ev, ts: float) -> None:
+        """An event of a task out of the task table (evicted while it waited under a backlog, or already
+        finished): the waiting and running trackers, which outlive the table, still follow it."""
+        etype = ev["type"]
+        if etype == "task-started":
+            entry = self._waiting.started(uuid, None)
+            if entry is not None:
+                host = ev.get("hostname")
+                self._run_ages.start(uuid, entry[0], ts, label_value(host) if host.__class__ is str else None)
+        elif etype == "task-retried":
+            self._run_ages.discard(uuid)
+        elif etype != "task-rejected" or ev.get("requeue") is False:
+            self._waiting.discard(uuid)
+            self._run_ages.discard(uuid)
 
     def _after_end(self, uuid: str, done: Done, handler: _Nameless, ev: _Ev, ts: float) -> None:
         """An event of a finished task: a repeat changes nothing but a self-metric, a late one of an
@@ -579,6 +630,7 @@ class ClusterState:
                 self._ignore("after_terminal")
             else:  # an earlier attempt's, overtaken by the end: left open for its late task-retried
                 self.counters[key][STARTED] += 1
+                self._stamp(key, 1, ts)
                 self._finished.put(uuid, (key, bits, (ts, *starts), end))
             return
         bit = _DONE_BITS.get(etype, 0)
@@ -618,6 +670,7 @@ class ClusterState:
         self.active[key] -= 1
         if len(starts) == 1 and rec[WORKER] is not None:
             self._unrun(rec[WORKER], uuid)
+        self._run_ages.next_attempt(uuid, starts[1] if len(starts) > 1 else None)
         return starts[0], starts[1:]
 
     def _task_started(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
@@ -628,7 +681,9 @@ class ClusterState:
             return
         now = self.clock()
         self.counters[key][STARTED] += 1
+        self._stamp(key, 1, ts)
         att, attempts = take_started_attempt(rec[ATTEMPTS])
+        self._waiting.started(uuid, att[0] if att is not None else None)
         if att is not None:
             enqueued = att[1] if att[1] is not None else att[3]
             if enqueued is not None:
@@ -659,6 +714,7 @@ class ClusterState:
             if running is None:
                 running = self._running[host] = {}
             running[uuid] = ts
+        self._run_ages.start(uuid, key, starts[0], host)
         self._tasks[uuid] = (key, attempts, starts, rec[RETRIES], host, now, None)
 
     def _runtime(self, value: Any) -> float | None:
@@ -673,6 +729,7 @@ class ClusterState:
 
     def _task_succeeded(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
         self.counters[key][SUCCEEDED] += 1
+        self._stamp(key, 2, ts)
         runtime = ev.get("runtime")
         if runtime.__class__ is not float:
             runtime = self._runtime(runtime)
@@ -686,6 +743,7 @@ class ClusterState:
 
     def _task_failed(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
         self._count_by_label(self.failed, key, self._exception(ev.get("exception"), ev.get("traceback")))
+        self._stamp(key, 3, ts)
         if rec is not None:
             if rec[RETRIES] >= 1:
                 self.counters[key][EXHAUSTED] += 1
@@ -695,6 +753,7 @@ class ClusterState:
 
     def _task_retried(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
         self._count_by_label(self.retried, key, self._exception(ev.get("exception"), ev.get("traceback")))
+        self._stamp(key, 4, ts)
         if rec is None:  # after the task's end: the attempt it closes was left open in the finished memory
             done = self._finished.get(uuid)
             if done is not None and len(done[2]) > 1:  # the last start is the final attempt's
@@ -760,6 +819,7 @@ class ClusterState:
     def _lose(self, uuid: str) -> None:
         """A started task whose worker is gone (or no longer runs it): not active any more, counted in
         celery_task_lost_total. Its record stays, so a later event for it still counts normally."""
+        self._run_ages.discard(uuid)
         rec = self._tasks.get(uuid)
         if rec is None or rec[HELD] is not None or not rec[STARTS]:
             return
@@ -771,6 +831,7 @@ class ClusterState:
         self._tasks[uuid] = (key, rec[ATTEMPTS], (), rec[RETRIES], None, rec[TOUCHED], None)
 
     def _lose_worker(self, hostname: str) -> None:
+        self._run_ages.lose_worker(hostname)
         for uuid in list(self._running.get(hostname, ())):
             self._lose(uuid)
         self._running.pop(hostname, None)
@@ -878,6 +939,11 @@ class ClusterState:
             revoked=dict(self.revoked),
             ignored=dict(self.ignored),
             unnamed_tasks=self.unnamed_tasks,
+            oldest_waiting=self._waiting.oldest_by_queue(),
+            oldest_running=self._run_ages.oldest_by_key(),
+            last_events={k: v[:] for k, v in self._stamps.items()},
+            stall_untracked={"waiting_full": self._waiting.untracked, "waiting_expired": self._waiting.expired,
+                             "running_full": self._run_ages.untracked},
         )
 
     def take_snapshot(self) -> Snapshot:

@@ -1,0 +1,187 @@
+"""The stall signals' bookkeeping: tasks waiting in each queue, tasks running, the newest event of each
+kind per task, and (for the Redis poller) how long the same message has sat at a queue's head.
+
+``ClusterState`` owns one ``WaitingTasks`` and one ``RunningTasks`` and feeds them from its event handlers
+(it keeps the newest timestamps itself, under its series cap); ``HeadTracker`` is fed by the Redis poller. All are pure (time is passed in) and
+bounded:
+
+* ``WaitingTasks`` holds a task from its task-sent event until it starts or ends, keyed by uuid, so it
+  survives the task table's LRU eviction under a backlog. At most ``cap`` tasks (``max_tracked_tasks``)
+  are held; past it, newly sent tasks are not tracked (``untracked`` counts them). Consumption is
+  roughly first-in first-out, so the tasks held are the oldest and the reported age stays exact while
+  any of them waits; once they have all started, it is a lower bound (it counts from tasks sent after
+  room came back). A task held longer than ``max_age`` is dropped (its task-started was lost).
+* ``RunningTasks`` holds a started task until its attempt ends or its worker is lost, independent of
+  the task table, so one task running for hours while a million others flow past is still reported.
+  Capped the same way.
+* The per-queue and per-name minima are computed when a snapshot is taken (one pass over at most
+  ``cap`` entries), not on the event path, which pays a dict store and a dict pop per task.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# Task event states whose newest timestamp is served (celery_task_last_event_timestamp_seconds).
+STAMPED_STATES = ("sent", "started", "succeeded", "failed", "retried")
+_Key = tuple[str, str]
+
+
+class WaitingTasks:
+    """Tasks sent and not yet started: uuid -> (key, enqueued timestamp, retries)."""
+
+    __slots__ = ("cap", "entries", "expired", "max_age", "untracked")
+
+    def __init__(self, cap: int, max_age: float) -> None:
+        self.cap = cap
+        self.max_age = max_age
+        self.entries: dict[str, tuple[_Key, float, int]] = {}
+        self.untracked = 0
+        self.expired = 0
+
+    def add(self, uuid: str, key: _Key, enqueued: float, retries: int) -> None:
+        entries = self.entries
+        if uuid not in entries and len(entries) >= self.cap:
+            self.untracked += 1
+            return
+        entries[uuid] = (key, enqueued, retries)
+
+    def started(self, uuid: str, attempt: int | None) -> tuple[_Key, float, int] | None:
+        """The task's ``attempt`` (its retries number; None when unknown) started: it stops waiting,
+        unless what waits is a later attempt whose task-sent overtook this task-started."""
+        entry = self.entries.get(uuid)
+        if entry is None or (attempt is not None and entry[2] > attempt):
+            return None
+        del self.entries[uuid]
+        return entry
+
+    def discard(self, uuid: str) -> None:
+        self.entries.pop(uuid, None)
+
+    def expire(self, now: float) -> int:
+        """Drop tasks held past ``max_age``: a task-started lost on the way, not a task still waiting."""
+        limit = now - self.max_age
+        old = [u for u, e in self.entries.items() if e[1] < limit]
+        for uuid in old:
+            del self.entries[uuid]
+        self.expired += len(old)
+        return len(old)
+
+    def oldest_by_queue(self) -> dict[str, float]:
+        """queue -> enqueued timestamp of its oldest waiting task."""
+        oldest: dict[str, float] = {}
+        for key, enqueued, _ in self.entries.values():
+            queue = key[1]
+            known = oldest.get(queue)
+            if known is None or enqueued < known:
+                oldest[queue] = enqueued
+        return oldest
+
+
+class RunningTasks:
+    """Tasks started and not finished: uuid -> (key, start of its oldest open attempt, worker)."""
+
+    __slots__ = ("cap", "entries", "untracked")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.entries: dict[str, tuple[_Key, float, str | None]] = {}
+        self.untracked = 0
+
+    def start(self, uuid: str, key: _Key, ts: float, worker: str | None) -> None:
+        entries = self.entries
+        entry = entries.get(uuid)
+        if entry is None:
+            if len(entries) >= self.cap:
+                self.untracked += 1
+                return
+            entries[uuid] = (key, ts, worker)
+        elif ts < entry[1] or worker != entry[2]:  # an overtaken earlier start stays the oldest
+            entries[uuid] = (key, min(ts, entry[1]), worker)
+
+    def next_attempt(self, uuid: str, start: float | None) -> None:
+        """The oldest open attempt ended; ``start`` is the next one's (None: none is open)."""
+        if start is None:
+            self.entries.pop(uuid, None)
+            return
+        entry = self.entries.get(uuid)
+        if entry is not None:
+            self.entries[uuid] = (entry[0], start, entry[2])
+
+    def discard(self, uuid: str) -> None:
+        self.entries.pop(uuid, None)
+
+    def lose_worker(self, worker: str) -> None:
+        """The worker is lost: its tasks stop counting (rare, so a scan is fine)."""
+        for uuid in [u for u, e in self.entries.items() if e[2] == worker]:
+            del self.entries[uuid]
+
+    def oldest_by_key(self) -> dict[_Key, float]:
+        oldest: dict[_Key, float] = {}
+        for key, start, _ in self.entries.values():
+            known = oldest.get(key)
+            if known is None or start < known:
+                oldest[key] = start
+        return oldest
+
+
+class HeadTracker:
+    """Since when the same message has sat at each end of a queue that is consumed next.
+
+    Fed by the Redis poller with ``{queue: {sub-list: task id}}`` once per poll (kombu LPUSHes and
+    BRPOPs, so a list's oldest message is at its tail). A message that stays at the tail for ``t``
+    seconds has waited at least ``t``: the lower bound served when producers send no task-sent events.
+    """
+
+    __slots__ = ("_seen", "limit")
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._seen: dict[tuple[str, int], tuple[str, float]] = {}
+
+    def update(self, heads: Mapping[str, Mapping[int, str]], now: float) -> dict[str, tuple[str, float]]:
+        """queue -> (task id, first seen at the head) of its longest-standing head message."""
+        seen: dict[tuple[str, int], tuple[str, float]] = {}
+        out: dict[str, tuple[str, float]] = {}
+        for queue, by_step in heads.items():
+            for step, task_id in by_step.items():
+                if len(seen) >= self.limit:
+                    break
+                slot = (queue, step)
+                old = self._seen.get(slot)
+                since = old[1] if old is not None and old[0] == task_id else now
+                seen[slot] = (task_id, since)
+                best = out.get(queue)
+                if best is None or since < best[1]:
+                    out[queue] = (task_id, since)
+        self._seen = seen  # a queue drained (no head) forgets its entry
+        return out
+
+
+def message_task_id(raw: Any) -> str | None:
+    """The task id in a kombu Redis message (its JSON ``headers.id``, protocol 2; ``properties
+    .correlation_id`` otherwise), or None when the message is not one."""
+    if raw is None:
+        return None
+    try:
+        message = json.loads(raw)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    if not isinstance(message, dict):
+        return None
+    for part, field in (("headers", "id"), ("properties", "correlation_id")):
+        section = message.get(part)
+        if isinstance(section, dict):
+            value = section.get(field)
+            if isinstance(value, str) and value and len(value) <= 255:
+                return value
+    return None
+
+
+def queues_union(*groups: Iterable[str]) -> list[str]:
+    names: dict[str, None] = {}
+    for group in groups:
+        names.update(dict.fromkeys(group))
+    return list(names)
