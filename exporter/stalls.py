@@ -2,8 +2,8 @@
 kind per task, and (for the Redis poller) how long the same message has sat at a queue's head.
 
 ``ClusterState`` owns one ``WaitingTasks`` and one ``RunningTasks`` and feeds them from its event handlers
-(it keeps the newest timestamps itself, under its series cap); ``HeadTracker`` is fed by the Redis poller. All are pure (time is passed in) and
-bounded:
+(it keeps the newest timestamps itself, under its series cap); ``HeadTracker`` is fed by the Redis
+poller. All are pure (time is passed in) and bounded:
 
 * ``WaitingTasks`` holds a task from its task-sent event until it starts or ends, keyed by uuid, so it
   survives the task table's LRU eviction under a backlog. At most ``cap`` tasks (``max_tracked_tasks``)

@@ -42,7 +42,6 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-from exporter.stalls import STAMPED_STATES, RunningTasks, WaitingTasks
 from exporter.records import (
     ATTEMPTS,
     D_FAILED,
@@ -91,6 +90,7 @@ from exporter.records import (
     retries_of,
     take_started_attempt,
 )
+from exporter.stalls import STAMPED_STATES, RunningTasks, WaitingTasks
 
 # The value types live in exporter.records; they are re-exported here, where their users look for them.
 __all__ = [
@@ -942,7 +942,8 @@ class ClusterState:
             oldest_waiting=self._waiting.oldest_by_queue(),
             oldest_running=self._run_ages.oldest_by_key(),
             last_events={k: v[:] for k, v in self._stamps.items()},
-            stall_untracked={"waiting_full": self._waiting.untracked, "waiting_expired": self._waiting.expired,
+            stall_untracked={"waiting_full": self._waiting.untracked,
+                             "waiting_expired": self._waiting.expired,
                              "running_full": self._run_ages.untracked},
         )
 
