@@ -7,10 +7,11 @@ poller. All are pure (time is passed in) and bounded:
 
 * ``WaitingTasks`` holds a task from its task-sent event until it starts or ends, keyed by uuid, so it
   survives the task table's LRU eviction under a backlog. At most ``cap`` tasks (``max_tracked_tasks``)
-  are held; past it, newly sent tasks are not tracked (``untracked`` counts them). Consumption is
-  roughly first-in first-out, so the tasks held are the oldest and the reported age stays exact while
-  any of them waits; once they have all started, it is a lower bound (it counts from tasks sent after
-  room came back). A task held longer than ``max_age`` is dropped (its task-started was lost).
+  are held in full; past it, one task in ``SAMPLE_STRIDE`` is sampled (up to ``cap // 4`` of them) and
+  the rest are only counted (``untracked``). Consumption is roughly first-in first-out, so the tasks
+  held are the oldest and the reported age stays exact while any of them waits; after that it is the
+  age of the oldest sampled task still waiting, a lower bound at most ``SAMPLE_STRIDE`` sends behind.
+  A task held longer than ``max_age`` is dropped (its task-started was lost).
 * ``RunningTasks`` holds a started task until its attempt ends or its worker is lost, independent of
   the task table, so one task running for hours while a million others flow past is still reported.
   Capped the same way.
@@ -22,57 +23,75 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from itertools import chain
 from typing import Any
 
 # Task event states whose newest timestamp is served (celery_task_last_event_timestamp_seconds).
 STAMPED_STATES = ("sent", "started", "succeeded", "failed", "retried")
+# Past WaitingTasks' cap, one sent task in this many is still tracked (as a sample).
+SAMPLE_STRIDE = 64
 _Key = tuple[str, str]
 
 
 class WaitingTasks:
     """Tasks sent and not yet started: uuid -> (key, enqueued timestamp, retries)."""
 
-    __slots__ = ("cap", "entries", "expired", "max_age", "untracked")
+    __slots__ = ("cap", "entries", "expired", "max_age", "sampled", "untracked")
 
     def __init__(self, cap: int, max_age: float) -> None:
         self.cap = cap
         self.max_age = max_age
         self.entries: dict[str, tuple[_Key, float, int]] = {}
+        self.sampled: dict[str, tuple[_Key, float, int]] = {}
         self.untracked = 0
         self.expired = 0
 
     def add(self, uuid: str, key: _Key, enqueued: float, retries: int) -> None:
         entries = self.entries
         if uuid not in entries and len(entries) >= self.cap:
+            sampled = self.sampled
+            if uuid in sampled:
+                sampled[uuid] = (key, enqueued, retries)
+                return
             self.untracked += 1
+            if self.untracked % SAMPLE_STRIDE == 0 and len(sampled) < self.cap // 4:
+                sampled[uuid] = (key, enqueued, retries)
             return
         entries[uuid] = (key, enqueued, retries)
 
     def started(self, uuid: str, attempt: int | None) -> tuple[_Key, float, int] | None:
         """The task's ``attempt`` (its retries number; None when unknown) started: it stops waiting,
         unless what waits is a later attempt whose task-sent overtook this task-started."""
-        entry = self.entries.get(uuid)
+        table = self.entries
+        entry = table.get(uuid)
+        if entry is None and self.sampled:
+            table = self.sampled
+            entry = table.get(uuid)
         if entry is None or (attempt is not None and entry[2] > attempt):
             return None
-        del self.entries[uuid]
+        del table[uuid]
         return entry
 
     def discard(self, uuid: str) -> None:
-        self.entries.pop(uuid, None)
+        if self.entries.pop(uuid, None) is None and self.sampled:
+            self.sampled.pop(uuid, None)
 
     def expire(self, now: float) -> int:
         """Drop tasks held past ``max_age``: a task-started lost on the way, not a task still waiting."""
         limit = now - self.max_age
-        old = [u for u, e in self.entries.items() if e[1] < limit]
-        for uuid in old:
-            del self.entries[uuid]
-        self.expired += len(old)
-        return len(old)
+        n = 0
+        for table in (self.entries, self.sampled):
+            old = [u for u, e in table.items() if e[1] < limit]
+            for uuid in old:
+                del table[uuid]
+            n += len(old)
+        self.expired += n
+        return n
 
     def oldest_by_queue(self) -> dict[str, float]:
         """queue -> enqueued timestamp of its oldest waiting task."""
         oldest: dict[str, float] = {}
-        for key, enqueued, _ in self.entries.values():
+        for key, enqueued, _ in chain(self.entries.values(), self.sampled.values()):
             queue = key[1]
             known = oldest.get(queue)
             if known is None or enqueued < known:

@@ -148,6 +148,20 @@ def test_a_task_waiting_under_a_backlog_keeps_its_wait_and_name_once_its_record_
     assert running_age(state, "app.b") == 5.0  # named from the waiting tracker
 
 
+def test_past_the_cap_a_sample_of_the_backlog_keeps_a_lower_bound() -> None:
+    clock = FakeClock(T0)
+    state = make(clock, max_tracked_tasks=100)
+    feed(state, *(sent(f"b{i}", "app.b", T0 + i) for i in range(1_000)))
+    clock.now = T0 + 2_000
+    assert queue_age(state, "celery") == 2_000.0  # b0: exact while a tracked (oldest) task waits
+    feed(state, *(started(f"b{i}", T0 + 1_500) for i in range(100)))
+    # The 100 held in full have started; 25 of the other 900 were sampled, one in SAMPLE_STRIDE (64):
+    # the oldest sample still waiting is b163 (the 64th untracked), the truth is b100.
+    assert queue_age(state, "celery") == 2_000.0 - 163
+    feed(state, *(started(f"b{i}", T0 + 1_600) for i in range(100, 1_000)))
+    assert queue_age(state, "celery") == 0.0
+
+
 def test_a_lost_worker_s_tasks_stop_counting_as_running() -> None:
     clock = FakeClock(T0)
     state = make(clock)

@@ -137,10 +137,12 @@ worker's `task-started`; a task a worker reserved but has not started still wait
   on quorum queues, could dead-letter the message).
 
 The value is 0 for a queue with no waiting task known (an empty queue). Waiting tasks are tracked by
-uuid apart from the task table, at most `--max-tracked-tasks` of them (default 100,000); past that,
-newly sent tasks are not tracked. Queues drain roughly first in, first out, so the tasks tracked are the
-oldest: under a backlog of 1,000,000 the value stays exact while any of the 100,000 oldest still waits,
-then becomes a lower bound (it counts from the tasks sent after room came back). A task tracked for
+uuid apart from the task table, at most `--max-tracked-tasks` of them (default 100,000); past that, one
+newly sent task in 64 is kept as a sample (at most a quarter of `--max-tracked-tasks` samples) and the
+rest are only counted. Queues drain roughly first in, first out, so the tasks tracked are the oldest:
+under a backlog of 1,000,000 the value stays exact while any of the 100,000 oldest still waits, then
+becomes a lower bound, the age of the oldest sample still waiting (at most 64 sends behind the truth
+while samples last). A task tracked for
 longer than `--task-max-age` is dropped (its `task-started` was lost). Events missed while the event
 stream was disconnected can leave a started task counted as waiting until then; the alert
 `CeleryQueueOldestTaskTooOld` is gated on a connected stream. `benchmarks/backlog_bench.py` measures the
