@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.brokers.model import PollResult, QueueDepth
+from exporter.brokers.model import PollResult, QueueDepth, Rules
 from exporter.brokers.scheduler import SourceView
 from exporter.collectors.stalls import StallCollector
 from exporter.config import state_settings
@@ -269,3 +269,23 @@ def test_the_periodic_task_example_rule_passes_its_promtool_tests() -> None:
         result = subprocess.run([promtool, *args], capture_output=True, text=True, cwd=examples, timeout=120,
                                 check=False)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_redis_plan_peeks_the_consumed_end_of_each_task_list_and_the_poller_tracks_it() -> None:
+    from exporter.brokers.redis.keys import RedisLayout, RedisSettings, index_keys, make_plan, redis_result
+
+    sep = "\x06\x16"
+    cfg = RedisSettings(layout=RedisLayout(), rules=Rules(), queue_names=("celery",), peek_heads=True)
+    index = index_keys(["celery", f"celery{sep}9"], cfg.layout)
+    plan = make_plan(index, [0], cfg, seen=(), remembered={}, truncated=False)
+    assert plan.commands == [
+        ("LLEN", "celery"), ("LINDEX", "celery", -1), ("LLEN", f"celery{sep}3"), ("LLEN", f"celery{sep}6"),
+        ("LLEN", f"celery{sep}9"), ("LINDEX", f"celery{sep}9", -1),
+    ]
+    message = json.dumps({"headers": {"id": "t-1", "task": "app.a"}, "properties": {}, "body": ""}).encode()
+    starving = json.dumps({"headers": {"id": "t-9"}, "properties": {}, "body": ""}).encode()
+    result, _ = redis_result(plan, [3, message, 0, 0, 1, starving], "timestamp")
+    assert result.queues == {"celery": QueueDepth(4.0)}
+    assert result.head_ids == {"celery": {0: "t-1", 9: "t-9"}}
+    empty, _ = redis_result(plan, [0, None, 0, 0, 0, None], "timestamp")
+    assert empty.head_ids == {}
