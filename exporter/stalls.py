@@ -34,21 +34,25 @@ _Key = tuple[str, str]
 
 
 class WaitingTasks:
-    """Tasks sent and not yet started: uuid -> (key, enqueued timestamp, retries)."""
+    """Tasks sent and not yet started: uuid -> enqueued timestamp, label key and retries (only when not 0).
 
-    __slots__ = ("cap", "entries", "expired", "max_age", "sampled", "untracked")
+    Parallel dicts of shared or atomic values rather than a tuple per task: a tuple per waiting task is a
+    new GC-tracked object surviving young collections (see ``records.FinishedTasks``)."""
+
+    __slots__ = ("cap", "expired", "keys", "max_age", "retries", "sampled", "ts", "untracked")
 
     def __init__(self, cap: int, max_age: float) -> None:
         self.cap = cap
         self.max_age = max_age
-        self.entries: dict[str, tuple[_Key, float, int]] = {}
-        self.sampled: dict[str, tuple[_Key, float, int]] = {}
+        self.ts: dict[str, float] = {}
+        self.keys: dict[str, _Key] = {}
+        self.retries: dict[str, int] = {}
+        self.sampled: dict[str, tuple[_Key, float, int]] = {}  # past the cap: one task in SAMPLE_STRIDE
         self.untracked = 0
         self.expired = 0
 
     def add(self, uuid: str, key: _Key, enqueued: float, retries: int) -> None:
-        entries = self.entries
-        if uuid not in entries and len(entries) >= self.cap:
+        if uuid not in self.ts and len(self.ts) >= self.cap:
             sampled = self.sampled
             if uuid in sampled:
                 sampled[uuid] = (key, enqueued, retries)
@@ -57,41 +61,56 @@ class WaitingTasks:
             if self.untracked % SAMPLE_STRIDE == 0 and len(sampled) < self.cap // 4:
                 sampled[uuid] = (key, enqueued, retries)
             return
-        entries[uuid] = (key, enqueued, retries)
+        self.ts[uuid] = enqueued
+        self.keys[uuid] = key
+        if retries:
+            self.retries[uuid] = retries
+        elif self.retries:
+            self.retries.pop(uuid, None)
 
-    def started(self, uuid: str, attempt: int | None) -> tuple[_Key, float, int] | None:
+    def started(self, uuid: str, attempt: int | None) -> _Key | None:
         """The task's ``attempt`` (its retries number; None when unknown) started: it stops waiting,
-        unless what waits is a later attempt whose task-sent overtook this task-started."""
-        table = self.entries
-        entry = table.get(uuid)
-        if entry is None and self.sampled:
-            table = self.sampled
-            entry = table.get(uuid)
+        unless what waits is a later attempt whose task-sent overtook this task-started. Returns the
+        task's key if it stopped waiting."""
+        if uuid in self.ts:
+            if attempt is not None and self.retries.get(uuid, 0) > attempt:
+                return None
+            del self.ts[uuid]
+            self.retries.pop(uuid, None)
+            return self.keys.pop(uuid)
+        entry = self.sampled.get(uuid) if self.sampled else None
         if entry is None or (attempt is not None and entry[2] > attempt):
             return None
-        del table[uuid]
-        return entry
+        del self.sampled[uuid]
+        return entry[0]
 
     def discard(self, uuid: str) -> None:
-        if self.entries.pop(uuid, None) is None and self.sampled:
+        if self.ts.pop(uuid, None) is not None:
+            del self.keys[uuid]
+            if self.retries:
+                self.retries.pop(uuid, None)
+        elif self.sampled:
             self.sampled.pop(uuid, None)
 
     def expire(self, now: float) -> int:
         """Drop tasks held past ``max_age``: a task-started lost on the way, not a task still waiting."""
         limit = now - self.max_age
-        n = 0
-        for table in (self.entries, self.sampled):
-            old = [u for u, e in table.items() if e[1] < limit]
-            for uuid in old:
-                del table[uuid]
-            n += len(old)
-        self.expired += n
-        return n
+        old = [u for u, t in self.ts.items() if t < limit]
+        for uuid in old:
+            self.discard(uuid)
+        stale = [u for u, e in self.sampled.items() if e[1] < limit]
+        for uuid in stale:
+            del self.sampled[uuid]
+        self.expired += len(old) + len(stale)
+        return len(old) + len(stale)
 
     def oldest_by_queue(self) -> dict[str, float]:
         """queue -> enqueued timestamp of its oldest waiting task."""
         oldest: dict[str, float] = {}
-        for key, enqueued, _ in chain(self.entries.values(), self.sampled.values()):
+        keys = self.keys
+        pairs = chain(((keys[u], t) for u, t in self.ts.items()),
+                      ((e[0], e[1]) for e in self.sampled.values()))
+        for key, enqueued in pairs:
             queue = key[1]
             known = oldest.get(queue)
             if known is None or enqueued < known:
@@ -100,46 +119,51 @@ class WaitingTasks:
 
 
 class RunningTasks:
-    """Tasks started and not finished: uuid -> (key, start of its oldest open attempt, worker)."""
+    """Tasks started and not finished: uuid -> start of its oldest open attempt, label key, worker
+    (parallel dicts, as in WaitingTasks)."""
 
-    __slots__ = ("cap", "entries", "untracked")
+    __slots__ = ("cap", "hosts", "keys", "starts", "untracked")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self.entries: dict[str, tuple[_Key, float, str | None]] = {}
+        self.starts: dict[str, float] = {}
+        self.keys: dict[str, _Key] = {}
+        self.hosts: dict[str, str | None] = {}
         self.untracked = 0
 
     def start(self, uuid: str, key: _Key, ts: float, worker: str | None) -> None:
-        entries = self.entries
-        entry = entries.get(uuid)
-        if entry is None:
-            if len(entries) >= self.cap:
+        known = self.starts.get(uuid)
+        if known is None:
+            if len(self.starts) >= self.cap:
                 self.untracked += 1
                 return
-            entries[uuid] = (key, ts, worker)
-        elif ts < entry[1] or worker != entry[2]:  # an overtaken earlier start stays the oldest
-            entries[uuid] = (key, min(ts, entry[1]), worker)
+        elif known <= ts:  # an overtaken earlier start stays the oldest
+            ts = known
+        self.starts[uuid] = ts
+        self.keys[uuid] = key
+        self.hosts[uuid] = worker
 
     def next_attempt(self, uuid: str, start: float | None) -> None:
         """The oldest open attempt ended; ``start`` is the next one's (None: none is open)."""
         if start is None:
-            self.entries.pop(uuid, None)
-            return
-        entry = self.entries.get(uuid)
-        if entry is not None:
-            self.entries[uuid] = (entry[0], start, entry[2])
+            self.discard(uuid)
+        elif uuid in self.starts:
+            self.starts[uuid] = start
 
     def discard(self, uuid: str) -> None:
-        self.entries.pop(uuid, None)
+        if self.starts.pop(uuid, None) is not None:
+            del self.keys[uuid], self.hosts[uuid]
 
     def lose_worker(self, worker: str) -> None:
         """The worker is lost: its tasks stop counting (rare, so a scan is fine)."""
-        for uuid in [u for u, e in self.entries.items() if e[2] == worker]:
-            del self.entries[uuid]
+        for uuid in [u for u, h in self.hosts.items() if h == worker]:
+            self.discard(uuid)
 
     def oldest_by_key(self) -> dict[_Key, float]:
         oldest: dict[_Key, float] = {}
-        for key, start, _ in self.entries.values():
+        keys = self.keys
+        for uuid, start in self.starts.items():
+            key = keys[uuid]
             known = oldest.get(key)
             if known is None or start < known:
                 oldest[key] = start
