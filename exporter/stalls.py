@@ -15,14 +15,16 @@ poller. All are pure (time is passed in) and bounded:
 * ``RunningTasks`` holds a started task until its attempt ends or its worker is lost, independent of
   the task table, so one task running for hours while a million others flow past is still reported.
   Capped the same way.
-* The per-queue and per-name minima are computed when a snapshot is taken (one pass over at most
-  ``cap`` entries), not on the event path, which pays a dict store and a dict pop per task.
+* The trackers hold one float per task; labels (and the worker) are read from the task table, or, for a
+  record the table evicted, from ClusterState's orphan map. The per-queue and per-name minima are
+  computed when a snapshot is taken (one pass over at most ``cap`` entries), not on the event path,
+  which pays a dict store and a dict pop per task and tracker.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from itertools import chain
 from typing import Any
 
@@ -33,84 +35,80 @@ SAMPLE_STRIDE = 64
 _Key = tuple[str, str]
 
 
+# How a tracker finds a task's label key (and worker): from the task table, or from the orphan map when
+# the table evicted the record (ClusterState._stall_key).
+KeyOf = Callable[[str], "_Key | None"]
+
+
 class WaitingTasks:
-    """Tasks sent and not yet started: uuid -> enqueued timestamp, label key and retries (only when not 0).
+    """Tasks sent and not yet started: uuid -> enqueued timestamp (and retries, only when not 0).
 
-    Parallel dicts of shared or atomic values rather than a tuple per task: a tuple per waiting task is a
-    new GC-tracked object surviving young collections (see ``records.FinishedTasks``)."""
+    One float per task: its labels are read from the task table when a snapshot is taken, not copied
+    here, so tracking costs the event path one dict store and one pop per task."""
 
-    __slots__ = ("cap", "expired", "keys", "max_age", "retries", "sampled", "ts", "untracked")
+    __slots__ = ("cap", "expired", "max_age", "retries", "sampled", "ts", "untracked")
 
     def __init__(self, cap: int, max_age: float) -> None:
         self.cap = cap
         self.max_age = max_age
         self.ts: dict[str, float] = {}
-        self.keys: dict[str, _Key] = {}
         self.retries: dict[str, int] = {}
-        self.sampled: dict[str, tuple[_Key, float, int]] = {}  # past the cap: one task in SAMPLE_STRIDE
+        self.sampled: dict[str, float] = {}  # past the cap: one task in SAMPLE_STRIDE
         self.untracked = 0
         self.expired = 0
 
-    def add(self, uuid: str, key: _Key, enqueued: float, retries: int) -> None:
+    def add(self, uuid: str, enqueued: float, retries: int) -> None:
         if uuid not in self.ts and len(self.ts) >= self.cap:
             sampled = self.sampled
-            if uuid in sampled:
-                sampled[uuid] = (key, enqueued, retries)
-                return
-            self.untracked += 1
-            if self.untracked % SAMPLE_STRIDE == 0 and len(sampled) < self.cap // 4:
-                sampled[uuid] = (key, enqueued, retries)
-            return
-        self.ts[uuid] = enqueued
-        self.keys[uuid] = key
+            if uuid not in sampled:
+                self.untracked += 1
+                if self.untracked % SAMPLE_STRIDE or len(sampled) >= self.cap // 4:
+                    return
+            sampled[uuid] = enqueued
+        else:
+            self.ts[uuid] = enqueued
         if retries:
             self.retries[uuid] = retries
         elif self.retries:
             self.retries.pop(uuid, None)
 
-    def started(self, uuid: str, attempt: int | None) -> _Key | None:
+    def started(self, uuid: str, attempt: int | None) -> bool:
         """The task's ``attempt`` (its retries number; None when unknown) started: it stops waiting,
-        unless what waits is a later attempt whose task-sent overtook this task-started. Returns the
-        task's key if it stopped waiting."""
-        if uuid in self.ts:
-            if attempt is not None and self.retries.get(uuid, 0) > attempt:
-                return None
-            del self.ts[uuid]
+        unless what waits is a later attempt whose task-sent overtook this task-started. Returns whether
+        it stopped waiting."""
+        if attempt is not None and self.retries.get(uuid, 0) > attempt:
+            return False
+        if self.ts.pop(uuid, None) is None and (not self.sampled or self.sampled.pop(uuid, None) is None):
+            return False
+        if self.retries:
             self.retries.pop(uuid, None)
-            return self.keys.pop(uuid)
-        entry = self.sampled.get(uuid) if self.sampled else None
-        if entry is None or (attempt is not None and entry[2] > attempt):
-            return None
-        del self.sampled[uuid]
-        return entry[0]
+        return True
 
     def discard(self, uuid: str) -> None:
-        if self.ts.pop(uuid, None) is not None:
-            del self.keys[uuid]
-            if self.retries:
-                self.retries.pop(uuid, None)
-        elif self.sampled:
+        if self.ts.pop(uuid, None) is None and self.sampled:
             self.sampled.pop(uuid, None)
+        if self.retries:
+            self.retries.pop(uuid, None)
 
-    def expire(self, now: float) -> int:
-        """Drop tasks held past ``max_age``: a task-started lost on the way, not a task still waiting."""
+    def __contains__(self, uuid: str) -> bool:
+        return uuid in self.ts or uuid in self.sampled
+
+    def expire(self, now: float) -> list[str]:
+        """Drop tasks held past ``max_age`` (a task-started lost on the way); returns their uuids."""
         limit = now - self.max_age
-        old = [u for u, t in self.ts.items() if t < limit]
+        old = [u for u, t in chain(self.ts.items(), self.sampled.items()) if t < limit]
         for uuid in old:
             self.discard(uuid)
-        stale = [u for u, e in self.sampled.items() if e[1] < limit]
-        for uuid in stale:
-            del self.sampled[uuid]
-        self.expired += len(old) + len(stale)
-        return len(old) + len(stale)
+        self.expired += len(old)
+        return old
 
-    def oldest_by_queue(self) -> dict[str, float]:
+    def oldest_by_queue(self, key_of: KeyOf) -> dict[str, float]:
         """queue -> enqueued timestamp of its oldest waiting task."""
         oldest: dict[str, float] = {}
-        keys = self.keys
-        pairs = chain(((keys[u], t) for u, t in self.ts.items()),
-                      ((e[0], e[1]) for e in self.sampled.values()))
-        for key, enqueued in pairs:
+        for uuid, enqueued in chain(self.ts.items(), self.sampled.items()):
+            key = key_of(uuid)
+            if key is None:
+                continue
             queue = key[1]
             known = oldest.get(queue)
             if known is None or enqueued < known:
@@ -119,51 +117,39 @@ class WaitingTasks:
 
 
 class RunningTasks:
-    """Tasks started and not finished: uuid -> start of its oldest open attempt, label key, worker
-    (parallel dicts, as in WaitingTasks)."""
+    """Tasks started and not finished: uuid -> start of the oldest open attempt (labels and worker are
+    read from the task table, as in WaitingTasks)."""
 
-    __slots__ = ("cap", "hosts", "keys", "starts", "untracked")
+    __slots__ = ("cap", "starts", "untracked")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.starts: dict[str, float] = {}
-        self.keys: dict[str, _Key] = {}
-        self.hosts: dict[str, str | None] = {}
         self.untracked = 0
 
-    def start(self, uuid: str, key: _Key, ts: float, worker: str | None) -> None:
+    def start(self, uuid: str, ts: float) -> None:
         known = self.starts.get(uuid)
         if known is None:
             if len(self.starts) >= self.cap:
                 self.untracked += 1
                 return
         elif known <= ts:  # an overtaken earlier start stays the oldest
-            ts = known
+            return
         self.starts[uuid] = ts
-        self.keys[uuid] = key
-        self.hosts[uuid] = worker
 
     def next_attempt(self, uuid: str, start: float | None) -> None:
         """The oldest open attempt ended; ``start`` is the next one's (None: none is open)."""
         if start is None:
-            self.discard(uuid)
+            self.starts.pop(uuid, None)
         elif uuid in self.starts:
             self.starts[uuid] = start
 
-    def discard(self, uuid: str) -> None:
-        if self.starts.pop(uuid, None) is not None:
-            del self.keys[uuid], self.hosts[uuid]
-
-    def lose_worker(self, worker: str) -> None:
-        """The worker is lost: its tasks stop counting (rare, so a scan is fine)."""
-        for uuid in [u for u, h in self.hosts.items() if h == worker]:
-            self.discard(uuid)
-
-    def oldest_by_key(self) -> dict[_Key, float]:
+    def oldest_by_key(self, key_of: KeyOf) -> dict[_Key, float]:
         oldest: dict[_Key, float] = {}
-        keys = self.keys
         for uuid, start in self.starts.items():
-            key = keys[uuid]
+            key = key_of(uuid)
+            if key is None:
+                continue
             known = oldest.get(key)
             if known is None or start < known:
                 oldest[key] = start

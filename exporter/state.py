@@ -190,10 +190,10 @@ class ClusterState:
         self._waiting = WaitingTasks(s.max_tracked_tasks, s.task_max_age)
         self._run_ages = RunningTasks(s.max_tracked_tasks)
         # Their dicts, for the common cases inlined in the handlers (a method call per event cost ~5%).
-        self._wait_ts, self._wait_keys = self._waiting.ts, self._waiting.keys
-        self._run_starts, self._run_keys, self._run_hosts = self._run_ages.starts, self._run_ages.keys, \
-            self._run_ages.hosts
+        self._wait_ts, self._run_starts = self._waiting.ts, self._run_ages.starts
         self._stall_cap = s.max_tracked_tasks
+        # uuid -> (key, worker) of tracked tasks whose record the task table evicted.
+        self._orphans: dict[str, tuple[_Key, str | None]] = {}
         self._waiting_checked = 0.0
         # (task_name, queue) -> newest timestamp per STAMPED_STATES (0.0: no series yet).
         self._stamps: dict[_Key, list[float]] = {}
@@ -261,7 +261,9 @@ class ClusterState:
         self._evict_aged(now)
         if now - self._waiting_checked >= 60.0:  # a full pass, so not every tick
             self._waiting_checked = now
-            self._waiting.expire(now)
+            for uuid in self._waiting.expire(now):
+                if uuid not in self._run_starts:
+                    self._orphans.pop(uuid, None)
 
     def _newest_touch(self, hostname: str) -> float:
         tasks = self._tasks
@@ -411,8 +413,9 @@ class ClusterState:
         tasks = self._tasks
         entry = tasks[uuid] = (key, (), (), 0, None, now, held)
         if len(tasks) > self.settings.max_tracked_tasks:
-            _, old = tasks.popitem(last=False)
+            gone, old = tasks.popitem(last=False)
             self._forget(old)
+            self._orphan(gone, old)
             self.evicted["capacity"] += 1
         else:
             self._evict_aged(now)
@@ -428,6 +431,7 @@ class ClusterState:
                 break
             del tasks[uuid]
             self._forget(oldest, uuid)
+            self._orphan(uuid, oldest)
             self.evicted["age"] += 1
 
     def _forget(self, entry: TaskEntry, uuid: str | None = None) -> None:
@@ -465,8 +469,9 @@ class ClusterState:
         del self._tasks[uuid]
         if uuid in self._wait_ts or self._waiting.sampled:
             self._waiting.discard(uuid)
-        if self._run_starts.pop(uuid, None) is not None:
-            del self._run_keys[uuid], self._run_hosts[uuid]
+        self._run_starts.pop(uuid, None)
+        if self._orphans:
+            self._orphans.pop(uuid, None)
         self._finished.remember(uuid, key, bit, starts, ts)
 
     @staticmethod
@@ -546,10 +551,9 @@ class ClusterState:
         if not rec[STARTS] or n > rec[RETRIES]:  # else this attempt started before its task-sent came
             enqueued = eta if eta is not None and eta > ts else ts
             if n or len(self._wait_ts) >= self._stall_cap:
-                self._waiting.add(uuid, key, enqueued, n)
+                self._waiting.add(uuid, enqueued, n)
             else:
                 self._wait_ts[uuid] = enqueued
-                self._wait_keys[uuid] = key
         self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None)
         self.counters[key][SENT] += 1
         stamps = self._stamps.get(key)
@@ -633,15 +637,34 @@ class ClusterState:
         finished): the waiting and running trackers, which outlive the table, still follow it."""
         etype = ev["type"]
         if etype == "task-started":
-            key = self._waiting.started(uuid, None)
-            if key is not None:
+            orphan = self._orphans.get(uuid)
+            if orphan is not None and self._waiting.started(uuid, None):
                 host = ev.get("hostname")
-                self._run_ages.start(uuid, key, ts, label_value(host) if host.__class__ is str else None)
+                self._orphans[uuid] = (orphan[0], label_value(host) if host.__class__ is str else None)
+                self._run_ages.start(uuid, ts)
         elif etype == "task-retried":
-            self._run_ages.discard(uuid)
+            self._unrun_stall(uuid)
         elif etype != "task-rejected" or ev.get("requeue") is False:
             self._waiting.discard(uuid)
-            self._run_ages.discard(uuid)
+            self._run_starts.pop(uuid, None)
+            self._orphans.pop(uuid, None)
+
+    def _unrun_stall(self, uuid: str) -> None:
+        self._run_starts.pop(uuid, None)
+        if self._orphans and uuid not in self._waiting:
+            self._orphans.pop(uuid, None)
+
+    def _orphan(self, uuid: str, entry: TaskEntry) -> None:
+        """The task table evicted ``entry``: if a tracker still follows the task, keep its labels."""
+        if entry[HELD] is None and (uuid in self._run_starts or uuid in self._waiting):
+            self._orphans[uuid] = (entry[K], entry[WORKER])
+
+    def _stall_key(self, uuid: str) -> _Key | None:
+        rec = self._tasks.get(uuid)
+        if rec is not None and rec[HELD] is None:
+            return rec[K]
+        orphan = self._orphans.get(uuid)
+        return orphan[0] if orphan is not None else None
 
     def _after_end(self, uuid: str, done: Done, handler: _Nameless, ev: _Ev, ts: float) -> None:
         """An event of a finished task: a repeat changes nothing but a self-metric, a late one of an
@@ -718,7 +741,7 @@ class ClusterState:
         att, attempts = take_started_attempt(rec[ATTEMPTS])
         wait_ts = self._wait_ts
         if uuid in wait_ts and not self._waiting.retries:  # the common case, inlined
-            del wait_ts[uuid], self._wait_keys[uuid]
+            del wait_ts[uuid]
         elif uuid in wait_ts or self._waiting.sampled:
             self._waiting.started(uuid, att[0] if att is not None else None)
         if att is not None:
@@ -754,10 +777,8 @@ class ClusterState:
         run = self._run_starts
         if uuid not in run and len(run) < self._stall_cap:
             run[uuid] = starts[0]
-            self._run_keys[uuid] = key
-            self._run_hosts[uuid] = host
         else:
-            self._run_ages.start(uuid, key, starts[0], host)
+            self._run_ages.start(uuid, starts[0])
         self._tasks[uuid] = (key, attempts, starts, rec[RETRIES], host, now, None)
 
     def _runtime(self, value: Any) -> float | None:
@@ -874,7 +895,7 @@ class ClusterState:
     def _lose(self, uuid: str) -> None:
         """A started task whose worker is gone (or no longer runs it): not active any more, counted in
         celery_task_lost_total. Its record stays, so a later event for it still counts normally."""
-        self._run_ages.discard(uuid)
+        self._unrun_stall(uuid)
         rec = self._tasks.get(uuid)
         if rec is None or rec[HELD] is not None or not rec[STARTS]:
             return
@@ -886,7 +907,8 @@ class ClusterState:
         self._tasks[uuid] = (key, rec[ATTEMPTS], (), rec[RETRIES], None, rec[TOUCHED], None)
 
     def _lose_worker(self, hostname: str) -> None:
-        self._run_ages.lose_worker(hostname)
+        for uuid in [u for u, (_, host) in self._orphans.items() if host == hostname]:
+            self._unrun_stall(uuid)  # evicted from the table, so not in _running: found here
         for uuid in list(self._running.get(hostname, ())):
             self._lose(uuid)
         self._running.pop(hostname, None)
@@ -994,8 +1016,8 @@ class ClusterState:
             revoked=dict(self.revoked),
             ignored=dict(self.ignored),
             unnamed_tasks=self.unnamed_tasks,
-            oldest_waiting=self._waiting.oldest_by_queue(),
-            oldest_running=self._run_ages.oldest_by_key(),
+            oldest_waiting=self._waiting.oldest_by_queue(self._stall_key),
+            oldest_running=self._run_ages.oldest_by_key(self._stall_key),
             last_events={k: v[:] for k, v in self._stamps.items()},
             stall_untracked={"waiting_full": self._waiting.untracked,
                              "waiting_expired": self._waiting.expired,
