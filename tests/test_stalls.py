@@ -173,6 +173,20 @@ def test_a_lost_worker_s_tasks_stop_counting_as_running() -> None:
     assert running_age(state, "app.l") is None
 
 
+def test_a_lost_worker_s_long_task_stops_counting_even_once_evicted_from_the_table() -> None:
+    clock = FakeClock(T0)
+    state = make(clock, max_tracked_tasks=10, max_finished_tasks=10)
+    feed(state, heartbeat("celery@w1", T0, active=1, type_="worker-online"),
+         sent("long", "app.long", T0), received("long", "app.long", T0), started("long", T0 + 1))
+    for i in range(50):  # on another worker: the table evicts long's record
+        feed(state, sent(f"s{i}", "app.s", T0 + 2), ev("task-started", T0 + 2, hostname="celery@w2", uuid=f"s{i}"))
+    clock.advance(100)
+    assert running_age(state, "app.long") == 99.0
+    feed(state, ev("worker-offline", T0 + 100, hostname="celery@w1"))
+    assert running_age(state, "app.long") is None
+    assert running_age(state, "app.s") == 98.0  # w2's tasks still run
+
+
 def test_a_silent_worker_s_tasks_stop_counting_after_the_worker_timeout() -> None:
     clock = FakeClock(T0)
     state = make(clock, worker_timeout=60.0)
