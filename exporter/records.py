@@ -267,6 +267,13 @@ class Snapshot:
     revoked: dict[tuple[str, str, str], int] = field(default_factory=dict)
     ignored: dict[str, int] = field(default_factory=dict)
     unnamed_tasks: int = 0
+    # The stall signals (exporter.stalls): queue -> enqueued timestamp of its oldest waiting task,
+    # (task_name, queue) -> start of its oldest running task, (task_name, queue) -> newest timestamp per
+    # STAMPED_STATES (0.0: none), and tasks not tracked because a tracker was full.
+    oldest_waiting: dict[str, float] = field(default_factory=dict)
+    oldest_running: dict[tuple[str, str], float] = field(default_factory=dict)
+    last_events: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    stall_untracked: dict[str, int] = field(default_factory=dict)
 
 
 def exception_class(text: Any, traceback: Any = None) -> str:

@@ -91,6 +91,7 @@ from exporter.records import (
     retries_of,
     take_started_attempt,
 )
+from exporter.stalls import STAMPED_STATES, RunningTasks, WaitingTasks
 
 # The value types live in exporter.records; they are re-exported here, where their users look for them.
 __all__ = [
@@ -189,6 +190,17 @@ class ClusterState:
         self.evicted: dict[str, int] = {"capacity": 0, "age": 0}
         self.workers_purged = 0
         self.last_event_ts: float | None = None
+        # The stall signals (exporter.stalls): waiting and running tasks outlive the task table's LRU.
+        self._waiting = WaitingTasks(s.max_tracked_tasks, s.task_max_age)
+        self._run_ages = RunningTasks(s.max_tracked_tasks)
+        # Their dicts, for the common cases inlined in the handlers (a method call per event cost ~5%).
+        self._wait_ts, self._run_starts = self._waiting.ts, self._run_ages.starts
+        self._stall_cap = s.max_tracked_tasks
+        # uuid -> (key, worker) of tracked tasks whose record the task table evicted.
+        self._orphans: dict[str, tuple[_Key, str | None]] = {}
+        self._waiting_checked = 0.0
+        # (task_name, queue) -> newest timestamp per STAMPED_STATES (0.0: no series yet).
+        self._stamps: dict[_Key, list[float]] = {}
         # Handlers of the events that carry no name: (uuid, live record or None once finished, key,
         # event, timestamp), reached through _task_event (bound with partial: no lookup per event).
         nameless: dict[str, _Nameless] = {
@@ -252,6 +264,11 @@ class ClusterState:
         self.workers_purged += len(gone)
         self._release_held(now)
         self._evict_aged(now)
+        if now - self._waiting_checked >= 60.0:  # a full pass, so not every tick
+            self._waiting_checked = now
+            for uuid in self._waiting.expire(now):
+                if uuid not in self._run_starts:
+                    self._orphans.pop(uuid, None)
 
     def _newest_touch(self, hostname: str) -> float:
         tasks = self._tasks
@@ -358,6 +375,24 @@ class ClusterState:
                 self._route_cache[name] = queue
         return queue
 
+    def _stamp(self, key: _Key, i: int, ts: float) -> None:
+        """Newest event timestamp of kind ``STAMPED_STATES[i]`` for ``key``; a new series must fit under
+        ``max_series`` (else it folds into the overflow key). The handlers inline the common case, a
+        slot already set."""
+        stamps = self._stamps.get(key)
+        if stamps is None or stamps[i] == 0.0:
+            stamps = self._stamp_slot(key, i)
+        if ts > stamps[i]:
+            stamps[i] = ts
+
+    def _stamp_slot(self, key: _Key, i: int) -> list[float]:
+        if not self._room(1):
+            key = _OVERFLOW_KEY
+        stamps = self._stamps.get(key)
+        if stamps is None:
+            stamps = self._stamps[key] = [0.0] * len(STAMPED_STATES)
+        return stamps
+
     def _exception(self, text: Any, traceback: Any = None) -> str:
         exc = exception_class(text, traceback)
         if exc not in self._exceptions:
@@ -385,6 +420,7 @@ class ClusterState:
         if len(tasks) > self.settings.max_tracked_tasks:
             old_uuid, old = tasks.popitem(last=False)
             self._forget(old, old_uuid)
+            self._orphan(old_uuid, old)
             self.evicted["capacity"] += 1
         else:
             self._evict_aged(now)
@@ -400,6 +436,7 @@ class ClusterState:
                 break
             del tasks[uuid]
             self._forget(oldest, uuid)
+            self._orphan(uuid, oldest)
             self.evicted["age"] += 1
 
     def _forget(self, entry: TaskEntry, uuid: str | None = None) -> None:
@@ -431,6 +468,11 @@ class ClusterState:
                     if not running:
                         del self._running[worker]
         del self._tasks[uuid]
+        if uuid in self._wait_ts or self._waiting.sampled:
+            self._waiting.discard(uuid)
+        self._run_starts.pop(uuid, None)
+        if self._orphans:
+            self._orphans.pop(uuid, None)
         self._finished.remember(uuid, key, bit, starts, ts)
 
     @staticmethod
@@ -472,6 +514,11 @@ class ClusterState:
             self._learn_route(ev.get("name"), sent_key)
         if uuid is None:
             self.counters[sent_key][SENT] += 1
+            stamps = self._stamps.get(sent_key)
+            if stamps is None or not stamps[0]:
+                self._stamp(sent_key, 0, ts)
+            elif ts > stamps[0]:
+                stamps[0] = ts
             return
         if rec is None:
             fin = self._finished  # FinishedTasks.get, its miss inlined: every task's task-sent misses
@@ -481,6 +528,11 @@ class ClusterState:
                 # rest of the task, no record reopened.
                 key = done[0] if done[0][0] != UNKNOWN_TASK else sent_key
                 self.counters[key][SENT] += 1
+                stamps = self._stamps.get(key)
+                if stamps is None or not stamps[0]:
+                    self._stamp(key, 0, ts)
+                elif ts > stamps[0]:
+                    stamps[0] = ts
                 return
             if sent_key[0] == UNKNOWN_TASK:
                 self.unnamed_tasks += 1
@@ -497,11 +549,23 @@ class ClusterState:
             rec, held = self._adopt(uuid, rec, key, now)
         n = retries_of(ev.get("retries"))
         attempts, i = attempt_index(rec[ATTEMPTS], n)
+        eta = parse_eta(ev.get("eta"))
         if i >= 0:
             att = attempts[i]
-            attempts = replace_attempt(attempts, i, (att[0], ts, parse_eta(ev.get("eta")), att[3]))
+            attempts = replace_attempt(attempts, i, (att[0], ts, eta, att[3]))
+        if not rec[STARTS] or n > rec[RETRIES]:  # else this attempt started before its task-sent came
+            enqueued = eta if eta is not None and eta > ts else ts
+            if n or len(self._wait_ts) >= self._stall_cap:
+                self._waiting.add(uuid, enqueued, n)
+            else:
+                self._wait_ts[uuid] = enqueued
         self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None)
         self.counters[key][SENT] += 1
+        stamps = self._stamps.get(key)
+        if stamps is None or not stamps[0]:
+            self._stamp(key, 0, ts)
+        elif ts > stamps[0]:
+            stamps[0] = ts
         if held:
             self._replay(held)
 
@@ -568,11 +632,46 @@ class ClusterState:
             else:
                 self._hold(uuid, rec, ev, ts)
             return
+        self._unrecorded(uuid, ev, ts)
         done = self._finished.get(uuid)
         if done is None:
             self._hold(uuid, None, ev, ts)
         else:
             self._after_end(uuid, done, handler, ev, ts)
+
+    def _unrecorded(self, uuid: str, ev: _Ev, ts: float) -> None:
+        """An event of a task out of the task table (evicted while it waited under a backlog, or already
+        finished): the waiting and running trackers, which outlive the table, still follow it."""
+        etype = ev["type"]
+        if etype == "task-started":
+            orphan = self._orphans.get(uuid)
+            if orphan is not None and self._waiting.started(uuid, None):
+                host = ev.get("hostname")
+                self._orphans[uuid] = (orphan[0], label_value(host) if host.__class__ is str else None)
+                self._run_ages.start(uuid, ts)
+        elif etype == "task-retried":
+            self._unrun_stall(uuid)
+        elif etype != "task-rejected" or ev.get("requeue") is False:
+            self._waiting.discard(uuid)
+            self._run_starts.pop(uuid, None)
+            self._orphans.pop(uuid, None)
+
+    def _unrun_stall(self, uuid: str) -> None:
+        self._run_starts.pop(uuid, None)
+        if self._orphans and uuid not in self._waiting:
+            self._orphans.pop(uuid, None)
+
+    def _orphan(self, uuid: str, entry: TaskEntry) -> None:
+        """The task table evicted ``entry``: if a tracker still follows the task, keep its labels."""
+        if entry[HELD] is None and (uuid in self._run_starts or uuid in self._waiting):
+            self._orphans[uuid] = (entry[K], entry[WORKER])
+
+    def _stall_key(self, uuid: str) -> _Key | None:
+        rec = self._tasks.get(uuid)
+        if rec is not None and rec[HELD] is None:
+            return rec[K]
+        orphan = self._orphans.get(uuid)
+        return orphan[0] if orphan is not None else None
 
     def _after_end(self, uuid: str, done: Done, handler: _Nameless, ev: _Ev, ts: float) -> None:
         """An event of a finished task: a repeat changes nothing but a self-metric, a late one of an
@@ -586,6 +685,11 @@ class ClusterState:
                 self._ignore("after_terminal")
             else:  # an earlier attempt's, overtaken by the end: left open for its late task-retried
                 self.counters[key][STARTED] += 1
+                stamps = self._stamps.get(key)
+                if stamps is None or not stamps[1]:
+                    self._stamp(key, 1, ts)
+                elif ts > stamps[1]:
+                    stamps[1] = ts
                 self._finished.put(uuid, (key, bits, (ts, *starts), end))
             return
         bit = _DONE_BITS.get(etype, 0)
@@ -646,6 +750,7 @@ class ClusterState:
         self.active[key] -= 1
         if len(starts) == 1 and rec[WORKER] is not None:
             self._unrun(rec[WORKER], uuid)
+        self._run_ages.next_attempt(uuid, starts[1] if len(starts) > 1 else None)
         return starts[0], starts[1:]
 
     def _task_started(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
@@ -656,7 +761,17 @@ class ClusterState:
             return
         now = self.clock()
         self.counters[key][STARTED] += 1
+        stamps = self._stamps.get(key)
+        if stamps is None or not stamps[1]:
+            self._stamp(key, 1, ts)
+        elif ts > stamps[1]:
+            stamps[1] = ts
         att, attempts = take_started_attempt(rec[ATTEMPTS])
+        wait_ts = self._wait_ts
+        if uuid in wait_ts and not self._waiting.retries:  # the common case, inlined
+            del wait_ts[uuid]
+        elif uuid in wait_ts or self._waiting.sampled:
+            self._waiting.started(uuid, att[0] if att is not None else None)
         if att is not None:
             enqueued = att[1] if att[1] is not None else att[3]
             if enqueued is not None:
@@ -687,6 +802,11 @@ class ClusterState:
             if running is None:
                 running = self._running[host] = {}
             running[uuid] = ts
+        run = self._run_starts
+        if uuid not in run and len(run) < self._stall_cap:
+            run[uuid] = starts[0]
+        else:
+            self._run_ages.start(uuid, starts[0])
         self._tasks[uuid] = (key, attempts, starts, rec[RETRIES], host, now, None)
 
     def _runtime(self, value: Any) -> float | None:
@@ -701,6 +821,11 @@ class ClusterState:
 
     def _task_succeeded(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
         self.counters[key][SUCCEEDED] += 1
+        stamps = self._stamps.get(key)
+        if stamps is None or not stamps[2]:
+            self._stamp(key, 2, ts)
+        elif ts > stamps[2]:
+            stamps[2] = ts
         runtime = ev.get("runtime")
         if runtime.__class__ is not float:
             runtime = self._runtime(runtime)
@@ -714,6 +839,11 @@ class ClusterState:
 
     def _task_failed(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
         self._count_by_label(self.failed, key, self._exception(ev.get("exception"), ev.get("traceback")))
+        stamps = self._stamps.get(key)
+        if stamps is None or not stamps[3]:
+            self._stamp(key, 3, ts)
+        elif ts > stamps[3]:
+            stamps[3] = ts
         if rec is not None:
             if rec[RETRIES] >= 1:
                 self.counters[key][EXHAUSTED] += 1
@@ -723,6 +853,11 @@ class ClusterState:
 
     def _task_retried(self, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float) -> None:
         self._count_by_label(self.retried, key, self._exception(ev.get("exception"), ev.get("traceback")))
+        stamps = self._stamps.get(key)
+        if stamps is None or not stamps[4]:
+            self._stamp(key, 4, ts)
+        elif ts > stamps[4]:
+            stamps[4] = ts
         if rec is None:  # after the task's end: the attempt it closes was left open in the finished memory
             done = self._finished.get(uuid)
             if done is not None and len(done[2]) > 1:  # the last start is the final attempt's
@@ -788,6 +923,7 @@ class ClusterState:
     def _lose(self, uuid: str) -> None:
         """A started task whose worker is gone (or no longer runs it): not active any more, counted in
         celery_task_lost_total. Its record stays, so a later event for it still counts normally."""
+        self._unrun_stall(uuid)
         rec = self._tasks.get(uuid)
         if rec is None or rec[HELD] is not None or not rec[STARTS]:
             return
@@ -799,6 +935,8 @@ class ClusterState:
         self._tasks[uuid] = (key, rec[ATTEMPTS], (), rec[RETRIES], None, rec[TOUCHED], None)
 
     def _lose_worker(self, hostname: str) -> None:
+        for uuid in [u for u, (_, host) in self._orphans.items() if host == hostname]:
+            self._unrun_stall(uuid)  # evicted from the table, so not in _running: found here
         for uuid in list(self._running.get(hostname, ())):
             self._lose(uuid)
         self._running.pop(hostname, None)
@@ -906,6 +1044,12 @@ class ClusterState:
             revoked=dict(self.revoked),
             ignored=dict(self.ignored),
             unnamed_tasks=self.unnamed_tasks,
+            oldest_waiting=self._waiting.oldest_by_queue(self._stall_key),
+            oldest_running=self._run_ages.oldest_by_key(self._stall_key),
+            last_events={k: v[:] for k, v in self._stamps.items()},
+            stall_untracked={"waiting_full": self._waiting.untracked,
+                             "waiting_expired": self._waiting.expired,
+                             "running_full": self._run_ages.untracked},
         )
 
     def take_snapshot(self) -> Snapshot:

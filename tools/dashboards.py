@@ -167,6 +167,7 @@ def overview() -> dict[str, Any]:
 
 def task_drilldown() -> dict[str, Any]:
     t = sel(TASK_VAR, QUEUE_VAR)
+    succeeded = sel(TASK_VAR, QUEUE_VAR, STATE_SUCCEEDED)
 
     def r(metric: str, extra: str = "") -> str:
         body = t[:-1] + ("," + extra if extra else "") + "}"
@@ -188,6 +189,13 @@ def task_drilldown() -> dict[str, Any]:
              f"sum({one(f'celery_tasks_active{t}')})", "none"),
         stat("Run time p95", "95th percentile of run time, all outcomes.",
              f"histogram_quantile(0.95, sum by (le) ({r('celery_task_duration_seconds_bucket')}))", "s"),
+        stat("Oldest running", "How long the oldest unfinished run has been running (0: none runs). "
+             "CeleryTaskHung fires above its threshold (alerts/config.yaml).",
+             f"max({one(f'celery_task_oldest_running_age_seconds{t}')}) or on () vector(0)", "s",
+             thresholds=[(None, "green"), (1800, "orange"), (3600, "red")]),
+        stat("Last succeeded", "Time since the newest task-succeeded event of this task (kept in the "
+             "exporter's memory: none until the first one after a restart).",
+             f"time() - max({one('celery_task_last_event_timestamp_seconds' + succeeded)})", "s"),
         row("Outcomes"),
         timeseries("Task events /s", "Every lifecycle event of the task, per second.", [
             (f"sum({r(f'celery_task_{state}_total')})", state)
@@ -221,6 +229,15 @@ def task_drilldown() -> dict[str, Any]:
         timeseries("Queue wait", "Time from task-sent (or ETA) to task-started: p50, p95, p99.", [
             (f"histogram_quantile({q}, sum by (le) ({r('celery_task_queue_wait_seconds_bucket')}))", name)
             for q, name in QUANTILES
+        ], "s"),
+        row("Stalls"),
+        timeseries("Oldest running", "Age of the oldest started and unfinished run, per queue: a line that "
+                   "keeps climbing is a hung task (CeleryTaskHung). Lost workers' runs do not count.", [
+            (f"max by (queue) ({one(f'celery_task_oldest_running_age_seconds{t}')})", "{{queue}}"),
+        ], "s"),
+        timeseries("Time since last event", "time() minus the newest event of each kind: a periodic task "
+                   "whose 'sent' line climbs past its schedule missed a run (docs/alerting.md).", [
+            (f"time() - max by (state) ({one(f'celery_task_last_event_timestamp_seconds{t}')})", "{{state}}"),
         ], "s"),
     ]
     variables = [
@@ -259,6 +276,12 @@ def queues() -> dict[str, Any]:
         timeseries("Queue depth", "Messages ready per task queue, priority sub-queues included.", [
             (f"sum by (queue) ({one(f'celery_queue_length{q}')})", "{{queue}}"),
         ], "none"),
+        timeseries("Oldest waiting task", "How long the oldest task still waiting in each queue has waited "
+                   "(0: empty): how late the queue is, whatever its length. Exact with task-sent events, a "
+                   "lower bound on Redis without them. CeleryQueueOldestTaskTooOld fires above its "
+                   "threshold.", [
+            (f"max by (queue) ({one(f'celery_queue_oldest_task_age_seconds{q}')})", "{{queue}}"),
+        ], "s"),
         timeseries("Time to drain", "Queue length / completion rate: how long the backlog would take to "
                    "empty at the current pace. CeleryQueueBacklogHigh fires when it stays too long.", [
             (f"max by (queue) (queue:celery_queue_length:time_to_drain_seconds{deployment_sel(QUEUE_VAR)})",

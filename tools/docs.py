@@ -119,6 +119,50 @@ buckets plus 3). A new series past the cap is folded into `task_name="__overflow
 names times 1,000 queues); 50,000 series keep a full scrape well under a second on one core.
 """
 
+# The stall signals (exporter/collectors/stalls.py): appended to METRICS_DOC.
+STALLS_DOC = """
+## Stalls: queue age, running age, last events
+
+What each broker and configuration gives for `celery_queue_oldest_task_age_seconds{queue}` (the wait of
+the oldest task still waiting: from its `task-sent` event, or its ETA/countdown if later, until a
+worker's `task-started`; a task a worker reserved but has not started still waits):
+
+- Redis, `task_send_sent_event` on: exact, from events; the Redis head (next item) can only raise it,
+  e.g. for tasks sent before the exporter started.
+- Redis, off: a lower bound. Every `--poll-interval` the poller reads the task id of the message at the
+  tail of each priority list of the queue (kombu LPUSHes and BRPOPs, so the tail is the oldest) and
+  counts how long the same id stays there. A message a worker has prefetched has left the list, so
+  prefetched tasks are not seen.
+- RabbitMQ, on: exact, from events.
+- RabbitMQ, off: 0. Queues are never peeked (a `basic.get` and requeue would change delivery counts and,
+  on quorum queues, could dead-letter the message).
+
+The value is 0 for a queue with no waiting task known (an empty queue). Waiting tasks are tracked by
+uuid apart from the task table, at most `--max-tracked-tasks` of them (default 100,000); past that, one
+newly sent task in 64 is kept as a sample (at most a quarter of `--max-tracked-tasks` samples) and the
+rest are only counted. Queues drain roughly first in, first out, so the tasks tracked are the oldest:
+under a backlog of 1,000,000 the value stays exact while any of the 100,000 oldest still waits, then
+becomes a lower bound, the age of the oldest sample still waiting (at most 64 sends behind the truth
+while samples last). A task tracked for
+longer than `--task-max-age` is dropped (its `task-started` was lost). Events missed while the event
+stream was disconnected can leave a started task counted as waiting until then; the alert
+`CeleryQueueOldestTaskTooOld` is gated on a connected stream. `benchmarks/backlog_bench.py` measures the
+memory and the value against the truth under such a backlog.
+
+`celery_task_oldest_running_age_seconds{task_name,queue}` is tracked the same way, apart from the task
+table (at most `--max-tracked-tasks` running tasks), so a task running for six hours while millions flow
+past is still reported. A task stops counting when it ends (succeeded, failed, revoked, rejected without
+requeue, or retried), and when its worker is lost (silent past `--worker-timeout`, `worker-offline`, or
+heartbeats that report fewer running tasks than the exporter holds for it: `celery_task_lost_total`).
+
+`celery_task_last_event_timestamp_seconds{task_name,queue,state}` is the newest event's own timestamp
+(the worker's or producer's clock, adjusted by the event's `utcoffset`) for `state` in `sent`,
+`started`, `succeeded`, `failed` and `retried`. An out-of-order older event never moves it back. Each
+series counts against `--max-series`. It survives nothing across restarts: after the exporter restarts a
+series appears with the next such event; alert on it with `max_over_time` over a window longer than the
+schedule ([alerting.md](alerting.md#a-periodic-task-that-missed-its-schedule)).
+"""
+
 CONFIG_DOC = """# Configuration reference
 
 Generated from the code by `python -m tools.generate`; `tests/test_docs.py` fails when it drifts.
@@ -157,7 +201,7 @@ def render(text: str) -> str:
 
 def targets() -> dict[Path, str]:
     out = {
-        ROOT / "docs" / "metrics.md": render(METRICS_DOC),
+        ROOT / "docs" / "metrics.md": render(METRICS_DOC + STALLS_DOC),
         ROOT / "docs" / "configuration.md": render(CONFIG_DOC),
     }
     readme = ROOT / "README.md"

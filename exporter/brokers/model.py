@@ -60,6 +60,12 @@ class PollResult:
     skipped: Mapping[str, int] = field(default_factory=dict)
     # Options whose value does not match what the broker holds (``celery_exporter_poll_option_mismatch``).
     mismatched_options: tuple[str, ...] = ()
+    # Task queue -> (task id, Unix time it was first seen at the end consumed next) of the message that
+    # has stood there longest (Redis only: a lower bound of the oldest task's wait).
+    queue_heads: Mapping[str, tuple[str, float]] = field(default_factory=dict)
+    # What one Redis poll read at those ends (queue -> {priority step: task id}), before the poller's
+    # HeadTracker turns it into ``queue_heads``.
+    head_ids: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
 
     def names(self) -> set[str]:
         return set(self.queues) | set(self.retry) | set(self.dead_letter)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from exporter.collectors.base import MetricSpec, Sources, SpecCollector
 from exporter.collectors.queues import QueueCollector
 from exporter.collectors.render import RenderErrorsCollector
+from exporter.collectors.stalls import StallCollector
 from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
@@ -18,7 +19,7 @@ from exporter.collectors.workers import WorkerCollector
 __all__ = ["COLLECTORS", "MetricSpec", "Sources", "SpecCollector", "all_specs", "build_collectors"]
 
 COLLECTORS: tuple[type[SpecCollector], ...] = (
-    TaskCollector, WorkerCollector, StreamCollector, QueueCollector, RenderErrorsCollector,
+    TaskCollector, StallCollector, WorkerCollector, StreamCollector, QueueCollector, RenderErrorsCollector,
 )
 
 

@@ -44,6 +44,7 @@ def pollers(settings: PollSettings, queues_seen: Callable[[], Iterable[str]],
         dlq_names=tuple(exact_names(settings.dead_letter_queues)),
         timestamp_field=settings.dlq_timestamp_field,
         max_scan_keys=settings.max_scan_keys,
+        peek_heads=True,
     )
     if settings.management_url:
         log.warning("--rabbitmq-management-url is ignored: the broker is Redis")

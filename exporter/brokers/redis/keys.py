@@ -32,6 +32,7 @@ from exporter.brokers.model import (
     parse_timestamp,
     valid_queue_name,
 )
+from exporter.stalls import message_task_id
 
 KOMBU_SEP = "\x06\x16"
 KOMBU_STEPS = (0, 3, 6, 9)
@@ -83,6 +84,10 @@ class RedisSettings:
     timestamp_field: str = "timestamp"
     max_scan_keys: int = 10_000
     dead_letters_only: bool = False
+    # Read the task id of the message at the tail of each task queue list (kombu LPUSHes and BRPOPs, so
+    # the tail is the oldest message): the poller's HeadTracker turns it into a lower bound of the
+    # oldest task's wait. One LINDEX per list that holds messages, in the second round trip.
+    peek_heads: bool = False
 
 
 @dataclass
@@ -250,6 +255,7 @@ def make_plan(index: KeyIndex, first: Sequence[Any], settings: RedisSettings, se
             plan.found_steps |= found
         slots: list[tuple[int, str]] = []
         cmds = plan.commands
+        peek = settings.peek_heads and kind == "task"
         if rtype == "zset":
             slots.append((len(cmds), "zcard"))
             cmds.append(("ZCARD", layout.prefix + name))
@@ -260,6 +266,9 @@ def make_plan(index: KeyIndex, first: Sequence[Any], settings: RedisSettings, se
             for step, key in layout.sub_keys(name, (*found, *guess_steps)):
                 slots.append((len(cmds), "llen"))
                 cmds.append(("LLEN", layout.prefix + key))
+                if peek and (step in found if step else True):
+                    slots.append((len(cmds), f"oldest_id:{step}"))
+                    cmds.append(("LINDEX", layout.prefix + key, -1))
                 if kind == "dlq" and (step in found if step else rtype != "none"):
                     # LPUSH lists keep the oldest entry at the tail, RPUSH lists at the head: read both.
                     slots += [(len(cmds), "head"), (len(cmds) + 1, "tail")]
@@ -277,6 +286,7 @@ def redis_result(
     retry: dict[str, float] = {}
     dlq: dict[str, float] = {}
     oldest: dict[str, float] = {}
+    heads: dict[str, dict[int, str]] = {}
     existing: dict[str, Kind] = {}
     skipped = dict(plan.skipped)
     for name, (kind, rtype, slots) in plan.slots.items():
@@ -298,6 +308,10 @@ def redis_result(
                     continue
                 if ts is not None:
                     stamps.append(ts)
+            elif what.startswith("oldest_id:"):
+                task_id = message_task_id(reply)
+                if task_id is not None:
+                    heads.setdefault(name, {})[int(what[10:])] = task_id
             elif what == "zoldest":
                 ts = _oldest_score(reply)
                 if ts is not None:
@@ -313,7 +327,7 @@ def redis_result(
             if stamps and length:
                 oldest[name] = min(stamps)
     result = PollResult(queues, retry, dlq, oldest, plan.broker_unacked, skipped=skipped,
-                        mismatched_options=plan.mismatched)
+                        mismatched_options=plan.mismatched, head_ids=heads)
     return result, existing
 
 

@@ -37,6 +37,7 @@ from exporter.brokers.redis.keys import (
     make_plan,
     redis_result,
 )
+from exporter.stalls import HeadTracker
 
 log = structlog.get_logger("exporter.brokers")
 
@@ -125,7 +126,8 @@ class RedisPoller:
 
     def __init__(self, settings: RedisSettings, client_factory: Callable[[], redis.Redis],
                  queues_seen: Callable[[], Iterable[str]],
-                 monotonic: Callable[[], float] = time.monotonic, source: str = "redis") -> None:
+                 monotonic: Callable[[], float] = time.monotonic, source: str = "redis",
+                 clock: Callable[[], float] = time.time) -> None:
         self.source = source
         self.settings = settings
         self.configured_sep = settings.layout.sep
@@ -133,6 +135,8 @@ class RedisPoller:
         self.client_factory = client_factory
         self.queues_seen = queues_seen
         self.monotonic = monotonic
+        self.clock = clock  # wall time of head sightings, compared with time() at scrape
+        self.heads = HeadTracker()
         self.remembered: dict[str, Kind] = {}
         self.truncated = False
         self._client: redis.Redis | None = None
@@ -153,6 +157,9 @@ class RedisPoller:
                         max_scan_keys=self.settings.max_scan_keys, keys_seen=fetched["scanned"])
         self.truncated = fetched["truncated"]
         result, existing = redis_result(fetched["plan"], fetched["replies"], self.settings.timestamp_field)
+        if self.settings.peek_heads:
+            heads = self.heads.update(result.head_ids, self.clock())
+            result = replace(result, queue_heads=heads, head_ids={})
         if self.settings.layout.sep != self.configured_sep:
             result = replace(result, mismatched_options=("sep", *result.mismatched_options))
         self._warn_mismatch(result.mismatched_options, fetched["plan"])
