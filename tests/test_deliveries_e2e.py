@@ -13,7 +13,7 @@ import pytest
 
 from tests._broker_helpers import amqp_url, rabbit_vhost
 from tests._deliveries_driver import expected, kill_victim, send_plan, workers
-from tests._reliability_helpers import Daemon, wait_for
+from tests._support import Daemon, wait_for
 
 pytestmark = pytest.mark.integration
 REDIS_URL = "redis://127.0.0.1:6379/9"
@@ -56,7 +56,7 @@ def run(broker: str, rabbitmq: bool, tmp_path: Path) -> None:
                 return all(m.get(k, 0) == v for k, v in want.items())
 
             try:
-                wait_for(done, 90, interval=0.5, what="exact per-name counts")
+                wait_for(done, 90, every=0.5, what="exact per-name counts")
             except AssertionError:
                 m = daemon.metrics()
                 pytest.fail(f"mismatch: { {k: (m.get(k), v) for k, v in want.items() if m.get(k, 0) != v} }")

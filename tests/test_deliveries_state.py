@@ -20,7 +20,8 @@ from exporter.state import (
     StateSettings,
     exception_class,
 )
-from tests._events import T0, FakeClock, ev, failed, heartbeat, received, retried, sent, started, succeeded
+from tests._events import T0, ev, failed, heartbeat, received, retried, sent, started, succeeded
+from tests._support import FakeClock
 
 Q = "celery"
 

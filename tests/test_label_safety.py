@@ -20,7 +20,8 @@ from exporter.collectors.workers import WorkerCollector
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.exposition import render
 from exporter.state import ClusterState, StateSettings, label_value
-from tests._events import T0, FakeClock, ev, heartbeat, received, redis_envelope, sent, started, succeeded
+from tests._events import T0, ev, heartbeat, received, redis_envelope, sent, started, succeeded
+from tests._support import FakeClock
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BASE_NAMES = {"proj.add", "proj.pay", "default", "payments", "celery@w1", "celery@w2"}
