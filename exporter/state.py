@@ -40,7 +40,6 @@ import time
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any
 
 from exporter.records import (
@@ -143,7 +142,7 @@ _MAX_STARTS = 4
 _Key = tuple[str, str]
 _Ev = Mapping[str, Any]
 _Rec = TaskEntry | None
-_Nameless = Callable[[str, _Rec, _Key, _Ev, float], None]
+_Nameless = Callable[["ClusterState", str, _Rec, _Key, _Ev, float], None]
 
 
 class ClusterState:
@@ -189,20 +188,22 @@ class ClusterState:
         self.evicted: dict[str, int] = {"capacity": 0, "age": 0}
         self.workers_purged = 0
         self.last_event_ts: float | None = None
-        # Handlers of the events that carry no name: (uuid, live record or None once finished, key,
-        # event, timestamp), reached through _task_event (bound with partial: no lookup per event).
-        nameless: dict[str, _Nameless] = {
-            "task-started": self._task_started,
-            "task-succeeded": self._task_succeeded,
-            "task-failed": self._task_failed,
-            "task-retried": self._task_retried,
-            "task-rejected": self._task_rejected,
-            "task-revoked": self._task_revoked,
+        # Handlers of the events that carry no name: (self, uuid, live record or None once finished, key,
+        # event, timestamp), reached through _task_event. Plain functions looked up by type there rather
+        # than bound with functools.partial: CPython cannot inline a call through a partial (a C call
+        # starts a new interpreter frame loop), a dict lookup and a Python-to-Python call are cheaper.
+        self._nameless: dict[str, _Nameless] = {
+            "task-started": ClusterState._task_started,
+            "task-succeeded": ClusterState._task_succeeded,
+            "task-failed": ClusterState._task_failed,
+            "task-retried": ClusterState._task_retried,
+            "task-rejected": ClusterState._task_rejected,
+            "task-revoked": ClusterState._task_revoked,
         }
         self._handlers: dict[str, Callable[[_Ev, float], None]] = {
             "task-sent": self._task_sent,
             "task-received": self._task_received,
-            **{etype: partial(self._task_event, handler) for etype, handler in nameless.items()},
+            **dict.fromkeys(self._nameless, self._task_event),
             "worker-online": self._worker_alive,
             "worker-heartbeat": self._worker_alive,
             "worker-offline": self._worker_offline,
@@ -550,8 +551,8 @@ class ClusterState:
             self._replay(held)
 
     # ------------------------------------------------------------------ nameless task events
-    def _task_event(self, handler: _Nameless, ev: _Ev, ts: float) -> None:
-        """Route an event without a name to its task (``handler`` is bound per event type): the live
+    def _task_event(self, ev: _Ev, ts: float) -> None:
+        """Route an event without a name to its task, to its type's handler in ``_nameless``: the live
         record, the finished memory, or (for a uuid never seen) a placeholder holding it until the name
         is known."""
         uuid = ev.get("uuid")
@@ -564,7 +565,7 @@ class ClusterState:
         if rec is not None:
             if rec[HELD] is None:
                 self._tasks.move_to_end(uuid)
-                handler(uuid, rec, rec[K], ev, ts)
+                self._nameless[ev["type"]](self, uuid, rec, rec[K], ev, ts)
             else:
                 self._hold(uuid, rec, ev, ts)
             return
@@ -572,7 +573,7 @@ class ClusterState:
         if done is None:
             self._hold(uuid, None, ev, ts)
         else:
-            self._after_end(uuid, done, handler, ev, ts)
+            self._after_end(uuid, done, self._nameless[ev["type"]], ev, ts)
 
     def _after_end(self, uuid: str, done: Done, handler: _Nameless, ev: _Ev, ts: float) -> None:
         """An event of a finished task: a repeat changes nothing but a self-metric, a late one of an
@@ -594,7 +595,7 @@ class ClusterState:
             return
         if bit:
             self._finished.put(uuid, (key, bits | bit, starts, end))
-        handler(uuid, None, key, ev, ts)
+        handler(self, uuid, None, key, ev, ts)
 
     def _hold(self, uuid: str, rec: _Rec, ev: _Ev, ts: float) -> None:
         """Keep a nameless event of a task not yet seen named, counted nowhere. When the task ends (or
@@ -656,7 +657,11 @@ class ClusterState:
             return
         now = self.clock()
         self.counters[key][STARTED] += 1
-        att, attempts = take_started_attempt(rec[ATTEMPTS])
+        attempts = rec[ATTEMPTS]
+        if len(attempts) == 1:  # the usual case, take_started_attempt's answer without a call
+            att, attempts = attempts[0], ()
+        else:
+            att, attempts = take_started_attempt(attempts)
         if att is not None:
             enqueued = att[1] if att[1] is not None else att[3]
             if enqueued is not None:
