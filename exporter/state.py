@@ -40,6 +40,7 @@ import time
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from itertools import islice
 from typing import Any
 
 from exporter.records import (
@@ -822,7 +823,8 @@ class ClusterState:
         if excess <= 0:
             rec.suspects = ()
             return
-        candidates = [u for u, started_at in running.items() if started_at < ts][:excess]
+        # The first ``excess`` only: the scan stops there instead of walking all the worker runs.
+        candidates = list(islice((u for u, started_at in running.items() if started_at < ts), excess))
         suspects = rec.suspects
         for uuid in candidates:
             if uuid in suspects:
