@@ -40,7 +40,7 @@ import time
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from functools import partial
+from itertools import islice
 from typing import Any
 
 from exporter.records import (
@@ -144,7 +144,7 @@ _MAX_STARTS = 4
 _Key = tuple[str, str]
 _Ev = Mapping[str, Any]
 _Rec = TaskEntry | None
-_Nameless = Callable[[str, _Rec, _Key, _Ev, float], None]
+_Nameless = Callable[["ClusterState", str, _Rec, _Key, _Ev, float], None]
 
 
 class ClusterState:
@@ -201,20 +201,22 @@ class ClusterState:
         self._waiting_checked = 0.0
         # (task_name, queue) -> newest timestamp per STAMPED_STATES (0.0: no series yet).
         self._stamps: dict[_Key, list[float]] = {}
-        # Handlers of the events that carry no name: (uuid, live record or None once finished, key,
-        # event, timestamp), reached through _task_event (bound with partial: no lookup per event).
-        nameless: dict[str, _Nameless] = {
-            "task-started": self._task_started,
-            "task-succeeded": self._task_succeeded,
-            "task-failed": self._task_failed,
-            "task-retried": self._task_retried,
-            "task-rejected": self._task_rejected,
-            "task-revoked": self._task_revoked,
+        # Handlers of the events that carry no name: (self, uuid, live record or None once finished, key,
+        # event, timestamp), reached through _task_event. Plain functions looked up by type there rather
+        # than bound with functools.partial: CPython cannot inline a call through a partial (a C call
+        # starts a new interpreter frame loop), a dict lookup and a Python-to-Python call are cheaper.
+        self._nameless: dict[str, _Nameless] = {
+            "task-started": ClusterState._task_started,
+            "task-succeeded": ClusterState._task_succeeded,
+            "task-failed": ClusterState._task_failed,
+            "task-retried": ClusterState._task_retried,
+            "task-rejected": ClusterState._task_rejected,
+            "task-revoked": ClusterState._task_revoked,
         }
         self._handlers: dict[str, Callable[[_Ev, float], None]] = {
             "task-sent": self._task_sent,
             "task-received": self._task_received,
-            **{etype: partial(self._task_event, handler) for etype, handler in nameless.items()},
+            **dict.fromkeys(self._nameless, self._task_event),
             "worker-online": self._worker_alive,
             "worker-heartbeat": self._worker_alive,
             "worker-offline": self._worker_offline,
@@ -614,8 +616,8 @@ class ClusterState:
             self._replay(held)
 
     # ------------------------------------------------------------------ nameless task events
-    def _task_event(self, handler: _Nameless, ev: _Ev, ts: float) -> None:
-        """Route an event without a name to its task (``handler`` is bound per event type): the live
+    def _task_event(self, ev: _Ev, ts: float) -> None:
+        """Route an event without a name to its task, to its type's handler in ``_nameless``: the live
         record, the finished memory, or (for a uuid never seen) a placeholder holding it until the name
         is known."""
         uuid = ev.get("uuid")
@@ -628,7 +630,7 @@ class ClusterState:
         if rec is not None:
             if rec[HELD] is None:
                 self._tasks.move_to_end(uuid)
-                handler(uuid, rec, rec[K], ev, ts)
+                self._nameless[ev["type"]](self, uuid, rec, rec[K], ev, ts)
             else:
                 self._hold(uuid, rec, ev, ts)
             return
@@ -637,7 +639,7 @@ class ClusterState:
         if done is None:
             self._hold(uuid, None, ev, ts)
         else:
-            self._after_end(uuid, done, handler, ev, ts)
+            self._after_end(uuid, done, self._nameless[ev["type"]], ev, ts)
 
     def _unrecorded(self, uuid: str, ev: _Ev, ts: float) -> None:
         """An event of a task out of the task table (evicted while it waited under a backlog, or already
@@ -698,7 +700,7 @@ class ClusterState:
             return
         if bit:
             self._finished.put(uuid, (key, bits | bit, starts, end))
-        handler(uuid, None, key, ev, ts)
+        handler(self, uuid, None, key, ev, ts)
 
     def _hold(self, uuid: str, rec: _Rec, ev: _Ev, ts: float) -> None:
         """Keep a nameless event of a task not yet seen named, counted nowhere. When the task ends (or
@@ -766,7 +768,11 @@ class ClusterState:
             self._stamp(key, 1, ts)
         elif ts > stamps[1]:
             stamps[1] = ts
-        att, attempts = take_started_attempt(rec[ATTEMPTS])
+        attempts = rec[ATTEMPTS]
+        if len(attempts) == 1:  # the usual case, take_started_attempt's answer without a call
+            att, attempts = attempts[0], ()
+        else:
+            att, attempts = take_started_attempt(attempts)
         wait_ts = self._wait_ts
         if uuid in wait_ts and not self._waiting.retries:  # the common case, inlined
             del wait_ts[uuid]
@@ -955,7 +961,8 @@ class ClusterState:
         if excess <= 0:
             rec.suspects = ()
             return
-        candidates = [u for u, started_at in running.items() if started_at < ts][:excess]
+        # The first ``excess`` only: the scan stops there instead of walking all the worker runs.
+        candidates = list(islice((u for u, started_at in running.items() if started_at < ts), excess))
         suspects = rec.suspects
         for uuid in candidates:
             if uuid in suspects:
