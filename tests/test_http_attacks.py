@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from benchmarks._harness import proc_status
 from exporter import http as http_mod
 from tests._reliability_helpers import make_ca, make_leaf, tls_client_context
-from tests._support import Daemon, free_port, parse_samples, wait_for
+from tests._support import Daemon, free_port, http_get, parse_samples, wait_for
 
 
 def rss_kib(pid: int) -> int:
@@ -68,13 +68,7 @@ def tls_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemo
 
 
 def get(port: int, path: str, timeout: float = FAST) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+    return http_get("127.0.0.1", port, path, timeout)
 
 
 def https(port: int, ctx: ssl.SSLContext, path: str, headers: dict[str, str] | None = None,
