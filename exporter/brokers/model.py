@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from exporter.state import OVERFLOW_LABEL, parse_iso
+from exporter.labels import OVERFLOW_LABEL, parse_iso
 
 Kind = Literal["task", "retry", "dlq"]
 

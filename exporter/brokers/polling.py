@@ -18,8 +18,8 @@ import structlog
 from exporter.brokers.model import PollResult, Rules, cap_queues, exact_names
 from exporter.brokers.scheduler import STALE_POLLS, Poller, Polling, PollStore, SourceRunner
 from exporter.brokers.settings import PollSettings
+from exporter.labels import OVERFLOW_LABEL
 from exporter.secrets import option_secrets, url_secrets
-from exporter.state import OVERFLOW_LABEL
 
 log = structlog.get_logger("exporter.brokers")
 
