@@ -27,8 +27,8 @@ import yaml
 
 from exporter import config_values as v
 from exporter.brokers.model import DEFAULT_DEAD_LETTER_QUEUES
-from exporter.records import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS, StateSettings
 from exporter.secrets import redact_options, redact_url, url_problem, yaml_error
+from exporter.state import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS, StateSettings
 
 ENV_PREFIX = "CELERY_EXPORTER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"

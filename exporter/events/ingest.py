@@ -92,10 +92,11 @@ class Ingest:
         events = decoded.events
         refused = decoded.invalid
         failed: list[str] = []
+        now = state.clock()  # once per batch: the state's handlers share it
         with state.lock:
             for ev in events:
                 try:  # free in CPython 3.11+ unless it raises
-                    apply(ev)
+                    apply(ev, now)
                 except Exception as exc:  # a shape we did not foresee must not stop the loop
                     state.count_invalid("apply_error")
                     failed.append(f"apply_error:{type(exc).__name__}")

@@ -32,7 +32,7 @@ from exporter.brokers.model import (
     parse_timestamp,
     valid_queue_name,
 )
-from exporter.stalls import message_task_id
+from exporter.brokers.redis.head import message_task_id
 
 KOMBU_SEP = "\x06\x16"
 KOMBU_STEPS = (0, 3, 6, 9)
