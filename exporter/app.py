@@ -42,6 +42,7 @@ def stream_settings(config: Config) -> StreamSettings:
         broker_url=config.broker_url,
         transport_options=config.broker_transport_options,
         queue_prefix=config.event_queue_prefix,
+        queue_name=config.event_queue_name,
         queue_ttl=config.event_queue_ttl,
         queue_expires=config.event_queue_expires,
         queue_max_length=config.event_queue_max_length,
@@ -144,6 +145,8 @@ class App:
     def _ready(self) -> tuple[bool, str]:
         if self.status.connected:
             return True, "connected to the broker"
+        if self.status.waiting:
+            return False, self.status.waiting
         error = self.status.last_error or "not connected yet"
         return False, f"not connected to the broker: {error}"
 
@@ -195,7 +198,9 @@ class App:
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
             log.warning("components did not stop in time", components=alive)
-        log.info("celery-exporter stopped")
+        # What this process applied, so a restart's gap (or its absence) can be checked against a publisher.
+        events = sum(self.state.take_snapshot().events_by_type.values())
+        log.info("celery-exporter stopped", events=events)
 
     @property
     def port(self) -> int:
