@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
@@ -27,6 +26,7 @@ from exporter.config import Config
 from exporter.config_values import join_host_port
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.http import Health, MetricsServer
+from exporter.reload import web_security
 from exporter.secrets import broker_location
 from exporter.state import ClusterState, Snapshot
 
@@ -111,7 +111,7 @@ class App:
         # register() reads each collector's describe(): a name declared twice stops start-up here.
         for collector in (*build_collectors(sources), PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(collector)
-        ssl_context, authorize, headers = self._web_security()
+        ssl_context, authorize, headers = web_security(config.web_config_file)
         self.http = MetricsServer(
             config.listen_address,
             config.port,
@@ -123,14 +123,6 @@ class App:
             metrics_path=config.web_telemetry_path,
         )
         self._threads: list[threading.Thread] = []
-
-    def _web_security(self) -> tuple[Any, Any, Any]:
-        if not self.config.web_config_file:
-            return None, None, None
-        from exporter.webconfig import load_web_config
-
-        web = load_web_config(self.config.web_config_file)
-        return web.ssl_context(), web.authorizer(), web.headers
 
     # ------------------------------------------------------------------ probes
     def _alive(self) -> tuple[bool, str]:

@@ -17,7 +17,7 @@ connection blips), ours is built to survive a reconnect:
   ``x-overflow=drop-head``: while the exporter is away (or after a crash, until ``x-expires``) the queue
   keeps only the newest events, so an orphan never holds more than this (docs/reliability.md sizes it).
 
-A clean stop (``stop`` set: SIGTERM, SIGINT, SIGHUP) deletes the queue before closing the connection, so
+A clean stop (``stop`` set: SIGTERM, SIGINT) deletes the queue before closing the connection, so
 nothing collects events for a process that is gone. The name is unique per process, so a declare never
 meets a queue declared with other arguments by another version; if it does all the same
 (``PRECONDITION_FAILED``, a name reused by hand), the stream takes a fresh name instead of failing forever.
