@@ -35,6 +35,7 @@ class StreamStatus:
         self.reconnects = 0
         self.connects = 0
         self.last_error = ""
+        self.waiting = ""  # why a connected stream does not consume yet (its queue is in use): /readyz
         self.heartbeat = clock()  # bumped by the stream loop on every turn: /healthz reads it
 
     def up(self) -> None:
@@ -42,6 +43,7 @@ class StreamStatus:
             self.reconnects += 1
         self.connects += 1
         self.connected = True
+        self.waiting = ""
 
     def down(self, error: str) -> None:
         self.connected = False
