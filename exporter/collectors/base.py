@@ -24,7 +24,7 @@ from exporter.exposition import TableFamily
 if TYPE_CHECKING:
     from exporter.brokers.scheduler import SourceView
     from exporter.events.ingest import StreamStatus
-    from exporter.records import Snapshot
+    from exporter.state import Snapshot
 
 Kind = Literal["counter", "gauge", "histogram"]
 
