@@ -146,6 +146,11 @@ OPTIONS: tuple[Option, ...] = (
            "oldest dropped first.", "BYTES", EVENTS),
     Option("event_prefetch", v.positive_int, 2_000, "RabbitMQ: unacknowledged events in flight (basic.qos).",
            "N", EVENTS),
+    Option("inventory_timeout", v.non_negative_float, 2.0,
+           "Deadline (seconds) of the in-flight inventory: at start and after each event stream reconnect, "
+           "the workers are asked (remote control: inspect active, reserved, scheduled, in the "
+           "background) what tasks they hold, so those are tracked at once under their own names. 0 turns "
+           "it off.", "SECONDS", EVENTS),
     # ------------------------------------------------------------------ polling
     Option("poll_interval", v.positive_float, 5.0, "Seconds between broker polls of queue depths.",
            "SECONDS", POLLING),
@@ -258,6 +263,7 @@ class Config:
     event_queue_max_length: int
     event_queue_max_bytes: int
     event_prefetch: int
+    inventory_timeout: float
     poll_interval: float
     poll_timeout: float
     queues: tuple[str, ...]
