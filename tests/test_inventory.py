@@ -15,7 +15,7 @@ from celery import Celery
 from exporter.brokers.inventory import InventoryRunner, InventorySettings, by_node, parse_replies
 from exporter.inflight import ACTIVE, WAITING, HeldTask, Inventory
 from tests._broker_helpers import RedisServer, amqp_url, mgmt, rabbit_vhost
-from tests._support import ROOT, celery_worker, wait_for
+from tests._support import ROOT, Daemon, celery_worker, wait_for
 
 NOW = 1_700_000_000.0
 ACTIVE_INFO = {
@@ -150,3 +150,22 @@ def test_a_broker_that_cannot_be_reached_is_an_error_not_an_exception() -> None:
     found, took = _inventory("redis://127.0.0.1:1/0", timeout=1.0)
     assert found.error and found.tasks == ()
     assert took < 10
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("timeout", ["1", "0"])
+def test_the_daemon_asks_once_at_start_and_logs_one_line_when_nobody_answers(timeout: str) -> None:
+    with RedisServer() as server, Daemon(["--broker-url", server.url(), "--inventory-timeout", timeout,
+                                          "--log-format", "json"]) as daemon:
+        daemon.start()
+        wait_for(lambda: daemon.get("/readyz")[0] == 200, 20, what="connected")
+        time.sleep(3)  # the deadline, and more
+        assert daemon.get("/metrics")[0] == 200
+        lines = [line for line in daemon.log_lines() if "inventory" in str(line.get("event", ""))]
+        assert daemon.terminate() == 0
+    if timeout == "0":
+        assert lines == []
+    else:
+        assert [line["event"] for line in lines] == [
+            "no worker answered the in-flight inventory (remote control disabled, or no worker up); tasks "
+            "already running are seen from their next event"]
