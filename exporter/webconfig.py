@@ -44,7 +44,7 @@ import bcrypt
 import structlog
 import yaml
 
-from exporter.config import ConfigError
+from exporter.options import ConfigError
 from exporter.secrets import yaml_error
 
 log = structlog.get_logger("exporter.webconfig")

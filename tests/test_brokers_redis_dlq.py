@@ -12,10 +12,9 @@ import redis
 from celery import Celery
 from structlog.testing import capture_logs
 
-from exporter.app import poll_settings
 from exporter.brokers.polling import build_polling
 from exporter.brokers.scheduler import Polling
-from exporter.config import Config
+from exporter.config import Config, poll_settings
 from tests._broker_helpers import (
     RedisServer,
     amqp_url,

@@ -26,31 +26,6 @@ from exporter.state import ClusterState
 log = structlog.get_logger("exporter.events")
 
 
-class StreamStatus:
-    """Connection state of the event stream; written by the stream thread, read by scrapes."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
-        self.connected = False
-        self.reconnects = 0
-        self.connects = 0
-        self.last_error = ""
-        self.heartbeat = clock()  # bumped by the stream loop on every turn: /healthz reads it
-
-    def up(self) -> None:
-        if self.connects:
-            self.reconnects += 1
-        self.connects += 1
-        self.connected = True
-
-    def down(self, error: str) -> None:
-        self.connected = False
-        self.last_error = error
-
-    def beat(self) -> None:
-        self.heartbeat = self.clock()
-
-
 class Ingest:
     """Decode raw event messages and apply them to the state, batch by batch."""
 

@@ -14,15 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.brokers.model import (
-    DEFAULT_DEAD_LETTER_QUEUES,
     INTERNAL_EXCHANGES,
     Kind,
-    PollResult,
-    QueueDepth,
     Rules,
     is_glob,
     parse_timestamp,
 )
+from exporter.options import DEFAULT_DEAD_LETTER_QUEUES
+from exporter.status import PollResult, QueueDepth
 
 # ``name -> (ready messages, consumers)`` from a passive declare, None when the queue does not exist.
 LiveCounts = Mapping[str, "tuple[int, int] | None"]
