@@ -1,6 +1,5 @@
 """The seam between an event stream and ClusterState: decode a batch of raw messages, apply it under
-one lock acquisition, count and (rate-limited) log what was refused. Also holds ``StreamStatus``, the
-little bit of state a stream reader publishes about its broker connection.
+one lock acquisition, count and (rate-limited) log what was refused.
 
 Streams call ``feed_redis``/``feed_amqp``/``feed_objects`` from their one thread; nothing else writes
 the state, so the scrape path only ever contends for the lock once per scrape.
