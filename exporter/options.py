@@ -50,6 +50,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Option:
+    """One option: how each source spells it, how its value is read, and its default."""
+
     name: str  # the YAML key and the Config field; the env var is CELERY_EXPORTER_<NAME>
     parse: Callable[[Any], Any]  # str or YAML value -> typed value, ValueError with a short message
     default: Any
@@ -196,6 +198,7 @@ BY_NAME = {o.name: o for o in OPTIONS}
 BY_ENV = {o.env: o for o in OPTIONS}
 
 
+# ------------------------------------------------------------------ the command line, from OPTIONS
 PROG = "celery-exporter"
 USAGE = f"""{PROG} --broker-url URL [options]
        {PROG} demo [--broker auto|redis|memory] [--port PORT]   (a self-contained demo)"""
