@@ -1,8 +1,8 @@
 """The settings slices the broker layer receives, and the error it raises for a bad one.
 
-``app.py`` builds ``StreamSettings`` and ``PollSettings`` from the validated ``Config`` (which owns every
-default); nothing under ``brokers/`` or ``events/`` reads ``Config`` itself, so these fields have no
-defaults here. ``BrokerSettingsError`` is what a builder raises when the settings cannot work with the
+``exporter.config`` builds ``StreamSettings`` and ``PollSettings`` from the validated ``Config`` (which
+owns every default); nothing under ``brokers/`` or ``events/`` reads ``Config`` itself, so these fields
+have no defaults here. ``BrokerSettingsError`` is what a builder raises when the settings cannot work with the
 broker (a ``sentinel://`` URL without ``master_name``); ``__main__`` reports it like a configuration
 error, with exit status 2.
 """
