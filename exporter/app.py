@@ -18,10 +18,11 @@ from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTO
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
+from exporter.brokers.inventory import InventoryRunner
 from exporter.brokers.polling import build_polling
 from exporter.brokers.registry import build_stream
 from exporter.collectors import Sources, build_collectors
-from exporter.config import Config, poll_settings, state_settings, stream_settings
+from exporter.config import Config, inventory_settings, poll_settings, state_settings, stream_settings
 from exporter.config_values import join_host_port
 from exporter.events.ingest import Ingest
 from exporter.http import Health, MetricsServer
@@ -67,6 +68,11 @@ class App:
         self.ingest = Ingest(self.state, clock)
         snapshots = SnapshotSource(self.state)
         self.stream = build_stream(stream_settings(config), self.ingest, self.status)
+        self.inventory: InventoryRunner | None = None
+        inventory = inventory_settings(config)
+        if inventory.timeout > 0:  # asked on every stream connect; runs in its own thread
+            self.inventory = InventoryRunner(inventory, self.ingest.offer_inventory, clock)
+            self.ingest.on_connect = self.inventory.request
         self.polling = build_polling(poll_settings(config), self.state.queues_seen)
         # Read through self.polling at scrape time: the demo swaps in its own polling after this.
         sources = Sources(snapshots, self.status, lambda: self.polling.views(), clock)
@@ -117,7 +123,10 @@ class App:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self.http.start()
-        for name, target in (("event-stream", self.stream.run), ("polling", self.polling.run)):
+        components = [("event-stream", self.stream.run), ("polling", self.polling.run)]
+        if self.inventory is not None:
+            components.append(("inventory", self.inventory.run))
+        for name, target in components:
             thread = threading.Thread(target=self._guard(name, target), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)

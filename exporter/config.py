@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from exporter import config_values as v
-from exporter.brokers.settings import PollSettings, StreamSettings
+from exporter.brokers.settings import InventorySettings, PollSettings, StreamSettings
 from exporter.options import BY_ENV, BY_NAME, CONFIG_ENV, ENV_PREFIX, OPTIONS, ConfigError, parse_flags
 from exporter.secrets import redact_options, redact_url, url_problem, yaml_error
 from exporter.state import StateSettings
@@ -89,6 +89,7 @@ class Config:
     event_queue_max_length: int
     event_queue_max_bytes: int
     event_prefetch: int
+    inventory_timeout: float
     poll_interval: float
     poll_timeout: float
     queues: tuple[str, ...]
@@ -132,6 +133,7 @@ SLICE_RENAMES: dict[type, dict[str, str]] = {
         "queue_max_length": "event_queue_max_length", "queue_max_bytes": "event_queue_max_bytes",
         "prefetch": "event_prefetch",
     },
+    InventorySettings: {"transport_options": "broker_transport_options", "timeout": "inventory_timeout"},
     PollSettings: {
         "transport_options": "broker_transport_options", "management_url": "rabbitmq_management_url",
         "live_queues": "rabbitmq_live_queues", "interval": "poll_interval", "timeout": "poll_timeout",
@@ -158,6 +160,11 @@ def state_settings(config: Config | None = None, **overrides: Any) -> StateSetti
 def stream_settings(config: Config, **overrides: Any) -> StreamSettings:
     """The event stream's slice."""
     return _slice(StreamSettings, config, overrides)
+
+
+def inventory_settings(config: Config, **overrides: Any) -> InventorySettings:
+    """The in-flight inventory's slice (its timeout 0: off)."""
+    return _slice(InventorySettings, config, overrides)
 
 
 def poll_settings(config: Config, **overrides: Any) -> PollSettings:
