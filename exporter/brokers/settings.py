@@ -2,9 +2,9 @@
 
 ``exporter.config`` builds ``StreamSettings``, ``PollSettings`` and ``InventorySettings`` from the
 validated ``Config`` (which owns every default); nothing under ``brokers/`` or ``events/`` reads
-``Config`` itself, so these fields have no defaults here. ``BrokerSettingsError`` is what a builder raises when the settings cannot work with the
-broker (a ``sentinel://`` URL without ``master_name``); ``__main__`` reports it like a configuration
-error, with exit status 2.
+``Config`` itself, so these fields have no defaults here. ``BrokerSettingsError`` is what a builder
+raises when the settings cannot work with the broker (a ``sentinel://`` URL without ``master_name``);
+``__main__`` reports it like a configuration error, with exit status 2.
 """
 
 from __future__ import annotations
