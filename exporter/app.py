@@ -18,60 +18,23 @@ from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTO
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
-from exporter.brokers.inventory import InventoryRunner, InventorySettings
+from exporter.brokers.inventory import InventoryRunner
 from exporter.brokers.polling import build_polling
 from exporter.brokers.registry import build_stream
-from exporter.brokers.settings import PollSettings, StreamSettings
 from exporter.collectors import Sources, build_collectors
-from exporter.config import Config
+from exporter.config import Config, inventory_settings, poll_settings, state_settings, stream_settings
 from exporter.config_values import join_host_port
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.events.ingest import Ingest
 from exporter.http import Health, MetricsServer
-from exporter.reload import web_security
 from exporter.secrets import broker_location
 from exporter.state import ClusterState, Snapshot
+from exporter.status import StreamStatus
+from exporter.webconfig import web_security
 
 log = structlog.get_logger("exporter")
 
 STALL_AFTER = 30.0  # /healthz fails when the event loop has not turned for this long
 SNAPSHOT_MAX_AGE = 0.1  # collectors of one scrape share one snapshot
-
-
-def stream_settings(config: Config) -> StreamSettings:
-    """The event stream's slice of the configuration."""
-    return StreamSettings(
-        broker_url=config.broker_url,
-        transport_options=config.broker_transport_options,
-        queue_prefix=config.event_queue_prefix,
-        queue_name=config.event_queue_name,
-        queue_ttl=config.event_queue_ttl,
-        queue_expires=config.event_queue_expires,
-        queue_max_length=config.event_queue_max_length,
-        queue_max_bytes=config.event_queue_max_bytes,
-        prefetch=config.event_prefetch,
-    )
-
-
-def poll_settings(config: Config) -> PollSettings:
-    """The pollers' slice of the configuration."""
-    return PollSettings(
-        broker_url=config.broker_url,
-        transport_options=config.broker_transport_options,
-        management_url=config.rabbitmq_management_url,
-        live_queues=config.rabbitmq_live_queues,
-        interval=config.poll_interval,
-        timeout=config.poll_timeout,
-        default_queue=config.default_queue,
-        queues=config.queues,
-        retry_queues=config.retry_queues,
-        dead_letter_queues=config.dead_letter_queues,
-        exclude_queues=config.exclude_queues,
-        event_queue_prefix=config.event_queue_prefix,
-        max_queues=config.max_queues,
-        max_scan_keys=config.max_scan_keys,
-        dlq_timestamp_field=config.dlq_timestamp_field,
-        dead_letter_redis_urls=config.dead_letter_redis_urls,
-    )
 
 
 class SnapshotSource:
@@ -100,15 +63,14 @@ class App:
         self.config = config
         self.clock = clock
         self.stop_event = threading.Event()
-        self.state = ClusterState(config.state_settings(), clock)
+        self.state = ClusterState(state_settings(config), clock)
         self.status = StreamStatus(clock)
         self.ingest = Ingest(self.state, clock)
         snapshots = SnapshotSource(self.state)
         self.stream = build_stream(stream_settings(config), self.ingest, self.status)
         self.inventory: InventoryRunner | None = None
-        if config.inventory_timeout > 0:  # asked on every stream connect; runs in its own thread
-            inventory = InventorySettings(config.broker_url, config.broker_transport_options,
-                                          config.inventory_timeout)
+        inventory = inventory_settings(config)
+        if inventory.timeout > 0:  # asked on every stream connect; runs in its own thread
             self.inventory = InventoryRunner(inventory, self.ingest.offer_inventory, clock)
             self.ingest.on_connect = self.inventory.request
         self.polling = build_polling(poll_settings(config), self.state.queues_seen)

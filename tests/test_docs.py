@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from exporter.collectors import all_specs
-from exporter.config import OPTIONS
+from exporter.options import OPTIONS
 from tools import docs, generate
 
 ROOT = Path(__file__).resolve().parent.parent

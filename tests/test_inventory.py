@@ -12,7 +12,8 @@ import urllib.parse
 import pytest
 from celery import Celery
 
-from exporter.brokers.inventory import InventoryRunner, InventorySettings, by_node, parse_replies
+from exporter.brokers.inventory import InventoryRunner, by_node, parse_replies
+from exporter.brokers.settings import InventorySettings
 from exporter.inflight import ACTIVE, WAITING, HeldTask, Inventory
 from tests._broker_helpers import RedisServer, amqp_url, mgmt, rabbit_vhost
 from tests._support import ROOT, Daemon, celery_worker, wait_for

@@ -29,11 +29,11 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from exporter.brokers.settings import InventorySettings
 from exporter.inflight import ACTIVE, WAITING, HeldTask, Inventory
 from exporter.labels import parse_iso
 from exporter.secrets import describe_error, url_secrets
@@ -114,15 +114,6 @@ def parse_replies(active: Any, reserved: Any, scheduled: Any, asked_at: float,
     for node, items in by_node(reserved).items():
         add(_held(i, node, WAITING, asked_at) for i in items)
     return Inventory(asked_at, tuple(nodes), tuple(tasks.values()))
-
-
-@dataclass(frozen=True)
-class InventorySettings:
-    """The inventory's slice: the broker as the event stream reaches it, and the deadline (0: off)."""
-
-    broker_url: str
-    transport_options: Mapping[str, Any]
-    timeout: float
 
 
 class InventoryRunner:

@@ -22,9 +22,8 @@ from prometheus_client.registry import Collector
 from exporter.exposition import TableFamily
 
 if TYPE_CHECKING:
-    from exporter.brokers.scheduler import SourceView
-    from exporter.events.ingest import StreamStatus
     from exporter.state import Snapshot
+    from exporter.status import SourceView, StreamStatus
 
 Kind = Literal["counter", "gauge", "histogram"]
 

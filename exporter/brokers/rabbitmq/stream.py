@@ -55,7 +55,8 @@ from exporter.brokers.backoff import Backoff
 from exporter.brokers.rabbitmq.connection import connection_parameters
 from exporter.brokers.settings import StreamSettings
 from exporter.brokers.supervisor import TICK, Supervisor, node_id
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.events.ingest import Ingest
+from exporter.status import StreamStatus
 
 EXCHANGE = "celeryev"
 CONNECT_TIMEOUT = 5.0
