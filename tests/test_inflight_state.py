@@ -306,7 +306,7 @@ def test_a_reconnect_loses_events_only_past_what_the_broker_keeps(state: Cluster
 
     from exporter.brokers.backoff import Backoff
     from exporter.brokers.supervisor import Supervisor
-    from exporter.events.ingest import StreamStatus
+    from exporter.status import StreamStatus
 
     ingest = Ingest(state, clock)
     seen: list[bool] = []
