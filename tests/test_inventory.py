@@ -170,3 +170,18 @@ def test_the_daemon_asks_once_at_start_and_logs_one_line_when_nobody_answers(tim
         assert [line["event"] for line in lines] == [
             "no worker answered the in-flight inventory (remote control disabled, or no worker up); tasks "
             "already running are seen from their next event"]
+
+
+@pytest.mark.integration
+def test_the_broadcast_is_json_never_pickle() -> None:
+    import json
+
+    with RedisServer() as server:
+        sub = server.client().pubsub()
+        sub.psubscribe("*pidbox*")
+        wait_for(lambda: sub.get_message(timeout=0.1), 5, what="subscribed")
+        _inventory(server.url(), timeout=0.5)
+        message = wait_for(lambda: sub.get_message(timeout=0.5), 5, what="the broadcast")
+        envelope = json.loads(message["data"])
+        assert envelope["content-type"] == "application/json"
+        sub.close()
