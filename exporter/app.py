@@ -20,11 +20,12 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
 from exporter.brokers.polling import build_polling
-from exporter.brokers.registry import build_stream
+from exporter.brokers.registry import build_stream, scheme_of
 from exporter.brokers.settings import PollSettings, StreamSettings
 from exporter.collectors import Sources, build_collectors
 from exporter.config import Config
 from exporter.config_values import join_host_port
+from exporter.diagnosis import Diagnoser, DiagnosisSettings
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.http import Health, MetricsServer
 from exporter.secrets import broker_location
@@ -36,8 +37,8 @@ STALL_AFTER = 30.0  # /healthz fails when the event loop has not turned for this
 SNAPSHOT_MAX_AGE = 0.1  # collectors of one scrape share one snapshot
 
 
-def stream_settings(config: Config) -> StreamSettings:
-    """The event stream's slice of the configuration."""
+def stream_settings(config: Config, transient: bool = False) -> StreamSettings:
+    """The event stream's slice of the configuration (``transient``: doctor's, see StreamSettings)."""
     return StreamSettings(
         broker_url=config.broker_url,
         transport_options=config.broker_transport_options,
@@ -47,6 +48,7 @@ def stream_settings(config: Config) -> StreamSettings:
         queue_max_length=config.event_queue_max_length,
         queue_max_bytes=config.event_queue_max_bytes,
         prefetch=config.event_prefetch,
+        transient=transient,
     )
 
 
@@ -72,6 +74,17 @@ def poll_settings(config: Config) -> PollSettings:
     )
 
 
+def diagnosis_settings(config: Config, started: float) -> DiagnosisSettings:
+    """The checks' slice of the configuration."""
+    return DiagnosisSettings(
+        broker_scheme=scheme_of(config.broker_url),
+        management_api=bool(config.rabbitmq_management_url),
+        caps={k: getattr(config, k) for k in ("max_task_names", "max_queues", "max_series",
+                                               "max_tracked_tasks", "max_exception_types", "max_workers")},
+        started=started,
+    )
+
+
 class SnapshotSource:
     """One ClusterState snapshot shared by the collectors of a scrape (and of scrapes that overlap)."""
 
@@ -94,7 +107,7 @@ class SnapshotSource:
 class App:
     """The running exporter: state, event stream, pollers and HTTP server."""
 
-    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time, serve: bool = True) -> None:
         self.config = config
         self.clock = clock
         self.stop_event = threading.Event()
@@ -102,26 +115,32 @@ class App:
         self.status = StreamStatus(clock)
         self.ingest = Ingest(self.state, clock)
         snapshots = SnapshotSource(self.state)
-        self.stream = build_stream(stream_settings(config), self.ingest, self.status)
+        self.stream = build_stream(stream_settings(config, transient=not serve), self.ingest, self.status)
         self.polling = build_polling(poll_settings(config), self.state.queues_seen)
         # Read through self.polling at scrape time: the demo swaps in its own polling after this.
-        sources = Sources(snapshots, self.status, lambda: self.polling.views(), clock)
+        self.diagnoser = Diagnoser(snapshots, lambda: self.polling.views(), self.status,
+                                   diagnosis_settings(config, clock()))
+        sources = Sources(snapshots, self.status, lambda: self.polling.views(), clock, self.diagnoser.results)
         self.registry = CollectorRegistry(auto_describe=False)
         # register() reads each collector's describe(): a name declared twice stops start-up here.
         for collector in (*build_collectors(sources), PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(collector)
+        self._threads: list[threading.Thread] = []
+        # doctor runs the same components without a server (serve=False).
+        self.http: MetricsServer | None = None
+        if not serve:
+            return
         ssl_context, authorize, headers = self._web_security()
         self.http = MetricsServer(
             config.listen_address,
             config.port,
             self.registry,
-            Health(self._alive, self._ready, self._index_info),
+            Health(self._alive, self._ready, self._index_info, self._status_page),
             ssl_context=ssl_context,
             authorize=authorize,
             headers=headers,
             metrics_path=config.web_telemetry_path,
         )
-        self._threads: list[threading.Thread] = []
 
     def _web_security(self) -> tuple[Any, Any, Any]:
         if not self.config.web_config_file:
@@ -156,9 +175,15 @@ class App:
             "reconnects": str(self.status.reconnects),
         }
 
+    def _status_page(self) -> str:
+        from exporter.statuspage import page_for
+
+        return page_for(self.config, *self.diagnoser.check())
+
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self.http.start()
+        if self.http is not None:
+            self.http.start()
         for name, target in (("event-stream", self.stream.run), ("polling", self.polling.run)):
             thread = threading.Thread(target=self._guard(name, target), name=name, daemon=True)
             thread.start()
@@ -166,7 +191,7 @@ class App:
         log.info(
             "celery-exporter started",
             version=__version__,
-            listen=join_host_port(self.config.listen_address, self.http.port),
+            listen=join_host_port(self.config.listen_address, self.port),
             metrics_path=self.config.web_telemetry_path,
             broker=self._index_info()["broker"],
         )
@@ -191,7 +216,8 @@ class App:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self.http.stop()
+        if self.http is not None:
+            self.http.stop()
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
             log.warning("components did not stop in time", components=alive)
@@ -199,4 +225,4 @@ class App:
 
     @property
     def port(self) -> int:
-        return self.http.port
+        return self.http.port if self.http is not None else 0

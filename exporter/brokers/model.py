@@ -66,6 +66,13 @@ class PollResult:
     # What one Redis poll read at those ends (queue -> {priority step: task id}), before the poller's
     # HeadTracker turns it into ``queue_heads``.
     head_ids: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
+    # Why each reported queue is reported and has its kind, in a few words ("kombu binding", "listed in
+    # --dead-letter-queues", "another queue dead-letters into it"): the status page and doctor show it.
+    # An explanation, not a measurement: left out of equality.
+    reasons: Mapping[str, str] = field(default_factory=dict, compare=False)
+    # Queue -> its dead-letter exchange, for failure routes whose letters reach no queue classified as a
+    # DLQ (the DLX has no queue bound, so RabbitMQ drops them): the doctor's dead_letter_routes check.
+    unrouted_dead_letters: Mapping[str, str] = field(default_factory=dict)
 
     def names(self) -> set[str]:
         return set(self.queues) | set(self.retry) | set(self.dead_letter)
@@ -212,7 +219,9 @@ def cap_queues(result: PollResult, max_queues: int, pinned: Sequence[str] = ()) 
         oldest[OVERFLOW_LABEL] = min(dropped)
     dlq_depth = {n: d for n, d in result.dead_letter_depth.items() if n in keep}
     return PollResult(queues, retry, dlq, oldest, result.broker_unacked, dlq_depth, result.skipped,
-                      result.mismatched_options)
+                      result.mismatched_options,
+                      reasons={n: r for n, r in result.reasons.items() if n in keep},
+                      unrouted_dead_letters=result.unrouted_dead_letters)
 
 
 def _fold(values: Mapping[str, float], keep: set[str]) -> dict[str, float]:

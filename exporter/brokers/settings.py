@@ -34,6 +34,9 @@ class StreamSettings:
     queue_max_length: int
     queue_max_bytes: int
     prefetch: int
+    # doctor: change nothing on the broker. RabbitMQ gets an exclusive, auto-delete event queue (gone with
+    # the connection) and only a passive declare of Celery's exchange.
+    transient: bool = False
 
 
 @dataclass(frozen=True)

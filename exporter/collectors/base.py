@@ -23,6 +23,7 @@ from exporter.exposition import TableFamily
 
 if TYPE_CHECKING:
     from exporter.brokers.scheduler import SourceView
+    from exporter.diagnosis.model import Result
     from exporter.events.ingest import StreamStatus
     from exporter.records import Snapshot
 
@@ -67,6 +68,7 @@ class Sources:
     status: StreamStatus  # the event stream's connection state
     poll_views: Callable[[], Sequence[SourceView]]  # the pollers' last results
     clock: Callable[[], float]
+    diagnosis: Callable[[], Sequence[Result]] | None = None  # the checks' cached verdicts
 
 
 class SpecCollector(Collector):

@@ -1,0 +1,150 @@
+"""The evidence the checks judge: one immutable ``Evidence`` built from what the exporter already holds,
+a state ``Snapshot``, the pollers' last ``SourceView`` per source and the event stream's ``StreamStatus``.
+
+Building it copies a few fields per worker and per queue (both capped), so it is cheap enough for a
+scrape; it never talks to a broker or a worker. The checks (``checks.py``) are pure functions of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from exporter.labels import OVERFLOW_LABEL
+
+# A worker's clock is read from its heartbeats: the event's own timestamp against the exporter's clock
+# when it arrived. Transit takes milliseconds, so the difference is the skew to well under a second.
+
+
+@dataclass(frozen=True)
+class DiagnosisSettings:
+    """The slice of the configuration the checks need (``exporter.app.diagnosis_settings`` builds it)."""
+
+    broker_scheme: str  # "redis", "rediss", "amqp", "sqs", ... (the first URL's scheme)
+    management_api: bool  # RabbitMQ: --rabbitmq-management-url is set
+    caps: Mapping[str, int] = field(default_factory=dict)  # cap name -> configured limit
+    started: float = 0.0  # exporter clock when watching began
+    grace: float = 5.0  # seconds of watching before silence counts (two heartbeats and a margin)
+
+
+@dataclass(frozen=True)
+class WorkerFacts:
+    name: str
+    version: str
+    online: bool
+    last_heartbeat: float  # exporter clock of its last worker-online/heartbeat
+    active: float
+    clock_skew: float | None  # seconds its clock runs ahead (+) or behind (-) the exporter's
+    processed: int | None  # tasks it accepted, from its heartbeats (None: not known to this state)
+    task_events: int | None  # task events carrying its hostname (None: not known to this state)
+    missed: int | None
+
+
+@dataclass(frozen=True)
+class QueueFacts:
+    name: str
+    kind: str  # task, retry or dlq
+    source: str  # which poller reported it
+    depth: float
+    reason: str  # why it is reported with this kind
+
+
+@dataclass(frozen=True)
+class Evidence:
+    now: float
+    watched: float  # seconds since watching began
+    settings: DiagnosisSettings
+    connected: bool
+    connects: int
+    reconnects: int
+    last_error: str
+    events_by_type: Mapping[str, int]
+    workers: tuple[WorkerFacts, ...]
+    queues_seen: tuple[str, ...]  # queue names the task events taught the state
+    polled: bool  # a poll of the broker has succeeded
+    poll_sources: int  # pollers configured (0: this broker is not polled)
+    queues: tuple[QueueFacts, ...]
+    mismatched_options: tuple[str, ...]
+    unrouted_dead_letters: Mapping[str, str]
+    overflow: Mapping[str, int]  # label -> values folded into __overflow__
+    evicted_for_capacity: int  # tracked tasks dropped because --max-tracked-tasks was full
+    events_missed: int | None  # task starts the heartbeats report but the stream never delivered
+
+    @property
+    def warmed_up(self) -> bool:
+        return self.watched >= self.settings.grace
+
+    def count(self, *types: str) -> int:
+        return sum(self.events_by_type.get(t, 0) for t in types)
+
+    @property
+    def worker_events(self) -> int:
+        return sum(n for t, n in self.events_by_type.items() if t.startswith("worker-"))
+
+    @property
+    def task_events(self) -> int:
+        return sum(n for t, n in self.events_by_type.items() if t.startswith("task-"))
+
+
+def _opt_int(record: Any, name: str) -> int | None:
+    value = getattr(record, name, None)  # worker facts arrive with the worker room (h21 contract)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def worker_facts(name: str, record: Any) -> WorkerFacts:
+    skew = getattr(record, "clock_skew", None)
+    if skew is None and record.heartbeat_seen and record.heartbeat_ts:
+        skew = record.heartbeat_ts - record.heartbeat_seen
+    return WorkerFacts(
+        name=name, version=record.version, online=record.online, last_heartbeat=record.heartbeat_seen,
+        active=record.active, clock_skew=skew, processed=_opt_int(record, "processed"),
+        task_events=_opt_int(record, "task_events"), missed=_opt_int(record, "missed"))
+
+
+def queue_facts(views: Sequence[Any]) -> tuple[list[QueueFacts], tuple[str, ...], dict[str, str], bool]:
+    """Queues, mismatched options, unrouted dead letters and whether any poll succeeded, from views."""
+    queues: list[QueueFacts] = []
+    mismatched: list[str] = []
+    unrouted: dict[str, str] = {}
+    polled = False
+    for view in views:
+        result = view.result
+        if result is None:
+            continue
+        polled = True
+        why = result.reasons
+        for kind, table in (("task", {n: d.ready for n, d in result.queues.items()}),
+                            ("retry", result.retry), ("dlq", result.dead_letter)):
+            for name, depth in table.items():
+                reason = why.get(name, "over --max-queues" if name == OVERFLOW_LABEL else "")
+                queues.append(QueueFacts(name, kind, view.source, float(depth), reason))
+        mismatched += [o for o in result.mismatched_options if o not in mismatched]
+        unrouted.update(result.unrouted_dead_letters)
+    return queues, tuple(mismatched), unrouted, polled
+
+
+def build_evidence(snapshot: Any, views: Sequence[Any], status: Any, settings: DiagnosisSettings) -> Evidence:
+    """``snapshot``: a state Snapshot; ``views``: the pollers' SourceViews; ``status``: the StreamStatus."""
+    queues, mismatched, unrouted, polled = queue_facts(views)
+    workers = tuple(worker_facts(n, r) for n, r in sorted(snapshot.workers.items()))
+    return Evidence(
+        now=snapshot.now,
+        watched=max(0.0, snapshot.now - settings.started),
+        settings=settings,
+        connected=bool(status.connected),
+        connects=int(status.connects),
+        reconnects=int(status.reconnects),
+        last_error=str(status.last_error or ""),
+        events_by_type=dict(snapshot.events_by_type),
+        workers=workers,
+        queues_seen=tuple(snapshot.queues_seen),
+        polled=polled,
+        poll_sources=len(views),
+        queues=tuple(queues),
+        mismatched_options=mismatched,
+        unrouted_dead_letters=unrouted,
+        overflow={k: v for k, v in snapshot.overflow.items() if v},
+        evicted_for_capacity=int(snapshot.evicted.get("capacity", 0)),
+        events_missed=_opt_int(snapshot, "events_missed"),
+    )
