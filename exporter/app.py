@@ -82,6 +82,7 @@ def diagnosis_settings(config: Config, started: float) -> DiagnosisSettings:
         caps={k: getattr(config, k) for k in ("max_task_names", "max_queues", "max_series",
                                                "max_tracked_tasks", "max_exception_types", "max_workers")},
         started=started,
+        poll_interval=config.poll_interval,
     )
 
 

@@ -52,7 +52,8 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], empty: str)
     if not body:
         return f"<p>{_e(empty)}</p>"
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{head}</tr></thead>" if any(headers) else ""
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
 
 
 def _checks(results: Sequence[Result]) -> str:

@@ -11,11 +11,11 @@ from exporter.labels import OVERFLOW_LABEL
 
 # overflow key of the state -> (what folded, the option that caps it)
 CAPS = {
-    "task_name": ("task names", "max_task_names"),
-    "queue": ("queues", "max_queues"),
-    "series": ("per-task series", "max_series"),
-    "exception": ("exception types", "max_exception_types"),
-    "worker": ("workers", "max_workers"),
+    "task_name": ("task name", "max_task_names"),
+    "queue": ("queue", "max_queues"),
+    "series": ("new per-task series", "max_series"),
+    "exception": ("exception type", "max_exception_types"),
+    "worker": ("worker name", "max_workers"),
 }
 
 
@@ -41,7 +41,7 @@ def queue_keys(ev: Evidence) -> Result:
         if declared:
             return Result(name, Status.OK, f"{len(declared)} task queue(s) declared in the broker.",
                           tuple(q.name for q in declared[:20]))
-        if not ev.warmed_up and not ev.worker_events:
+        if not ev.polled_enough:  # the workers may be declaring their queues right now
             return Result(name, Status.UNKNOWN, "No queue found yet.")
         only_events = [q.name for q in tasks]
         return Result(
@@ -56,7 +56,7 @@ def queue_keys(ev: Evidence) -> Result:
     if tasks:
         return Result(name, Status.OK, f"{len(tasks)} task queue(s) found.",
                       tuple(q.name for q in tasks[:20]))
-    if ev.queues_seen and ev.warmed_up:
+    if ev.queues_seen and ev.polled_enough:
         return Result(name, Status.PROBLEM, "Events name queues the broker poll does not find: the exporter "
                       "reads another virtual host than the workers.", tuple(ev.queues_seen[:20]),
                       "Use the workers' virtual host in --broker-url (amqp://host:5672/<vhost>).",
@@ -129,7 +129,7 @@ def caps(ev: Evidence) -> Result:
     for key, n in sorted(ev.overflow.items()):
         what, option = CAPS.get(key, (key, ""))
         folded[option or key] = n
-        lines.append(f"{n} {what} event(s) folded into {OVERFLOW_LABEL}"
+        lines.append(f"{n} event(s) had their {what} folded into {OVERFLOW_LABEL}"
                      + (f" (--{option.replace('_', '-')} {limits[option]})" if option in limits else ""))
     if ev.evicted_for_capacity:
         folded["max_tracked_tasks"] = ev.evicted_for_capacity

@@ -26,6 +26,7 @@ class DiagnosisSettings:
     caps: Mapping[str, int] = field(default_factory=dict)  # cap name -> configured limit
     started: float = 0.0  # exporter clock when watching began
     grace: float = 5.0  # seconds of watching before silence counts (two heartbeats and a margin)
+    poll_interval: float = 5.0  # a queue's absence counts once a poll after the grace has seen the broker
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,11 @@ class Evidence:
     @property
     def warmed_up(self) -> bool:
         return self.watched >= self.settings.grace
+
+    @property
+    def polled_enough(self) -> bool:
+        """Long enough for a poll to have run after workers started with the exporter declared queues."""
+        return self.watched >= max(self.settings.grace, self.settings.poll_interval + 1.0)
 
     def count(self, *types: str) -> int:
         return sum(self.events_by_type.get(t, 0) for t in types)

@@ -224,7 +224,7 @@ def make_plan(index: KeyIndex, first: Sequence[Any], settings: RedisSettings, se
             add(name, "its key existed at an earlier poll")
     if not only_dlq:
         for name in settings.queue_names:
-            add(name, "listed in --queues")
+            add(name, "--default-queue or --queues (no key, no kombu binding)")
         for name in seen:
             add(name, "named by task events only (no key, no kombu binding)")
         for name in index.plain | set(index.substeps):
