@@ -28,7 +28,7 @@ from exporter.config_values import join_host_port
 from exporter.diagnosis import Diagnoser, DiagnosisSettings
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.http import Health, MetricsServer
-from exporter.secrets import broker_location
+from exporter.secrets import broker_location, option_secrets, url_secrets
 from exporter.state import ClusterState, Snapshot
 
 log = structlog.get_logger("exporter")
@@ -83,6 +83,8 @@ def diagnosis_settings(config: Config, started: float) -> DiagnosisSettings:
                                                "max_tracked_tasks", "max_exception_types", "max_workers")},
         started=started,
         poll_interval=config.poll_interval,
+        secrets=(*url_secrets(config.broker_url), *url_secrets(config.rabbitmq_management_url or ""),
+                 *option_secrets(config.broker_transport_options)),
     )
 
 

@@ -124,16 +124,14 @@ _CAP_KEYS = {"max_task_names": "task_name", "max_queues": "queue", "max_series":
 def page_for(config: Any, ev: Evidence, results: Sequence[Result]) -> str:
     """The page of a running exporter (``config``: its Config), every URL, option and error redacted."""
     from exporter.cli import version_text
-    from exporter.secrets import option_secrets, redact_options, redact_text, redact_url, url_secrets
+    from exporter.secrets import redact_options, redact_text, redact_url
 
-    secrets = (*url_secrets(config.broker_url), *url_secrets(config.rabbitmq_management_url or ""),
-               *option_secrets(config.broker_transport_options))
     info = PageInfo(
         version=version_text(), broker=redact_url(config.broker_url),
         links=(config.web_telemetry_path, "/healthz", "/readyz"), caps=ev.settings.caps,
         transport_options=json.dumps(redact_options(config.broker_transport_options or {}), sort_keys=True),
         management_url=redact_url(config.rabbitmq_management_url or ""))
-    ev = replace(ev, last_error=redact_text(ev.last_error, secrets))
+    ev = replace(ev, last_error=redact_text(ev.last_error, ev.settings.secrets))  # already, and once more
     return render_page(info, ev, results)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.labels import OVERFLOW_LABEL
+from exporter.secrets import redact_text
 
 # A worker's clock is read from its heartbeats: the event's own timestamp against the exporter's clock
 # when it arrived. Transit takes milliseconds, so the difference is the skew to well under a second.
@@ -27,6 +28,8 @@ class DiagnosisSettings:
     started: float = 0.0  # exporter clock when watching began
     grace: float = 5.0  # seconds of watching before silence counts (two heartbeats and a margin)
     poll_interval: float = 5.0  # a queue's absence counts once a poll after the grace has seen the broker
+    # Every configured password: masked in the error texts the checks quote (exporter.secrets).
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ def build_evidence(snapshot: Any, views: Sequence[Any], status: Any, settings: D
         connected=bool(status.connected),
         connects=int(status.connects),
         reconnects=int(status.reconnects),
-        last_error=str(status.last_error or ""),
+        last_error=redact_text(str(status.last_error or ""), settings.secrets),
         events_by_type=dict(snapshot.events_by_type),
         workers=workers,
         queues_seen=tuple(snapshot.queues_seen),
