@@ -55,6 +55,12 @@ def measure(path: Path, repeat: int, batch: int) -> dict[str, Any]:
     from exporter.events.ingest import Ingest
     from exporter.state import ClusterState
 
+    try:  # ClusterState takes its settings; older checkouts built their defaults themselves
+        from exporter.config import state_settings
+
+        settings = state_settings()
+    except ImportError:
+        settings = None
     payloads = path.read_bytes().split(b"\n")
     batches = [payloads[i:i + batch] for i in range(0, len(payloads), batch)]
     out: dict[str, Any] = {"total": [], "decode": [], "types": defaultdict(list)}
@@ -62,7 +68,7 @@ def measure(path: Path, repeat: int, batch: int) -> dict[str, Any]:
     cpu = time.process_time_ns  # whole runs on CPU time: the machine may be shared, preemption is not ours
     for _ in range(repeat):
         gc.collect()
-        state = ClusterState()
+        state = ClusterState(settings) if settings is not None else ClusterState()
         ingest = Ingest(state)
         feed = ingest.feed_redis
         n = 0
@@ -80,7 +86,7 @@ def measure(path: Path, repeat: int, batch: int) -> dict[str, Any]:
         out["decode"].append((cpu() - t0) / 1000 / len(dec.events))
 
         gc.collect()
-        state = ClusterState()
+        state = ClusterState(settings) if settings is not None else ClusterState()
         apply = state.apply
         spent: dict[str, int] = defaultdict(int)
         count: dict[str, int] = defaultdict(int)

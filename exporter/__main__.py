@@ -1,5 +1,8 @@
 """``celery-exporter`` / ``python -m exporter``: parse the config, build the app, run until SIGTERM/SIGINT.
 
+SIGHUP re-reads the configuration and applies what can change while running (``exporter.reload``: the
+web config file, the log level), as Prometheus' own tools do; it never stops the process.
+
 Exit status: 0 after a clean stop, 2 for a configuration error (one message naming the key and its
 source; a broker URL option the driver refuses is one too), 1 if the exporter cannot start (for example,
 the listen port is taken). No message shows a password (``exporter.secrets``).
@@ -37,10 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.key != "arguments":  # argparse has already printed its own message
             print(f"celery-exporter: error: {exc}", file=sys.stderr)
         return 2
-    return run(config)
+    return run(config, args)
 
 
-def run(config: object) -> int:
+def run(config: object, argv: Sequence[str] = ()) -> int:
     import structlog
 
     from exporter.app import App
@@ -48,6 +51,7 @@ def run(config: object) -> int:
     from exporter.config import Config
     from exporter.config_values import join_host_port
     from exporter.logs import configure_logging
+    from exporter.reload import reload
     from exporter.secrets import describe_error, option_secrets, url_secrets
 
     assert isinstance(config, Config)
@@ -68,17 +72,24 @@ def run(config: object) -> int:
         print(f"celery-exporter: error: --broker-url: {describe_error(exc, secrets)}", file=sys.stderr)
         return 2
 
-    stop = threading.Event()
+    stop, hup = threading.Event(), threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal received, stopping", signal=signal.Signals(signum).name)
         stop.set()
 
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        hup.set()  # the reload itself runs below, in the main loop: no logging or I/O in a signal handler
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     app.start()
-    while not stop.wait(1.0):
-        pass
+    while not stop.wait(0.2):
+        if hup.is_set():
+            hup.clear()
+            log.info("signal received, reloading the configuration", signal="SIGHUP")
+            reload(app, argv)
     app.stop()
     return 0
 

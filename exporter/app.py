@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
@@ -28,6 +27,7 @@ from exporter.config_values import join_host_port
 from exporter.diagnosis import Diagnoser, DiagnosisSettings
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.http import Health, MetricsServer
+from exporter.reload import web_security
 from exporter.secrets import broker_location, option_secrets, url_secrets
 from exporter.state import ClusterState, Snapshot
 
@@ -43,6 +43,7 @@ def stream_settings(config: Config, transient: bool = False) -> StreamSettings:
         broker_url=config.broker_url,
         transport_options=config.broker_transport_options,
         queue_prefix=config.event_queue_prefix,
+        queue_name=None if transient else config.event_queue_name,  # doctor never touches the daemon's
         queue_ttl=config.event_queue_ttl,
         queue_expires=config.event_queue_expires,
         queue_max_length=config.event_queue_max_length,
@@ -133,7 +134,7 @@ class App:
         self.http: MetricsServer | None = None
         if not serve:
             return
-        ssl_context, authorize, headers = self._web_security()
+        ssl_context, authorize, headers = web_security(config.web_config_file)
         self.http = MetricsServer(
             config.listen_address,
             config.port,
@@ -144,14 +145,6 @@ class App:
             headers=headers,
             metrics_path=config.web_telemetry_path,
         )
-
-    def _web_security(self) -> tuple[Any, Any, Any]:
-        if not self.config.web_config_file:
-            return None, None, None
-        from exporter.webconfig import load_web_config
-
-        web = load_web_config(self.config.web_config_file)
-        return web.ssl_context(), web.authorizer(), web.headers
 
     # ------------------------------------------------------------------ probes
     def _alive(self) -> tuple[bool, str]:
@@ -166,6 +159,8 @@ class App:
     def _ready(self) -> tuple[bool, str]:
         if self.status.connected:
             return True, "connected to the broker"
+        if self.status.waiting:
+            return False, self.status.waiting
         error = self.status.last_error or "not connected yet"
         return False, f"not connected to the broker: {error}"
 
@@ -224,7 +219,9 @@ class App:
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
             log.warning("components did not stop in time", components=alive)
-        log.info("celery-exporter stopped")
+        # What this process applied, so a restart's gap (or its absence) can be checked against a publisher.
+        events = sum(self.state.take_snapshot().events_by_type.values())
+        log.info("celery-exporter stopped", events=events)
 
     @property
     def port(self) -> int:

@@ -27,8 +27,8 @@ import yaml
 
 from exporter import config_values as v
 from exporter.brokers.model import DEFAULT_DEAD_LETTER_QUEUES
-from exporter.records import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS, StateSettings
 from exporter.secrets import redact_options, redact_url, url_problem, yaml_error
+from exporter.state import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS, StateSettings
 
 ENV_PREFIX = "CELERY_EXPORTER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -125,6 +125,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("event_queue_prefix", v.string, "celeryev.celery-exporter",
            "RabbitMQ: name prefix of the exporter's own event queue (a per-process id is appended).", "NAME",
            EVENTS),
+    Option("event_queue_name", v.queue_name, None,
+           "RabbitMQ: a stable name for the exporter's event queue (<event_queue_prefix>.<NAME>), one per "
+           "replica (on Kubernetes the StatefulSet pod name): a clean stop leaves the queue, a start drains "
+           "what arrived meanwhile, and a second process with the same name waits, not ready, until the "
+           "queue is free. Unset: a per-process name, deleted on a clean stop.", "NAME", EVENTS),
     Option("event_queue_ttl", v.non_negative_float, 60.0,
            "RabbitMQ: seconds an event may wait in the exporter's queue before RabbitMQ drops it "
            "(x-message-ttl; 0 for no limit). Celery's own default of 5 s loses events under load.",
@@ -247,6 +252,7 @@ class Config:
     max_finished_tasks: int
     max_series: int
     event_queue_prefix: str
+    event_queue_name: str | None
     event_queue_ttl: float
     event_queue_expires: float
     event_queue_max_length: int

@@ -78,6 +78,16 @@ def optional_string(v: Any) -> str | None:
     return s or None
 
 
+def queue_name(v: Any) -> str | None:
+    """An AMQP queue-name part: printable, no spaces, short enough to stay under AMQP's 255 bytes."""
+    s = optional_string(v)
+    if s is None:
+        return None
+    if len(s.encode()) > 200 or not s.isprintable() or any(c.isspace() for c in s):
+        raise ValueError("expected a name of at most 200 bytes without spaces")
+    return s
+
+
 def choice(*choices: str, aliases: dict[str, str] | None = None) -> Callable[[Any], str]:
     def parse(v: Any) -> str:
         s = string(v).strip().lower()

@@ -19,7 +19,6 @@ OVERFLOW_LABEL = "__overflow__"
 # one is. 255 because a queue name learnt from events is also declared on RabbitMQ, whose short strings
 # (queue names) stop at 255 bytes.
 MAX_LABEL_BYTES = 255
-MAX_LABEL_LENGTH = MAX_LABEL_BYTES  # the old name, kept for importers
 # Longest task uuid kept as a task-table key, in bytes: Celery's are 36, custom task ids rarely pass 100;
 # a hostile megabyte-long id must not be stored as is.
 MAX_UUID_BYTES = 255

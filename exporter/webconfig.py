@@ -13,7 +13,8 @@ What differs from exporter-toolkit, and why:
   defaults apply, which already exclude weak suites. ``http2`` is ignored: the server speaks HTTP/1.1.
 * ``client_allowed_sans``, ``rate_limit`` and ``client_auth_type: RequireAnyClientCert`` are refused
   rather than ignored: each promises a protection this server would not give.
-* The file is read once; a rotated certificate needs a restart (toolkit re-reads it per request).
+* The file is read at start and on SIGHUP (``exporter.reload``), not per request as the toolkit does: a
+  rotated certificate needs a SIGHUP or a restart.
 
 Basic auth follows exporter-toolkit: an unknown user is checked against a decoy hash so response times do
 not reveal which users exist; bcrypt runs one at a time (a flood of wrong passwords costs one core, not

@@ -21,7 +21,7 @@ from celery import Celery
 
 from exporter.app import stream_settings
 from exporter.brokers.settings import StreamSettings
-from exporter.config import Config
+from exporter.config import Config, state_settings
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.state import ClusterState
 from tests._support import celery_worker as support_worker
@@ -67,7 +67,7 @@ def settings(url: str, **config: Any) -> StreamSettings:
 
 
 def pipeline() -> tuple[ClusterState, Ingest, StreamStatus]:
-    state = ClusterState()
+    state = ClusterState(state_settings())
     return state, Ingest(state), StreamStatus()
 
 

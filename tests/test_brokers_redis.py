@@ -19,7 +19,7 @@ from kombu import Connection
 from exporter.app import poll_settings
 from exporter.brokers.polling import build_polling
 from exporter.collectors.tasks import TaskCollector
-from exporter.config import Config
+from exporter.config import Config, state_settings
 from exporter.state import ClusterState
 from tests._broker_helpers import (
     REDIS_URL,
@@ -164,7 +164,7 @@ def test_global_keyprefix_the_hpa_queue_and_the_unacked_hash(rdb: RedisDb) -> No
 
 def test_a_broker_that_hangs_or_goes_away_fails_its_poll_alone(redis_server: RedisServer) -> None:
     clock = FakeClock(T)
-    state = ClusterState(clock=clock)
+    state = ClusterState(state_settings(), clock)
     with state.lock:
         state.apply(sent("u1", "tests.polling.add", T - 1, queue="emails"))
     port = redis_server.port

@@ -250,3 +250,41 @@ def test_odd_keys_that_are_no_queue_are_not_counted_as_skipped(redis_server: Red
     got = samples(polled_registry(polling, FakeClock(T)))
     assert by_queue(got, "celery_dead_letter_queue_length") == {"dlq:app.pay": 1.0}
     assert not [k for k in got if k[0] == "celery_exporter_poll_skipped_total"]
+
+
+# ------------------------------------------------------------------------------------------ seed 004
+@pytest.mark.slow
+def test_seed_004_dead_letter_work_queue_is_a_task_queue_on_redis_too(redis_server: RedisServer) -> None:
+    """Seed 004's app on Redis, with a real worker consuming its queues: `dead_letter` matches the default
+    `dead_letter*` DLQ glob but has a kombu binding (in `_kombu.binding.default`: Celery binds a queue
+    declared without an exchange to its default exchange, `default` here), so it is a task queue,
+    as on RabbitMQ, and stays one with its tasks waiting once the worker is gone; an idle `dlq:x` list that
+    nothing binds stays a DLQ."""
+    from celery import Celery
+
+    from tests._broker_helpers import poll
+    from tests._support import ROOT, celery_worker
+
+    url = redis_server.url(0)
+    client = redis_server.client(0)
+    client.lpush("dlq:x", json.dumps({"task": "app.pay", "timestamp": T - 30}))
+    config = Config(url, default_queue="default")
+
+    def kinds() -> dict[str, dict[str, float]]:
+        got = poll(config, FakeClock(T))
+        return {m: by_queue(got, m) for m in ("celery_queue_length", "celery_dead_letter_queue_length")}
+
+    with celery_worker("tests._seed004_app", "default,dead_letter,dead_letters", "seed004@%h",
+                       {"SEED004_BROKER": url}, ROOT, pool="solo", concurrency=1):
+        member = b"default\x06\x16\x06\x16dead_letter"  # routing key, pattern, queue
+        wait_for(lambda: member in client.smembers("_kombu.binding.default"), 60, what="the worker's bindings")
+        got = kinds()
+    assert "dead_letter" in got["celery_queue_length"], got
+    assert got["celery_dead_letter_queue_length"] == {"dlq:x": 1.0}, got
+
+    producer = Celery("seed004-producer", broker=url, set_as_current=False)
+    for i in range(3):
+        producer.send_task("seed004.handle_dead_letter", args=("app.pay", f"boom {i}"), queue="dead_letter")
+    got = kinds()
+    assert got["celery_queue_length"]["dead_letter"] == 3.0, got
+    assert got["celery_dead_letter_queue_length"] == {"dlq:x": 1.0}, got

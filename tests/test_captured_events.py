@@ -49,6 +49,6 @@ def test_captured_streams_give_exact_counts(name: str) -> None:
     assert s.retried[("capture.exhaust", "capture", "ValueError")] == 4
     assert sum(sum(h.counts) for h in s.queue_wait.values()) == 23
     assert sum(s.active.values()) == 0
-    assert len(s._tasks) == 0  # every task finished and left the table
+    assert s.sizes().tasks == ()  # every task finished and left the table
     (worker,) = s.workers.values()
     assert not worker.online and worker.version == "5.7.0"

@@ -94,10 +94,10 @@ def test_100k_task_names() -> None:
     growth = memory_growth(ingest, names, 5_000, 100_000)
 
     cap = CAPS["max_task_names"]
-    assert len(state._names) == cap
+    assert state.sizes().task_names == cap
     assert len(state.counters) == cap + 1  # + the __overflow__ series
-    assert len(state._route_cache) <= cap + 1
-    assert len(state._tasks) == CAPS["max_tracked_tasks"]
+    assert state.sizes().routes <= cap + 1
+    assert len(state.sizes().tasks) == CAPS["max_tracked_tasks"]
     samples = served(registry)
     sent_series = series_of(samples, "celery_task_sent_total")
     assert len(sent_series) == cap + 1
@@ -125,7 +125,7 @@ def test_100k_exception_messages_and_classes() -> None:
     state.clock.advance(10)  # type: ignore[attr-defined]
     state.tick()
     cap = CAPS["max_exception_types"]
-    assert len(state._exceptions) == cap
+    assert state.sizes().exception_types == cap
     samples = served(registry)
     failed_series = series_of(samples, "celery_task_failed_total")
     retried_series = series_of(samples, "celery_task_retried_total")

@@ -104,7 +104,7 @@ def test_fast_renderer_agrees_with_client_python() -> None:
 
 def test_label_values_are_escaped(fake_clock: FakeClock) -> None:
     clock = fake_clock
-    state = ClusterState(clock=clock)
+    state = ClusterState(state_settings(), clock)
     Ingest(state, clock).feed_redis([redis_envelope([sent("u", 'we"ird\\name\nx', T0)])])
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TaskCollector(state.take_snapshot))
@@ -125,7 +125,7 @@ def test_exact_values() -> None:
     assert v("celery_task_duration_seconds_count", {"task_name": "proj.pay", "queue": "payments", "state": "failed"}) == 1
     assert v("celery_task_duration_seconds_sum", {"task_name": "proj.pay", "queue": "payments", "state": "retried"}) == 1
     assert v("celery_task_queue_wait_seconds_count", {"task_name": "proj.pay", "queue": "payments"}) == 2
-    # "c" was only ever seen started, without a name: held, counted nowhere yet (exporter/state.py)
+    # "c" was only ever seen started, without a name: held, counted nowhere yet (exporter/state/held.py)
     assert v("celery_tasks_active", {"task_name": "unknown", "queue": "celery"}) is None
     assert v("celery_exporter_unknown_tasks_total") == 0
     assert v("celery_task_revoked_total", {"task_name": "proj.add", "queue": "default", "reason": "revoked"}) == 0

@@ -14,7 +14,7 @@ import pytest
 
 from exporter.cli import build_parser
 from exporter.config import GROUPS, OPTIONS, Config, ConfigError, load_config, redact_url, state_settings
-from exporter.records import StateSettings
+from exporter.state import StateSettings
 
 URL = "redis://:s3cr3t-pw@127.0.0.1:6379/0"
 

@@ -63,7 +63,7 @@ def test_reject_through_a_dlx_ladder_keeps_its_name_on_every_delivery() -> None:
     assert (c[SENT], c[RECEIVED], c[STARTED], c[REJECTED], c[SUCCEEDED]) == (1, 3, 3, 2, 1)
     assert s.failed[("t", Q, "Reject")] == 2
     assert not any(k[0] == UNKNOWN_TASK for k in s.counters) and s.unnamed_tasks == 0
-    assert s.active[("t", Q)] == 0 and len(s._tasks) == 0
+    assert s.active[("t", Q)] == 0 and s.sizes().tasks == ()
     assert sum(s.durations[("t", Q, 1)].counts) == 2  # each failed delivery one failed duration
 
 
@@ -102,7 +102,7 @@ def test_an_earlier_attempts_events_overtaken_by_the_final_outcome_still_count()
     assert s.retried[("t", Q, "ConnectionError")] == 2
     assert sum(s.durations[("t", Q, 2)].counts) == 2  # each retried attempt one sample
     assert s.durations[("t", Q, 2)].total == pytest.approx(1.0 + 0.5)
-    assert s.active[("t", Q)] == 0 and len(s._tasks) == 0 and s.ignored["after_terminal"] == 0
+    assert s.active[("t", Q)] == 0 and s.sizes().tasks == () and s.ignored["after_terminal"] == 0
 
 
 def test_late_task_retried_does_not_erase_the_next_attempts_start() -> None:
@@ -115,7 +115,7 @@ def test_late_task_retried_does_not_erase_the_next_attempts_start() -> None:
     key = ("t", Q)
     assert sum(s.durations[(*key, 2)].counts) == 1 and s.durations[(*key, 2)].total == pytest.approx(1.5)
     assert sum(s.durations[(*key, 0)].counts) == 1 and s.durations[(*key, 0)].total == pytest.approx(3.0)
-    assert s.active[key] == 0 and len(s._tasks) == 0
+    assert s.active[key] == 0 and s.sizes().tasks == ()
 
 
 def test_task_retried_after_the_final_event_still_gets_its_duration() -> None:
@@ -165,7 +165,7 @@ def test_a_terminal_event_overtaking_the_task_sent_keeps_the_name() -> None:
     clock.advance(HOLD_SECONDS)
     s.tick()
     assert s.revoked == {("t", Q, "expired"): 1} and s.counters[("t", Q)][SENT] == 1
-    assert s.unnamed_tasks == 0 and len(s._tasks) == 0
+    assert s.unnamed_tasks == 0 and s.sizes().tasks == ()
 
 
 def test_revoke_reasons_from_the_events_flags() -> None:
@@ -231,7 +231,7 @@ def test_finished_memory_is_bounded() -> None:
     s = make(max_finished_tasks=10)
     for i in range(100):
         feed(s, sent(f"u{i}", "t", T0), started(f"u{i}", T0), succeeded(f"u{i}", T0, 0.1))
-    assert 5 <= len(s._finished) <= 10 and len(s._tasks) == 0
+    assert 5 <= s.sizes().finished <= 10 and s.sizes().tasks == ()
 
 
 def test_held_events_are_bounded_per_task() -> None:
@@ -244,7 +244,7 @@ def test_total_series_cap_folds_new_series_into_overflow() -> None:
     s = make(max_series=200, duration_buckets=(1.0,), queue_wait_buckets=(1.0,))
     for i in range(100):
         feed(s, sent(f"u{i}", f"t{i}", T0), started(f"u{i}", T0 + 1), failed(f"u{i}", T0 + 2, f"E{i}('x')"))
-    assert s.series <= 200 and s.overflow["series"] > 0
+    assert s.sizes().series <= 200 and s.overflow["series"] > 0
     assert ("__overflow__", "__overflow__") in s.counters
     total_started = sum(c[STARTED] for c in s.counters.values())
     assert total_started == 100  # nothing dropped: folded

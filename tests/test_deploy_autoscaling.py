@@ -202,7 +202,7 @@ def _answered(answer: list[dict[str, Any]] | None) -> bool:
 def test_autoscaler_queries_read_the_real_queue_length_through_prometheus(
     adapter_rule: dict[str, Any], hpa: dict[str, Any], scaled_object: dict[str, Any], tmp_path: Path
 ) -> None:
-    """Two exporter replicas configured as the Deployment is, on the real Redis, scraped by a real
+    """Two exporter replicas configured as the StatefulSet is, on the real Redis, scraped by a real
     Prometheus: the adapter's rendered query and KEDA's query both return the queue's true depth."""
     import redis
     from kombu import Connection, Exchange, Producer, Queue
@@ -221,7 +221,7 @@ def test_autoscaler_queries_read_the_real_queue_length_through_prometheus(
         for i in range(depth):
             producer.publish({"n": i}, exchange=queue.exchange, routing_key="default", declare=[queue])
 
-    deployment = only(manifest_docs(K8S / "base" / "deployment.yaml"), "Deployment")
+    deployment = only(manifest_docs(K8S / "base" / "statefulset.yaml"), "StatefulSet")
     container = container_named(deployment, "celery-exporter")
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     env.update(CELERY_EXPORTER_BROKER_URL=broker, CELERY_EXPORTER_LISTEN_ADDRESS="127.0.0.1",

@@ -1,7 +1,8 @@
 """The Kubernetes manifests (deploy/kubernetes): every file and every rendered overlay validates against
 the Kubernetes schemas (kubernetes-validate, pinned version) or our CRD schemas; the exporter containers
 are hardened and probe endpoints the HTTP server serves; the sidecar overlay replaces the standalone
-Deployment; the PrometheusRule is generated from alerts/ and, like the ServiceMonitor, carries the
+StatefulSet; the standalone exporter is a StatefulSet whose pod name names its RabbitMQ event queue;
+the PrometheusRule is generated from alerts/ and, like the ServiceMonitor, carries the
 operator's selector label. Autoscaling: test_deploy_autoscaling.py."""
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tests._deploy_helpers import (
 EXPORTER_PORT = next(o.default for o in OPTIONS if o.name == "port")
 KUSTOMIZATIONS = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
 NOT_MANIFESTS = {"kustomization.yaml", "prometheus-adapter-config.yaml"}
+WORKLOADS = ("Deployment", "StatefulSet")
 MANIFEST_FILES = sorted(p for p in K8S.rglob("*.yaml") if p.name not in NOT_MANIFESTS)
 
 
@@ -42,7 +44,7 @@ def test_there_is_something_to_validate() -> None:
     assert {_rel(p) for p in KUSTOMIZATIONS} >= {
         "base", "overlays/sidecar", "overlays/autoscaling", "overlays/keda"}
     kinds = {d["kind"] for p in MANIFEST_FILES for d in manifest_docs(p)}
-    assert kinds == {"ServiceAccount", "Deployment", "Service", "ServiceMonitor", "PrometheusRule",
+    assert kinds == {"ServiceAccount", "StatefulSet", "Deployment", "Service", "ServiceMonitor", "PrometheusRule",
                      "HorizontalPodAutoscaler", "ScaledObject"}
 
 
@@ -81,7 +83,7 @@ def test_images_are_pinned_and_the_exporter_tag_is_the_project_version() -> None
 
     for path in MANIFEST_FILES:
         for doc in manifest_docs(path):
-            if doc["kind"] != "Deployment":
+            if doc["kind"] not in WORKLOADS:
                 continue
             for container in doc["spec"]["template"]["spec"]["containers"]:
                 image = container["image"]
@@ -98,10 +100,10 @@ def _exporter_containers() -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
     for path in MANIFEST_FILES:
         for doc in manifest_docs(path):
-            if doc["kind"] == "Deployment":
+            if doc["kind"] in WORKLOADS:
                 out.extend((_rel(path), c) for c in doc["spec"]["template"]["spec"]["containers"]
                            if c["name"] == "celery-exporter")
-    assert len(out) == 2  # the standalone Deployment and the sidecar
+    assert len(out) == 2  # the standalone StatefulSet and the sidecar
     return out
 
 
@@ -133,8 +135,8 @@ def test_exporter_container_is_hardened_and_probes_real_endpoints(where: str, co
     assert "default" in config.queues  # the autoscalers' queue exists at zero from the first poll
 
 
-def test_standalone_deployment_runs_one_non_root_replica() -> None:
-    deployment = only(manifest_docs(K8S / "base" / "deployment.yaml"), "Deployment")
+def test_standalone_statefulset_runs_one_non_root_replica() -> None:
+    deployment = only(manifest_docs(K8S / "base" / "statefulset.yaml"), "StatefulSet")
     assert deployment["spec"]["replicas"] == 1
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65532
@@ -143,10 +145,30 @@ def test_standalone_deployment_runs_one_non_root_replica() -> None:
     assert mounts == {"/tmp"}
 
 
+def test_each_replica_names_its_event_queue_after_its_stable_pod_name() -> None:
+    """A StatefulSet's pod names (celery-exporter-0, -1) survive rollouts and restarts; a Deployment's
+    do not. Each replica's RabbitMQ event queue is named after its own pod, so a restarted replica drains
+    what arrived meanwhile and an HA pair never shares (and splits) one queue. The sidecar keeps
+    per-process queues: worker pods come and go, and a stable name would leave a queue behind each."""
+    statefulset = only(kustomize(K8S / "base"), "StatefulSet")
+    assert statefulset["spec"]["serviceName"] == "celery-exporter"
+    env = {e["name"]: e for e in container_named(statefulset, "celery-exporter")["env"]}
+    name = env["CELERY_EXPORTER_EVENT_QUEUE_NAME"]
+    assert name == {"name": "CELERY_EXPORTER_EVENT_QUEUE_NAME",
+                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    # What the downward API gives the process is a valid option value.
+    config = load_config([], {"CELERY_EXPORTER_BROKER_URL": "amqp://rabbitmq//",
+                              "CELERY_EXPORTER_EVENT_QUEUE_NAME": "celery-exporter-0"})
+    assert config.event_queue_name == "celery-exporter-0"
+    sidecar = only(kustomize(K8S / "overlays" / "sidecar"), "Deployment")
+    sidecar_env = {e["name"] for e in container_named(sidecar, "celery-exporter")["env"]}
+    assert "CELERY_EXPORTER_EVENT_QUEUE_NAME" not in sidecar_env
+
+
 def test_service_and_servicemonitor_reach_the_metrics_endpoint() -> None:
     docs = kustomize(K8S / "base")
     service = only(docs, "Service")
-    deployment = only(docs, "Deployment")
+    deployment = only(docs, "StatefulSet")
     monitor = only(docs, "ServiceMonitor")
     (port,) = service["spec"]["ports"]
     assert (port["name"], port["port"], port["targetPort"]) == ("http-metrics", EXPORTER_PORT, "http-metrics")
@@ -161,6 +183,7 @@ def test_sidecar_overlay_replaces_the_standalone_exporter() -> None:
     docs = kustomize(K8S / "overlays" / "sidecar")
     deployments = [d for d in docs if d["kind"] == "Deployment"]
     assert [d["metadata"]["name"] for d in deployments] == ["celery-worker-default"]
+    assert not [d for d in docs if d["kind"] == "StatefulSet"]
     assert not [d for d in docs if d["kind"] == "ServiceAccount"]
     worker = deployments[0]
     names = [c["name"] for c in worker["spec"]["template"]["spec"]["containers"]]

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 
 from benchmarks import _flood as flood
+from exporter.config import state_settings
 from exporter.events.ingest import Ingest
 from exporter.state import SUCCEEDED, ClusterState
 
@@ -49,7 +50,7 @@ def test_redis_envelope_matches_kombu_byte_layout() -> None:
 
 def test_every_flood_event_is_applied_and_counted() -> None:
     w, msgs = _workload(worker_lifetime=0.01, lost=0.1)
-    state = ClusterState()
+    state = ClusterState(state_settings())
     ingest = Ingest(state)
     payloads = [cmd.split(b"\r\n")[6] for cmd in flood.encode_redis(msgs, db=3)]  # the PUBLISH payload
     assert ingest.feed_redis(payloads) == sum(m.n_events for m in msgs)

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -250,9 +251,10 @@ def test_garbage_interleaved_with_valid_events(items: list[tuple[str, Any]]) -> 
 @given(events=st.lists(wrong_field_events(), min_size=1, max_size=30))
 def test_wrong_types_in_every_field_never_break_the_state(events: list[dict[str, Any]]) -> None:
     state, ingest = new_state(max_task_names=5, max_workers=5, max_queues=5, max_exception_types=5)
-    # Integers no float can hold, in the numbers the state uses, are refused whole (bad_number).
+    # Integers no float can hold, in the numbers the state uses, are refused whole (bad_number); a runtime
+    # is only dropped (test_a_runtime_past_64_bits_drops_the_field_and_keeps_the_event).
     huge = sum(1 for e in events if any(type(e.get(f)) is int and not -2**63 < e[f] < 2**63
-                                        for f in ("runtime", "retries", "active", "utcoffset")))
+                                        for f in ("retries", "active", "utcoffset")))
     assert ingest.feed_objects(events) == len(events) - huge
     assert state.invalid_by_reason.get("bad_number", 0) == huge
     ingest.clock.advance(10_000)  # type: ignore[attr-defined]
@@ -341,6 +343,26 @@ def test_poisoned_durations_do_not_stick_in_the_histogram_sums() -> None:
     samples = render(state)
     total = samples['celery_task_duration_seconds_sum{queue="celery",state="succeeded",task_name="proj.t"}']
     assert total == 0.25
+
+
+# 2**63 and 2**64 - 1 are integers to orjson and json alike (orjson makes larger ones floats, which the
+# state already bounds); 10**400 only the json module parses, as an integer.
+@pytest.mark.parametrize("runtime", [str(2**63), str(2**64 - 1), "1" + "0" * 400])
+def test_a_runtime_past_64_bits_drops_the_field_and_keeps_the_event(runtime: str) -> None:
+    # Refused whole, this task-succeeded would leave its task active until --task-max-age, uncounted.
+    state, ingest = new_state()
+    body = (f'[{json.dumps(sent("big", "proj.t", NOW))}, {json.dumps(started("big", NOW))}, '
+            f'{{"type": "task-succeeded", "uuid": "big", "timestamp": {NOW + 2.0}, "runtime": {runtime}}}]')
+    assert ingest.feed_redis([envelope(body.encode())]) == 3
+    ingest.feed_amqp([(body.encode(), "application/json", "utf-8")])  # the same on the AMQP path
+    assert state.invalid_by_reason == {}
+    samples = render(state)
+    assert samples['celery_task_succeeded_total{queue="celery",task_name="proj.t"}'] == 1
+    assert samples.get('celery_tasks_active{queue="celery",task_name="proj.t"}', 0) == 0
+    # Timed from its own events instead: started at NOW, succeeded 2 s later.
+    key = '{queue="celery",state="succeeded",task_name="proj.t"}'
+    assert samples["celery_task_duration_seconds_sum" + key] == 2.0
+    assert_served_sanely(state)
 
 
 def test_huge_label_values_are_bounded() -> None:

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
+from exporter.config import state_settings
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.exposition import negotiate
 from exporter.http import Health, MetricsServer
@@ -26,7 +27,7 @@ from tests._support import FakeClock
 @pytest.fixture
 def server():
     clock = FakeClock(T0)
-    state = ClusterState(clock=clock)
+    state = ClusterState(state_settings(), clock)
     status = StreamStatus(clock)
     Ingest(state, clock).feed_redis([redis_envelope([sent("u", "proj.add", T0, queue="default")])])
     registry = CollectorRegistry(auto_describe=False)

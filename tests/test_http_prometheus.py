@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.collectors.render import RenderErrorsCollector
 from exporter.collectors.tasks import TaskCollector
+from exporter.config import state_settings
 from exporter.events.ingest import Ingest
 from exporter.exposition import negotiate
 from exporter.http import Health, MetricsServer
@@ -70,7 +71,7 @@ class HeaderCatcher:
 @pytest.fixture
 def exporter() -> Iterator[MetricsServer]:
     clock = FakeClock(T0)
-    state = ClusterState(clock=clock)
+    state = ClusterState(state_settings(), clock)
     Ingest(state, clock).feed_redis([redis_envelope([sent("u", "proj.add", T0, queue="default")])])
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TaskCollector(state.take_snapshot))

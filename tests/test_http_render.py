@@ -24,11 +24,11 @@ from exporter.collectors.render import RenderErrorsCollector
 from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
+from exporter.config import state_settings
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.exposition import RENDER_ERRORS, TableFamily, render
 from exporter.http import Health, MetricsServer
-from exporter.records import Histogram, Snapshot
-from exporter.state import ClusterState
+from exporter.state import ClusterState, Histogram, Snapshot
 from tests._events import T0, failed, heartbeat, received, redis_envelope, sent, started, succeeded
 from tests._support import FakeClock
 
@@ -38,7 +38,7 @@ OM_ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4
 
 def fed_state() -> tuple[ClusterState, StreamStatus]:
     clock = FakeClock(T0)
-    state = ClusterState(clock=clock)
+    state = ClusterState(state_settings(), clock)
     status = StreamStatus(clock)
     Ingest(state, clock).feed_redis([redis_envelope([
         heartbeat("celery@w1", T0),

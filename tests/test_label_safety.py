@@ -126,7 +126,7 @@ def test_poison_strings_are_made_safe_where_they_enter() -> None:
     safe = label_value(poison)
     assert safe in names and "\x00" not in safe and len(safe.encode()) <= 255
     assert "q" * 255 in {dict(k[1]).get("queue") for k in s}  # queue names capped at 255 bytes
-    assert max(len(u.encode()) for u in ingest.state._tasks) <= 255
+    assert max(len(u.encode()) for u in ingest.state.sizes().tasks) <= 255
 
 
 def test_an_integer_runtime_past_float_range_is_refused_before_any_counter_moves() -> None:

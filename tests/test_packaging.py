@@ -130,11 +130,12 @@ def test_the_installed_distribution_and_build_info_carry_the_package_version() -
     from prometheus_client import CollectorRegistry, generate_latest
 
     from exporter.collectors.stream import StreamCollector
+    from exporter.config import state_settings
     from exporter.events.ingest import StreamStatus
     from exporter.state import ClusterState
 
     assert md.version(DIST_NAME) == __version__  # setuptools read exporter.__version__ at install
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StreamCollector(ClusterState().take_snapshot, StreamStatus()))
+    registry.register(StreamCollector(ClusterState(state_settings()).take_snapshot, StreamStatus()))
     assert 'celery_exporter_build_info{celery_version="' in generate_latest(registry).decode()
     assert f'version="{__version__}"' in generate_latest(registry).decode()

@@ -13,10 +13,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.brokers.model import PollResult, QueueDepth, Rules
+from exporter.brokers.redis.head import HeadTracker, message_task_id
 from exporter.brokers.scheduler import SourceView
 from exporter.collectors.stalls import StallCollector
 from exporter.config import state_settings
-from exporter.stalls import HeadTracker, message_task_id
 from exporter.state import N_COUNTERS, OVERFLOW_LABEL, ClusterState
 from tests._events import T0, ev, heartbeat, received, retried, sent, started, succeeded
 from tests._support import FakeClock

@@ -125,7 +125,7 @@ def test_events_for_unknown_uuid_are_counted_not_lost() -> None:
     clock = FakeClock()
     s = make(clock)
     feed(s, started("ghost", T0), succeeded("ghost", T0 + 1, 1.0), ev("task-revoked", T0, uuid="x"))
-    clock.advance(10)  # held for their name (exporter/state.py HOLD_SECONDS), then counted as unknown
+    clock.advance(10)  # held for their name (exporter/state/settings.py HOLD_SECONDS), then counted as unknown
     s.tick()
     key = ("unknown", "celery")
     assert s.counters[key][STARTED] == 1 and s.counters[key][SUCCEEDED] == 1
@@ -137,13 +137,13 @@ def test_task_table_is_lru_capped_and_ages_out(fake_clock: FakeClock) -> None:
     s = make(clock, max_tracked_tasks=3, task_max_age=100)
     for i in range(5):
         feed(s, sent(f"u{i}", "t", T0))
-    assert len(s._tasks) == 3 and s.evicted["capacity"] == 2
+    assert len(s.sizes().tasks) == 3 and s.evicted["capacity"] == 2
     feed(s, started("u2", T0))  # touching u2 makes it most recent
-    assert list(s._tasks) == ["u3", "u4", "u2"]
+    assert s.sizes().tasks == ("u3", "u4", "u2")
     assert s.active[("t", "celery")] == 1
     clock.advance(101)
     s.tick()
-    assert len(s._tasks) == 0 and s.evicted["age"] == 3
+    assert s.sizes().tasks == () and s.evicted["age"] == 3
     assert s.active[("t", "celery")] == 0  # an evicted active task no longer counts as active
 
 
@@ -211,7 +211,7 @@ def test_retry_events_overtaking_the_start_of_the_attempt_that_retried() -> None
     h = s.queue_wait[("t", "celery")]
     assert sum(h.counts) == 2
     assert h.total == pytest.approx(0.5 + 0.5)  # attempt 0 waited 0.5 s; attempt 1 waited from its ETA
-    assert s.active[("t", "celery")] == 0 and len(s._tasks) == 0
+    assert s.active[("t", "celery")] == 0 and s.sizes().tasks == ()
 
 
 def test_received_overtaking_sent_uses_the_queue_learned_from_earlier_sent_events() -> None:

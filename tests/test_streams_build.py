@@ -18,7 +18,7 @@ from exporter.brokers.redis.stream import RedisEventStream
 from exporter.brokers.registry import build_stream
 from exporter.brokers.settings import BrokerSettingsError
 from exporter.brokers.supervisor import STABLE_AFTER, Supervisor
-from exporter.config import Config
+from exporter.config import Config, state_settings
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.secrets import describe_error as describe
 from exporter.secrets import url_secrets
@@ -26,7 +26,7 @@ from exporter.state import ClusterState
 
 
 def build(url: str, **kw: object) -> object:
-    state = ClusterState()
+    state = ClusterState(state_settings())
     return build_stream(stream_settings(Config(broker_url=url, **kw)),  # type: ignore[arg-type]
                         Ingest(state), StreamStatus())
 
@@ -110,7 +110,7 @@ def run_script(steps: list[str], backoff: Backoff) -> tuple[StreamStatus, Script
     clock = [100.0]
     status = StreamStatus()
     script = Script(steps, stop, clock)
-    sup = Supervisor("test", "redis://:hunter2@h:1/0", Ingest(ClusterState()), status, backoff,
+    sup = Supervisor("test", "redis://:hunter2@h:1/0", Ingest(ClusterState(state_settings())), status, backoff,
                      clock=lambda: clock[0])
     with capture_logs() as logs:
         sup.run(script, stop)
@@ -151,7 +151,7 @@ def test_supervisor_returns_promptly_when_stopped_during_backoff() -> None:
         stop.set()  # the stop arrives while the session fails: no wait, no retry
         raise ConnectionRefusedError("refused")
 
-    Supervisor("t", "redis://h/0", Ingest(ClusterState()), status, Backoff(initial=60, cap=60)).run(
+    Supervisor("t", "redis://h/0", Ingest(ClusterState(state_settings())), status, Backoff(initial=60, cap=60)).run(
         always_refused, stop)
     assert calls == [1]
 
@@ -160,6 +160,6 @@ def test_default_reconnect_wait_is_capped_at_five_seconds() -> None:
     # Issue: the stream must be back within 5 s of the broker returning, however long it was away.
     from exporter.brokers.supervisor import RECONNECT_CAP
 
-    sup = Supervisor("t", "redis://h/0", Ingest(ClusterState()), StreamStatus())
+    sup = Supervisor("t", "redis://h/0", Ingest(ClusterState(state_settings())), StreamStatus())
     waits = [sup.backoff.next_delay() for _ in range(50)]
     assert RECONNECT_CAP <= 5.0 and max(waits) <= RECONNECT_CAP

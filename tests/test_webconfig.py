@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 import exporter.http as http_mod
 from exporter.collectors.tasks import TaskCollector
-from exporter.config import ConfigError
+from exporter.config import ConfigError, state_settings
 from exporter.events.ingest import Ingest
 from exporter.http import Health, MetricsServer
 from exporter.state import ClusterState
@@ -211,7 +211,7 @@ def test_successful_checks_are_cached_and_the_cache_is_bounded(monkeypatch: pyte
 # ---------------------------------------------------------------- over real sockets
 def make_server(web_path: str | None = None) -> MetricsServer:
     clock = FakeClock(T0)
-    state = ClusterState(clock=clock)
+    state = ClusterState(state_settings(), clock)
     Ingest(state, clock).feed_redis([redis_envelope([sent("u", "proj.add", T0, queue="default")])])
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TaskCollector(state.take_snapshot))

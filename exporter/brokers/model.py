@@ -89,7 +89,7 @@ def matches(name: str, globs: Iterable[str]) -> bool:
 @dataclass(frozen=True)
 class Rules:
     """Config-driven naming rules; exclusions always win. RabbitMQ weighs the rest against what the broker
-    says in one order (``rabbitmq/classify.kind_of``: exact names, broker, then globs and defaults)."""
+    says in one order (``kind_of``: exact names, broker, then globs and defaults)."""
 
     retry_globs: tuple[str, ...] = ()
     dlq_globs: tuple[str, ...] = ()
@@ -112,6 +112,60 @@ class Rules:
         if matches(name, self.dlq_globs):
             return "dlq"
         return None
+
+
+def explicit_kind(name: str, rules: Rules) -> Kind | None:
+    """The kind an exact name the user listed in ``--retry-queues``, ``--dead-letter-queues`` or
+    ``--queues`` (in that order) gives. The built-in default DLQ list counts as patterns even where it
+    holds exact names (``dlq``)."""
+    if name in rules.retry_globs and not is_glob(name):
+        return "retry"
+    if name in rules.dlq_globs and not is_glob(name) and name not in DEFAULT_DEAD_LETTER_QUEUES:
+        return "dlq"
+    if name in rules.task_names:
+        return "task"
+    return None
+
+
+def kind_of(name: str, rules: Rules, dead_lettering: Kind | None = None, worked: bool = False,
+            fallback: Kind = "task") -> Kind | None:
+    """The kind of one queue; None when it is never reported. First match wins:
+
+    0. Never reported: Celery's internals, the exporter's event queue, ``--exclude-queues``.
+    1. Explicit configuration: the exact name is listed in ``--retry-queues`` (first),
+       ``--dead-letter-queues`` or ``--queues`` (a task queue).
+    2. What the broker says about dead-lettering (``dead_lettering``, from arguments, policies and
+       bindings; see ``classify``): a retry queue, or a DLQ that another queue dead-letters into.
+    3. What the broker says about work (``worked``): a queue with consumers, or bound to an exchange
+       Celery publishes through (on Redis: named by a kombu binding, ``_kombu.binding.<exchange>``), is
+       a task queue. This is what keeps a name pattern from turning a work queue called ``dead_letter``
+       into a DLQ.
+    4. Name patterns: the globs of ``--retry-queues`` / ``--dead-letter-queues`` and the built-in
+       default DLQ names (``dlq:*``, ``celery:dead_letter_queue``, ``dlq``, ``*.dlq``, ``dead_letter*``).
+    5. Otherwise ``fallback``: a task queue (the Redis poller passes the kind a drained key had).
+
+    RabbitMQ (``rabbitmq/classify.py``) has evidence for steps 2 and 3, Redis (``redis/keys.py``) for
+    step 3 only: Redis has no dead-lettering of its own.
+    """
+    if rules.excluded(name):
+        return None
+    return explicit_kind(name, rules) or dead_lettering or ("task" if worked else None) or (
+        rules.configured_kind(name) or fallback)
+
+
+def why_kind(name: str, rules: Rules, dead_lettering: Kind | None = None, worked: bool = False) -> str:
+    """Which step of ``kind_of`` decided, in words (the status page and doctor show it)."""
+    if explicit_kind(name, rules):
+        return "its exact name is configured"
+    if dead_lettering == "retry":
+        return "broker: a TTL queue whose dead letters go back to work"
+    if dead_lettering == "dlq":
+        return "broker: another queue dead-letters into it"
+    if worked:
+        return "broker: it has consumers or a work binding"
+    if rules.configured_kind(name):
+        return "name matches --retry-queues or --dead-letter-queues (or the default DLQ names)"
+    return "default: a task queue"
 
 
 MAX_NAME_BYTES = 255  # AMQP short strings stop at 255 bytes; a label value needs no more either

@@ -29,6 +29,7 @@ class StreamSettings:
     broker_url: str
     transport_options: Mapping[str, Any]
     queue_prefix: str
+    queue_name: str | None  # a stable name (kept on a clean stop), or None for a per-process one
     queue_ttl: float
     queue_expires: float
     queue_max_length: int

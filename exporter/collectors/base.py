@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from exporter.brokers.scheduler import SourceView
     from exporter.diagnosis.model import Result
     from exporter.events.ingest import StreamStatus
-    from exporter.records import Snapshot
+    from exporter.state import Snapshot
 
 Kind = Literal["counter", "gauge", "histogram"]
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import Metric
 
 from exporter.collectors.base import MetricSpec, Sources, SpecCollector
-from exporter.records import Snapshot, label_value
-from exporter.stalls import STAMPED_STATES
+from exporter.labels import label_value
+from exporter.state import STAMPED_STATES, Snapshot
 
 if TYPE_CHECKING:
     from exporter.brokers.scheduler import SourceView

@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import Metric
 
 from exporter.collectors.base import MetricSpec, Sources, SpecCollector
-from exporter.records import WorkerRecord
-from exporter.state import Snapshot
+from exporter.state import Snapshot, WorkerRecord
 
 UP_SPEC = MetricSpec(
     "celery_worker_up", "gauge",

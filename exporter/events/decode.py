@@ -71,8 +71,11 @@ MAX_FUTURE_SKEW = 86_400.0
 
 # Numeric fields the state turns into floats or compares: an integer beyond this (JSON has no limit, and
 # the json module parses a 400-digit integer exactly) is refused with the whole event, before any counter
-# moves, instead of raising OverflowError half-way through applying it.
-_NUMERIC_FIELDS = ("runtime", "retries", "active", "utcoffset")
+# moves, instead of raising OverflowError half-way through applying it. ``runtime`` is the exception: it
+# only feeds the duration histogram, so such a runtime is dropped and the event kept (the state then
+# times the task from its own events, as for an Inf, NaN, negative or text runtime); refusing a
+# task-succeeded whole would leave its task active until --task-max-age and its success uncounted.
+_NUMERIC_FIELDS = ("retries", "active", "utcoffset")
 _MAX_INT = 2**63
 
 # The exporter's own offset, read once: events carry the sender's, and Celery adjusts by the difference.
@@ -277,6 +280,9 @@ def _one(ev: Any, now: float, here_offset: float | None, out: Decoded) -> None:
         except OverflowError:  # a JSON integer beyond float range
             out.invalid.append(BAD_TIMESTAMP)
             return
+    runtime = ev.get("runtime")
+    if runtime.__class__ is int and not -_MAX_INT < runtime < _MAX_INT:
+        del ev["runtime"]
     for field in _NUMERIC_FIELDS:
         value = ev.get(field)
         if value.__class__ is int and not -_MAX_INT < value < _MAX_INT:

@@ -35,6 +35,7 @@ class StreamStatus:
         self.reconnects = 0
         self.connects = 0
         self.last_error = ""
+        self.waiting = ""  # why a connected stream does not consume yet (its queue is in use): /readyz
         self.heartbeat = clock()  # bumped by the stream loop on every turn: /healthz reads it
 
     def up(self) -> None:
@@ -42,6 +43,7 @@ class StreamStatus:
             self.reconnects += 1
         self.connects += 1
         self.connected = True
+        self.waiting = ""
 
     def down(self, error: str) -> None:
         self.connected = False
@@ -92,10 +94,11 @@ class Ingest:
         events = decoded.events
         refused = decoded.invalid
         failed: list[str] = []
+        now = state.clock()  # once per batch: the state's handlers share it
         with state.lock:
             for ev in events:
                 try:  # free in CPython 3.11+ unless it raises
-                    apply(ev)
+                    apply(ev, now)
                 except Exception as exc:  # a shape we did not foresee must not stop the loop
                     state.count_invalid("apply_error")
                     failed.append(f"apply_error:{type(exc).__name__}")

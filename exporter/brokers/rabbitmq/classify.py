@@ -1,7 +1,7 @@
 """Pure: turn what RabbitMQ tells us about its queues into queue kinds and a ``PollResult``.
 
-``kind_of`` is the one place that orders the evidence (see its docstring): explicit configuration, then
-what the broker says, then name patterns. ``classify`` gathers the broker's evidence from management-API
+``model.kind_of`` is the one place that orders the evidence (see its docstring): explicit configuration,
+then what the broker says, then name patterns. ``classify`` gathers the broker's evidence from management-API
 rows; ``amqp_result`` from passive declares (only consumers); ``management_result`` builds the result,
 preferring live passive-declare counts where the poller read them. Whether a queue name can be sent to
 the broker at all is ``model.name_problem``.
@@ -14,67 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.brokers.model import (
-    DEFAULT_DEAD_LETTER_QUEUES,
     INTERNAL_EXCHANGES,
     Kind,
     PollResult,
     QueueDepth,
     Rules,
-    is_glob,
+    kind_of,
     parse_timestamp,
+    why_kind,
 )
 
 # ``name -> (ready messages, consumers)`` from a passive declare, None when the queue does not exist.
 LiveCounts = Mapping[str, "tuple[int, int] | None"]
-
-
-def explicit_kind(name: str, rules: Rules) -> Kind | None:
-    """The kind an exact name the user listed in ``--retry-queues``, ``--dead-letter-queues`` or
-    ``--queues`` (in that order) gives. The built-in default DLQ list counts as patterns even where it
-    holds exact names (``dlq``)."""
-    if name in rules.retry_globs and not is_glob(name):
-        return "retry"
-    if name in rules.dlq_globs and not is_glob(name) and name not in DEFAULT_DEAD_LETTER_QUEUES:
-        return "dlq"
-    if name in rules.task_names:
-        return "task"
-    return None
-
-
-def kind_of(name: str, rules: Rules, dead_lettering: Kind | None = None, worked: bool = False) -> Kind | None:
-    """The kind of one queue; None when it is never reported. First match wins:
-
-    0. Never reported: Celery's internals, the exporter's event queue, ``--exclude-queues``.
-    1. Explicit configuration: the exact name is listed in ``--retry-queues`` (first),
-       ``--dead-letter-queues`` or ``--queues`` (a task queue).
-    2. What the broker says about dead-lettering (``dead_lettering``, from arguments, policies and
-       bindings; see ``classify``): a retry queue, or a DLQ that another queue dead-letters into.
-    3. What the broker says about work (``worked``): a queue with consumers, or bound to an exchange
-       Celery publishes through, is a task queue. This is what keeps a name pattern from turning a
-       consumed work queue called ``dead_letter`` into a DLQ.
-    4. Name patterns: the globs of ``--retry-queues`` / ``--dead-letter-queues`` and the built-in
-       default DLQ names (``dlq:*``, ``celery:dead_letter_queue``, ``dlq``, ``*.dlq``, ``dead_letter*``).
-    5. Otherwise a task queue.
-    """
-    if rules.excluded(name):
-        return None
-    return explicit_kind(name, rules) or dead_lettering or ("task" if worked else None) or (
-        rules.configured_kind(name) or "task")
-
-
-def why_kind(name: str, rules: Rules, dead_lettering: Kind | None = None, worked: bool = False) -> str:
-    """Which step of ``kind_of`` decided, in words (the status page and doctor show it)."""
-    if explicit_kind(name, rules):
-        return "its exact name is configured"
-    if dead_lettering == "retry":
-        return "broker: a TTL queue whose dead letters go back to work"
-    if dead_lettering == "dlq":
-        return "broker: another queue dead-letters into it"
-    if worked:
-        return "broker: it has consumers or a work binding"
-    if rules.configured_kind(name):
-        return "name matches --retry-queues or --dead-letter-queues (or the default DLQ names)"
-    return "default: a task queue"
 
 
 @dataclass(frozen=True)

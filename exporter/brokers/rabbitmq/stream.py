@@ -17,10 +17,21 @@ connection blips), ours is built to survive a reconnect:
   ``x-overflow=drop-head``: while the exporter is away (or after a crash, until ``x-expires``) the queue
   keeps only the newest events, so an orphan never holds more than this (docs/reliability.md sizes it).
 
-A clean stop (``stop`` set: SIGTERM, SIGINT) deletes the queue before closing the connection, so nothing
-collects events for a process that is gone. The name is unique per process, so a declare never meets a
-queue declared with other arguments by another version; if it does all the same (``PRECONDITION_FAILED``,
-a name reused by hand), the stream takes a fresh name instead of failing forever.
+A clean stop (``stop`` set: SIGTERM, SIGINT) deletes the queue before closing the connection, so
+nothing collects events for a process that is gone. The name is unique per process, so a declare never
+meets a queue declared with other arguments by another version; if it does all the same
+(``PRECONDITION_FAILED``, a name reused by hand), the stream takes a fresh name instead of failing forever.
+
+With ``--event-queue-name`` (``settings.queue_name``) the queue is ``<event_queue_prefix>.<name>``, the
+same for every process of one replica (a StatefulSet pod name), and outlives a restart: a clean stop
+leaves it (still bounded by the arguments above, and deleted by ``x-expires`` if nobody comes back), and
+the next start declares it again and drains what arrived meanwhile. Two processes must never split one
+queue's events, so the stable queue is consumed with ``exclusive=True``: RabbitMQ refuses a second
+consumer (``ACCESS_REFUSED``) atomically, where a passive declare's ``consumer_count`` would race. A
+refused process stays connected but not ready (``StreamStatus.waiting``, shown on ``/readyz``), logs it
+once, and asks again every ``RECHECK`` seconds until the queue is free. A stable queue declared with other
+arguments (an option changed) is replaced if nobody consumes it (``queue.delete(if_unused)``), its
+backlog lost, and waited for otherwise.
 
 Messages are consumed with ``basic.qos(prefetch_count=event_prefetch)``; everything one
 ``process_data_events`` call delivers is decoded as one batch by ``Ingest.feed_amqp`` and acknowledged
@@ -32,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +63,8 @@ HEARTBEAT = 30
 
 
 PRECONDITION_FAILED = 406
+ACCESS_REFUSED = 403  # basic.consume(exclusive=True) on a queue that has a consumer
+RECHECK = 2.0  # seconds between attempts on a stable queue another consumer holds
 
 log = structlog.get_logger("exporter.events.stream")
 
@@ -75,7 +89,8 @@ class AmqpEventStream:
         self.ingest = ingest
         self.status = status
         self.queue_prefix = settings.queue_prefix
-        self.queue = self._new_name()
+        self.stable = settings.queue_name is not None
+        self.queue = f"{self.queue_prefix}.{settings.queue_name}"[:255] if self.stable else self._new_name()
         self.arguments = queue_arguments(settings.queue_ttl, settings.queue_expires,
                                          settings.queue_max_length, settings.queue_max_bytes)
         self.prefetch = prefetch = settings.prefetch
@@ -100,19 +115,52 @@ class AmqpEventStream:
     def session(self, stop: threading.Event, on_up: Callable[[], None]) -> None:
         conn = pika.BlockingConnection(self.parameters)
         try:
-            channel = self._declare(conn)
-            channel.basic_qos(prefetch_count=self.prefetch)
-            self._pending = []
-            channel.basic_consume(self.queue, self._on_message, auto_ack=False)
+            channel = self._attach(conn, stop)
+            if channel is None:  # stopped while another consumer held the queue
+                return
             on_up()
             self._consume(conn, channel, stop)
             if stop.is_set():
-                self._delete(channel)
+                self._leave(channel)
         finally:
+            self.status.waiting = ""
             # Unacked deliveries go back to our queue when the connection closes.
             if conn.is_open:
                 with contextlib.suppress(pika.exceptions.AMQPError, OSError):
                     conn.close()
+
+    def _attach(self, conn: pika.BlockingConnection, stop: threading.Event) -> Any:
+        """Declare and consume our queue; a stable one another consumer holds is waited for, connected."""
+        waiting_since: float | None = None
+        while not stop.is_set():
+            try:
+                channel = self._declare(conn)
+                channel.basic_qos(prefetch_count=self.prefetch)
+                self._pending = []
+                channel.basic_consume(self.queue, self._on_message, auto_ack=False, exclusive=self.stable)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if not (self.stable and exc.reply_code in (ACCESS_REFUSED, PRECONDITION_FAILED)):
+                    raise
+            else:
+                if waiting_since is not None:
+                    log.info("event queue is free; consuming it", queue=self.queue,
+                             waited=round(time.monotonic() - waiting_since, 1))
+                return channel
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                self.status.waiting = (f"event queue {self.queue} has another consumer (another exporter "
+                                       f"with the same --event-queue-name?); waiting for it to be free")
+                log.warning("event queue in use by another consumer; waiting for it to be free",
+                            queue=self.queue, recheck_every=RECHECK)
+            self._idle(conn, stop, RECHECK)
+        return None
+
+    def _idle(self, conn: pika.BlockingConnection, stop: threading.Event, seconds: float) -> None:
+        """Keep the connection (and its heartbeats) serviced, and the liveness beat going, for ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < deadline:
+            conn.process_data_events(time_limit=TICK)
+            self.supervisor.turn()
 
     def _declare(self, conn: pika.BlockingConnection) -> Any:
         channel = conn.channel()
@@ -138,6 +186,8 @@ class AmqpEventStream:
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code != PRECONDITION_FAILED:
                 raise
+            if self.stable:
+                return self._replace(conn)
             # Someone else's queue by this name, with other arguments: never touch it, take a new name.
             old, self.queue = self.queue, self._new_name()
             log.warning("event queue name taken with other arguments; using a new name",
@@ -149,8 +199,30 @@ class AmqpEventStream:
         channel.queue_bind(self.queue, EXCHANGE, routing_key="#")
         return channel
 
+    def _replace(self, conn: pika.BlockingConnection) -> Any:
+        """Our stable queue, declared with other arguments (an option changed): replace it unless in use.
+
+        ``if_unused`` makes RabbitMQ refuse (``PRECONDITION_FAILED``) while a consumer holds it, which
+        ``_attach`` then waits out like any other consumer."""
+        channel = conn.channel()
+        channel.queue_delete(self.queue, if_unused=True)
+        log.warning("event queue had other arguments (an option changed); replaced it, its backlog lost",
+                    queue=self.queue)
+        channel.queue_declare(self.queue, durable=True, exclusive=False, auto_delete=False,
+                              arguments=self.arguments)
+        channel.queue_bind(self.queue, EXCHANGE, routing_key="#")
+        return channel
+
+    def _leave(self, channel: Any) -> None:
+        """On a clean stop: a stable queue stays for the next start, a per-process one is deleted."""
+        if not self.stable:
+            self._delete(channel)
+            return
+        log.info("event queue left for the next start", queue=self.queue,
+                 expires_in=self.arguments["x-expires"] / 1000)
+
     def _delete(self, channel: Any) -> None:
-        """On a clean stop: nobody will read this queue again (the next process has its own name)."""
+        """Nobody will read this queue again (the next process has its own name)."""
         try:
             channel.queue_delete(self.queue)
         except (pika.exceptions.AMQPError, OSError) as exc:

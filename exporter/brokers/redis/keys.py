@@ -28,11 +28,12 @@ from exporter.brokers.model import (
     QueueDepth,
     Rules,
     entry_timestamp,
+    kind_of,
     matches,
     parse_timestamp,
     valid_queue_name,
 )
-from exporter.stalls import message_task_id
+from exporter.brokers.redis.head import message_task_id
 
 KOMBU_SEP = "\x06\x16"
 KOMBU_STEPS = (0, 3, 6, 9)
@@ -208,6 +209,7 @@ def make_plan(index: KeyIndex, first: Sequence[Any], settings: RedisSettings, se
     plan = Plan(broker_unacked=None if only_dlq else _int(first[0]))
     n_bind = 0 if only_dlq else len(bindable(index.exchanges))
     names: dict[str, str] = {}  # name -> redis type ("" when not asked)
+    bound: set[str] = set()  # named by a kombu binding: a queue Celery declared, so a task queue
     found_by = plan.found_by
 
     def add(name: str, why: str) -> None:
@@ -219,6 +221,7 @@ def make_plan(index: KeyIndex, first: Sequence[Any], settings: RedisSettings, se
             queue = binding_queue(member, layout.sep)
             if queue is not None:  # written with another separator: never invent a name from it
                 add(queue, "kombu binding")
+                bound.add(queue)
     for name, held in remembered.items():  # a drained list Redis deleted is reported as 0, not dropped
         if held == "dlq" or not only_dlq:
             add(name, "its key existed at an earlier poll")
@@ -255,8 +258,11 @@ def make_plan(index: KeyIndex, first: Sequence[Any], settings: RedisSettings, se
         if rtype not in ("", "list", "zset", "none"):
             plan.skip("wrong_type")  # a hash or string where a DLQ or retry list should be
             continue
-        kind: Kind = rules.configured_kind(name) or remembered.get(name) or "task"
-        if only_dlq and kind != "dlq":
+        # Bindings before name patterns, as on RabbitMQ: seed 004's consumed work queue `dead_letter`
+        # matches the default `dead_letter*` DLQ glob but has its kombu binding. A drained key keeps the
+        # kind it had (Redis deleted it) where nothing else decides.
+        kind = kind_of(name, rules, worked=name in bound, fallback=remembered.get(name, "task"))
+        if kind is None or (only_dlq and kind != "dlq"):
             continue
         found = index.substeps.get(name, set())
         if kind == "task" and rtype == "zset":

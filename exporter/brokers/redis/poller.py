@@ -26,6 +26,7 @@ import structlog
 
 from exporter.brokers.model import Kind, PollResult
 from exporter.brokers.redis.connection import connection_pool
+from exporter.brokers.redis.head import HeadTracker
 from exporter.brokers.redis.keys import (
     Command,
     RedisSettings,
@@ -37,7 +38,6 @@ from exporter.brokers.redis.keys import (
     make_plan,
     redis_result,
 )
-from exporter.stalls import HeadTracker
 
 log = structlog.get_logger("exporter.brokers")
 

@@ -1,9 +1,10 @@
-"""The stall signals' bookkeeping: tasks waiting in each queue, tasks running, the newest event of each
-kind per task, and (for the Redis poller) how long the same message has sat at a queue's head.
+"""The stall signals' bookkeeping: tasks waiting in each queue and tasks running, kept apart from the task
+table so that they outlive its LRU, and the orphan map that keeps the labels of tracked tasks the table
+evicted.
 
-``ClusterState`` owns one ``WaitingTasks`` and one ``RunningTasks`` and feeds them from its event handlers
-(it keeps the newest timestamps itself, under its series cap); ``HeadTracker`` is fed by the Redis
-poller. All are pure (time is passed in) and bounded:
+``Stalls`` owns one ``WaitingTasks``, one ``RunningTasks`` and the orphans; the core's handlers feed the
+trackers' dicts directly for the common cases and call ``Stalls`` for the rest. All are pure (time is
+passed in) and bounded:
 
 * ``WaitingTasks`` holds a task from its task-sent event until it starts or ends, keyed by uuid, so it
   survives the task table's LRU eviction under a backlog. At most ``cap`` tasks (``max_tracked_tasks``)
@@ -16,27 +17,27 @@ poller. All are pure (time is passed in) and bounded:
   the task table, so one task running for hours while a million others flow past is still reported.
   Capped the same way.
 * The trackers hold one float per task; labels (and the worker) are read from the task table, or, for a
-  record the table evicted, from ClusterState's orphan map. The per-queue and per-name minima are
-  computed when a snapshot is taken (one pass over at most ``cap`` entries), not on the event path,
-  which pays a dict store and a dict pop per task and tracker.
+  record the table evicted, from the orphan map. The per-queue and per-name minima are computed when a
+  snapshot is taken (one pass over at most ``cap`` entries), not on the event path, which pays a dict
+  store and a dict pop per task and tracker.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from itertools import chain
 from typing import Any
 
-# Task event states whose newest timestamp is served (celery_task_last_event_timestamp_seconds).
-STAMPED_STATES = ("sent", "started", "succeeded", "failed", "retried")
+from exporter.labels import label_value
+from exporter.state.entries import HELD, WORKER, K, TaskEntry
+
 # Past WaitingTasks' cap, one sent task in this many is still tracked (as a sample).
 SAMPLE_STRIDE = 64
+# How often (exporter seconds) the waiting tracker is swept for tasks whose task-started was lost.
+EXPIRE_EVERY = 60.0
 _Key = tuple[str, str]
-
-
-# How a tracker finds a task's label key (and worker): from the task table, or from the orphan map when
-# the table evicted the record (ClusterState._stall_key).
+# How a tracker finds a task's label key: from the task table, or from the orphan map when the table
+# evicted the record (Stalls.key_of).
 KeyOf = Callable[[str], "_Key | None"]
 
 
@@ -156,61 +157,68 @@ class RunningTasks:
         return oldest
 
 
-class HeadTracker:
-    """Since when the same message has sat at each end of a queue that is consumed next.
+class Stalls:
+    """The two trackers and the orphan map: uuid -> (key, worker) of tracked tasks whose record the task
+    table evicted, so their ages are still served under their labels."""
 
-    Fed by the Redis poller with ``{queue: {sub-list: task id}}`` once per poll (kombu LPUSHes and
-    BRPOPs, so a list's oldest message is at its tail). A message that stays at the tail for ``t``
-    seconds has waited at least ``t``: the lower bound served when producers send no task-sent events.
-    """
+    def __init__(self, cap: int, max_age: float, tasks: Mapping[str, TaskEntry]) -> None:
+        self.waiting = WaitingTasks(cap, max_age)
+        self.running = RunningTasks(cap)
+        self.orphans: dict[str, tuple[_Key, str | None]] = {}
+        self._tasks = tasks
+        self._expired_at = 0.0
 
-    __slots__ = ("_seen", "limit")
+    def unrecorded(self, uuid: str, ev: Mapping[str, Any], ts: float) -> None:
+        """An event of a task out of the task table (evicted while it waited under a backlog, or already
+        finished): the trackers, which outlive the table, still follow it."""
+        etype = ev["type"]
+        if etype == "task-started":
+            orphan = self.orphans.get(uuid)
+            if orphan is not None and self.waiting.started(uuid, None):
+                host = ev.get("hostname")
+                self.orphans[uuid] = (orphan[0], label_value(host) if host.__class__ is str else None)
+                self.running.start(uuid, ts)
+        elif etype == "task-retried":
+            self.unrun(uuid)
+        elif etype != "task-rejected" or ev.get("requeue") is False:
+            self.waiting.discard(uuid)
+            self.running.starts.pop(uuid, None)
+            self.orphans.pop(uuid, None)
 
-    def __init__(self, limit: int = 10_000) -> None:
-        self.limit = limit
-        self._seen: dict[tuple[str, int], tuple[str, float]] = {}
+    def unrun(self, uuid: str) -> None:
+        """The task's attempt stopped running (retried, or its worker was lost)."""
+        self.running.starts.pop(uuid, None)
+        if self.orphans and uuid not in self.waiting:
+            self.orphans.pop(uuid, None)
 
-    def update(self, heads: Mapping[str, Mapping[int, str]], now: float) -> dict[str, tuple[str, float]]:
-        """queue -> (task id, first seen at the head) of its longest-standing head message."""
-        seen: dict[tuple[str, int], tuple[str, float]] = {}
-        out: dict[str, tuple[str, float]] = {}
-        for queue, by_step in heads.items():
-            for step, task_id in by_step.items():
-                if len(seen) >= self.limit:
-                    break
-                slot = (queue, step)
-                old = self._seen.get(slot)
-                since = old[1] if old is not None and old[0] == task_id else now
-                seen[slot] = (task_id, since)
-                best = out.get(queue)
-                if best is None or since < best[1]:
-                    out[queue] = (task_id, since)
-        self._seen = seen  # a queue drained (no head) forgets its entry
-        return out
+    def orphan(self, uuid: str, entry: TaskEntry) -> None:
+        """The task table evicted ``entry``: if a tracker still follows the task, keep its labels."""
+        if entry[HELD] is None and (uuid in self.running.starts or uuid in self.waiting):
+            self.orphans[uuid] = (entry[K], entry[WORKER])
 
+    def orphans_of(self, hostname: str) -> list[str]:
+        return [u for u, (_, host) in self.orphans.items() if host == hostname]
 
-def message_task_id(raw: Any) -> str | None:
-    """The task id in a kombu Redis message (its JSON ``headers.id``, protocol 2; ``properties
-    .correlation_id`` otherwise), or None when the message is not one."""
-    if raw is None:
-        return None
-    try:
-        message = json.loads(raw)
-    except (ValueError, TypeError, RecursionError):
-        return None
-    if not isinstance(message, dict):
-        return None
-    for part, field in (("headers", "id"), ("properties", "correlation_id")):
-        section = message.get(part)
-        if isinstance(section, dict):
-            value = section.get(field)
-            if isinstance(value, str) and value and len(value) <= 255:
-                return value
-    return None
+    def key_of(self, uuid: str) -> _Key | None:
+        rec = self._tasks.get(uuid)
+        if rec is not None and rec[HELD] is None:
+            return rec[K]
+        orphan = self.orphans.get(uuid)
+        return orphan[0] if orphan is not None else None
 
+    def expire(self, now: float) -> None:
+        """Drop waiting tasks whose task-started was lost (a full pass, so once a minute, not per tick)."""
+        if now - self._expired_at < EXPIRE_EVERY:
+            return
+        self._expired_at = now
+        for uuid in self.waiting.expire(now):
+            if uuid not in self.running.starts:
+                self.orphans.pop(uuid, None)
 
-def queues_union(*groups: Iterable[str]) -> list[str]:
-    names: dict[str, None] = {}
-    for group in groups:
-        names.update(dict.fromkeys(group))
-    return list(names)
+    def oldest(self) -> tuple[dict[str, float], dict[_Key, float]]:
+        """queue -> oldest waiting task's enqueue time, key -> oldest running task's start."""
+        return self.waiting.oldest_by_queue(self.key_of), self.running.oldest_by_key(self.key_of)
+
+    def untracked(self) -> dict[str, int]:
+        return {"waiting_full": self.waiting.untracked, "waiting_expired": self.waiting.expired,
+                "running_full": self.running.untracked}
