@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from exporter.records import WorkerRecord
+from exporter.state import WorkerRecord
 from tests._support import ROOT, terminated_on_exit
 
 TESTS = ROOT / "tests"

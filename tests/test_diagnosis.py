@@ -10,6 +10,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.app import diagnosis_settings
@@ -18,6 +19,7 @@ from exporter.brokers.scheduler import SourceView
 from exporter.collectors.checks import CheckCollector
 from exporter.config import load_config, state_settings
 from exporter.diagnosis import CHECK_NAMES, Diagnoser, DiagnosisSettings, Result, Status, run_checks
+from exporter.doctor import main as doctor_main
 from exporter.doctor import report_json, report_text
 from exporter.events.ingest import Ingest, StreamStatus
 from exporter.state import ClusterState
@@ -138,3 +140,35 @@ def test_the_page_escapes_what_workers_send_and_shows_no_secret() -> None:
 def test_troubleshooting_explains_every_check() -> None:
     text = (ROOT / "docs" / "troubleshooting.md").read_text()
     assert re.findall(r"^### `(\w+)`$", text, re.MULTILINE) == list(CHECK_NAMES)
+
+
+def test_a_stream_that_keeps_reconnecting_is_a_warning() -> None:
+    diag, _ = cluster([heartbeat("w@h", T0 + 10)])
+    for _ in range(4):
+        diag.status.down("connection reset")
+        diag.status.up()
+    found = by_name(diag.results())["event_stream"]
+    assert found.status is Status.WARNING and "4 reconnect(s)" in found.evidence[0]
+    diag.status.down("connection reset")
+    assert by_name(diag.check(force=True)[1])["event_stream"].status is Status.PROBLEM
+
+
+def test_doctor_configuration_errors_exit_2(capsys: Any) -> None:
+    assert doctor_main(["--broker-url", "redis://h/0", "--max-series", "many"]) == 2
+    assert doctor_main(["--duration", "0"]) == 2
+    assert doctor_main(["--help"]) == 0
+    assert "--duration" in capsys.readouterr().out
+
+
+def test_clock_skew_takes_the_least_delayed_of_the_last_heartbeats() -> None:
+    clock = FakeClock(T0)
+    state = ClusterState(state_settings(), clock)
+    ingest = Ingest(state, clock)
+    ingest.feed_redis([redis_envelope(heartbeat("w@h", T0 + 0.05))])  # on time (50 ms in transit)
+    clock.advance(2)
+    ingest.feed_redis([redis_envelope(heartbeat("w@h", T0 - 28))])  # out of a 30 s backlog
+    assert state.take_snapshot().workers["w@h"].clock_skew == pytest.approx(0.05)
+    for _ in range(5):  # five heartbeats later the backlog sample is gone; a real 3 s skew shows
+        clock.advance(2)
+        ingest.feed_redis([redis_envelope(heartbeat("w@h", clock() + 3.0))])
+    assert state.take_snapshot().workers["w@h"].clock_skew == 3.0

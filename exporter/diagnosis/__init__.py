@@ -19,6 +19,7 @@ from typing import Any
 from exporter.diagnosis import broker_checks, event_checks
 from exporter.diagnosis.evidence import DiagnosisSettings, Evidence, build_evidence
 from exporter.diagnosis.model import ORDER, Result, Status, worst
+from exporter.state.snapshot import Snapshot
 
 __all__ = ["CHECKS", "ORDER", "Diagnoser", "DiagnosisSettings", "Evidence", "Result", "Status", "worst"]
 
@@ -52,7 +53,7 @@ def run_checks(evidence: Evidence) -> list[Result]:
 class Diagnoser:
     """Evidence from a snapshot source, the pollers' views and the stream status, checked and cached."""
 
-    def __init__(self, snapshots: Callable[[], Any], views: Callable[[], Sequence[Any]], status: Any,
+    def __init__(self, snapshots: Callable[[], Snapshot], views: Callable[[], Sequence[Any]], status: Any,
                  settings: DiagnosisSettings, min_interval: float = 2.0,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.snapshots, self.views, self.status = snapshots, views, status

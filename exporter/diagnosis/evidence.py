@@ -13,9 +13,11 @@ from typing import Any
 
 from exporter.labels import OVERFLOW_LABEL
 from exporter.secrets import redact_text
+from exporter.state.snapshot import Snapshot, WorkerRecord
 
-# A worker's clock is read from its heartbeats: the event's own timestamp against the exporter's clock
-# when it arrived. Transit takes milliseconds, so the difference is the skew to well under a second.
+# A worker's clock is read from its heartbeats (WorkerRecord.clock_skew, kept by the workers room): the
+# event's own timestamp against the exporter's clock when it arrived. Transit takes milliseconds, so the
+# difference is the skew to well under a second.
 
 
 @dataclass(frozen=True)
@@ -101,13 +103,10 @@ def _opt_int(record: Any, name: str) -> int | None:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def worker_facts(name: str, record: Any) -> WorkerFacts:
-    skew = getattr(record, "clock_skew", None)
-    if skew is None and record.heartbeat_seen and record.heartbeat_ts:
-        skew = record.heartbeat_ts - record.heartbeat_seen
+def worker_facts(name: str, record: WorkerRecord) -> WorkerFacts:
     return WorkerFacts(
         name=name, version=record.version, online=record.online, last_heartbeat=record.heartbeat_seen,
-        active=record.active, clock_skew=skew, processed=_opt_int(record, "processed"),
+        active=record.active, clock_skew=record.clock_skew, processed=_opt_int(record, "processed"),
         task_events=_opt_int(record, "task_events"), missed=_opt_int(record, "missed"))
 
 
@@ -133,7 +132,8 @@ def queue_facts(views: Sequence[Any]) -> tuple[list[QueueFacts], tuple[str, ...]
     return queues, tuple(mismatched), unrouted, polled
 
 
-def build_evidence(snapshot: Any, views: Sequence[Any], status: Any, settings: DiagnosisSettings) -> Evidence:
+def build_evidence(snapshot: Snapshot, views: Sequence[Any], status: Any,
+                   settings: DiagnosisSettings) -> Evidence:
     """``snapshot``: a state Snapshot; ``views``: the pollers' SourceViews; ``status``: the StreamStatus."""
     queues, mismatched, unrouted, polled = queue_facts(views)
     workers = tuple(worker_facts(n, r) for n, r in sorted(snapshot.workers.items()))

@@ -38,6 +38,11 @@ class WorkerRecord:
     # uuids a heartbeat found in excess (the worker reported fewer active tasks than we hold for it);
     # if the next heartbeat still finds them in excess they are counted lost.
     suspects: tuple[str, ...] = ()
+    # Seconds the worker's clock runs ahead (+) or behind (-) the exporter's: the largest of its last
+    # heartbeats' own timestamp minus our clock at their arrival (``workers.SKEW_SAMPLES`` of them; a
+    # heartbeat delayed in transit or in a backlog only ever looks older, so the largest is the truest).
+    clock_skew: float | None = None
+    skew_samples: tuple[float, ...] = ()
 
 
 @dataclass

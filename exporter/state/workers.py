@@ -19,6 +19,8 @@ from exporter.state.settings import StateSettings
 from exporter.state.snapshot import WorkerRecord
 from exporter.state.stalls import Stalls
 
+SKEW_SAMPLES = 5  # heartbeats (10 s at Celery's default 2 s) behind WorkerRecord.clock_skew
+
 _Key = tuple[str, str]
 
 
@@ -132,6 +134,8 @@ class Workers:
         rec.seen = rec.heartbeat_seen = now
         rec.heartbeat_ts = ts
         rec.online = True
+        rec.skew_samples = (*rec.skew_samples[1 - SKEW_SAMPLES:], ts - now)
+        rec.clock_skew = max(rec.skew_samples)
         active = ev.get("active")
         # Bounded: Inf (JSON 1e999) or 1e300 would otherwise be served until the worker's next heartbeat.
         if isinstance(active, (int, float)) and not isinstance(active, bool) and 0 <= active <= 1e6:
