@@ -22,7 +22,8 @@ from typing import Any, TextIO
 from exporter.diagnosis import ORDER, Evidence, Result, Status, worst
 
 DEFAULT_DURATION = 15.0
-PROGRESS_EVERY = 1.0
+PROGRESS_EVERY = 1.0  # seconds between progress updates on a terminal
+LOG_PROGRESS_EVERY = 5.0  # ... and between progress lines when stderr is not a terminal
 
 PARSER = argparse.ArgumentParser(
     prog="celery-exporter doctor",
@@ -73,10 +74,17 @@ def diagnose(config: Any, duration: float, output: str, out: TextIO, err: TextIO
     app.start()
     try:
         deadline = time.monotonic() + duration
+        shown = -LOG_PROGRESS_EVERY
         while (left := deadline - time.monotonic()) > 0:
             time.sleep(min(PROGRESS_EVERY, left))
             ev, _ = app.diagnoser.check(force=True)  # early too: each worker's first processed count
-            _progress(err, where, duration, ev)
+            line = _progress(where, duration, ev)
+            if err.isatty():
+                err.write("\r" + line[:150].ljust(80))
+            elif ev.watched - shown >= LOG_PROGRESS_EVERY:  # a log or CI: a line now and then
+                err.write(line + "\n")
+                shown = ev.watched
+            err.flush()
         ev, results = app.diagnoser.check(force=True)
     finally:
         if err.isatty():
@@ -90,16 +98,10 @@ def diagnose(config: Any, duration: float, output: str, out: TextIO, err: TextIO
     return 1 if worst(results) is Status.PROBLEM else 0
 
 
-def _progress(err: TextIO, where: str, duration: float, ev: Evidence) -> None:
-    line = (f"watching {where} for {duration:g}s: {min(ev.watched, duration):.0f}s, "
+def _progress(where: str, duration: float, ev: Evidence) -> str:
+    return (f"watching {where} for {duration:g}s: {min(ev.watched, duration):.0f}s, "
             f"{'connected' if ev.connected else 'not connected'}, {len(ev.workers)} worker(s), "
             f"{sum(ev.events_by_type.values())} event(s)")
-    if err.isatty():
-        err.write("\r" + line[:150].ljust(80))
-    else:  # a log or a CI run: a line every few seconds, not a carriage-return animation
-        if int(ev.watched) % 5 == 0:
-            err.write(line + "\n")
-    err.flush()
 
 
 def report_text(where: str, ev: Evidence, results: Sequence[Result]) -> str:
