@@ -32,11 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pika
 import redis
 
-from exporter.app import poll_settings
-from exporter.brokers.model import PollResult
 from exporter.brokers.polling import build_pollers
 from exporter.brokers.rabbitmq.poller import ManagementApi
-from exporter.config import Config
+from exporter.config import Config, poll_settings
+from exporter.status import PollResult
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"

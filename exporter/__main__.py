@@ -16,7 +16,8 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from exporter.config import ConfigError, load_config
+from exporter.config import load_config
+from exporter.options import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,74 +19,22 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
 from exporter.brokers.polling import build_polling
-from exporter.brokers.registry import build_stream, scheme_of
-from exporter.brokers.settings import PollSettings, StreamSettings
+from exporter.brokers.registry import build_stream
 from exporter.collectors import Sources, build_collectors
-from exporter.config import Config
+from exporter.config import Config, diagnosis_settings, poll_settings, state_settings, stream_settings
 from exporter.config_values import join_host_port
-from exporter.diagnosis import Diagnoser, DiagnosisSettings
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.diagnosis import Diagnoser
+from exporter.events.ingest import Ingest
 from exporter.http import Health, MetricsServer
-from exporter.reload import web_security
-from exporter.secrets import broker_location, option_secrets, url_secrets
+from exporter.secrets import broker_location
 from exporter.state import ClusterState, Snapshot
+from exporter.status import StreamStatus
+from exporter.webconfig import web_security
 
 log = structlog.get_logger("exporter")
 
 STALL_AFTER = 30.0  # /healthz fails when the event loop has not turned for this long
 SNAPSHOT_MAX_AGE = 0.1  # collectors of one scrape share one snapshot
-
-
-def stream_settings(config: Config, transient: bool = False) -> StreamSettings:
-    """The event stream's slice of the configuration (``transient``: doctor's, see StreamSettings)."""
-    return StreamSettings(
-        broker_url=config.broker_url,
-        transport_options=config.broker_transport_options,
-        queue_prefix=config.event_queue_prefix,
-        queue_name=None if transient else config.event_queue_name,  # doctor never touches the daemon's
-        queue_ttl=config.event_queue_ttl,
-        queue_expires=config.event_queue_expires,
-        queue_max_length=config.event_queue_max_length,
-        queue_max_bytes=config.event_queue_max_bytes,
-        prefetch=config.event_prefetch,
-        transient=transient,
-    )
-
-
-def poll_settings(config: Config) -> PollSettings:
-    """The pollers' slice of the configuration."""
-    return PollSettings(
-        broker_url=config.broker_url,
-        transport_options=config.broker_transport_options,
-        management_url=config.rabbitmq_management_url,
-        live_queues=config.rabbitmq_live_queues,
-        interval=config.poll_interval,
-        timeout=config.poll_timeout,
-        default_queue=config.default_queue,
-        queues=config.queues,
-        retry_queues=config.retry_queues,
-        dead_letter_queues=config.dead_letter_queues,
-        exclude_queues=config.exclude_queues,
-        event_queue_prefix=config.event_queue_prefix,
-        max_queues=config.max_queues,
-        max_scan_keys=config.max_scan_keys,
-        dlq_timestamp_field=config.dlq_timestamp_field,
-        dead_letter_redis_urls=config.dead_letter_redis_urls,
-    )
-
-
-def diagnosis_settings(config: Config, started: float) -> DiagnosisSettings:
-    """The checks' slice of the configuration."""
-    return DiagnosisSettings(
-        broker_scheme=scheme_of(config.broker_url),
-        management_api=bool(config.rabbitmq_management_url),
-        caps={k: getattr(config, k) for k in ("max_task_names", "max_queues", "max_series",
-                                               "max_tracked_tasks", "max_exception_types", "max_workers")},
-        started=started,
-        poll_interval=config.poll_interval,
-        secrets=(*url_secrets(config.broker_url), *url_secrets(config.rabbitmq_management_url or ""),
-                 *option_secrets(config.broker_transport_options)),
-    )
 
 
 class SnapshotSource:
@@ -115,11 +63,11 @@ class App:
         self.config = config
         self.clock = clock
         self.stop_event = threading.Event()
-        self.state = ClusterState(config.state_settings(), clock)
+        self.state = ClusterState(state_settings(config), clock)
         self.status = StreamStatus(clock)
         self.ingest = Ingest(self.state, clock)
         snapshots = SnapshotSource(self.state)
-        self.stream = build_stream(stream_settings(config, transient=not serve), self.ingest, self.status)
+        self.stream = build_stream(stream_settings(config), self.ingest, self.status)
         self.polling = build_polling(poll_settings(config), self.state.queues_seen)
         # Read through self.polling at scrape time: the demo swaps in its own polling after this.
         self.diagnoser = Diagnoser(snapshots, lambda: self.polling.views(), self.status,

@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, TextIO
 
 from exporter.diagnosis import ORDER, Evidence, Result, Status, worst
@@ -63,6 +64,8 @@ def diagnose(config: Any, duration: float, output: str, out: TextIO, err: TextIO
     from exporter.secrets import describe_error, option_secrets, redact_url, url_secrets
 
     configure_logging("error", config.log_format, stream=err)  # the report is the output
+    # Nothing created on the broker, and the daemon's stable event queue (if configured) never touched.
+    config = replace(config, event_queue_mode="exclusive", event_queue_name=None)
     secrets = (*url_secrets(config.broker_url), *url_secrets(config.rabbitmq_management_url or ""),
                *option_secrets(config.broker_transport_options))
     try:

@@ -23,12 +23,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
 from exporter.config import OPTIONS, Config, ConfigError, load_config
 from exporter.logs import configure_logging
+from exporter.webconfig import web_security
 
 if TYPE_CHECKING:
     from exporter.app import App
@@ -37,16 +38,6 @@ log = structlog.get_logger("exporter")
 
 RELOADABLE = frozenset({"log_level", "web_config_file"})
 _FLAGS = {o.name: o.flag for o in OPTIONS}
-
-
-def web_security(path: str | None) -> tuple[Any, Any, Any]:
-    """The HTTP server's TLS context, authorizer and extra headers from a web config file (or none)."""
-    if not path:
-        return None, None, None
-    from exporter.webconfig import load_web_config
-
-    web = load_web_config(path)
-    return web.ssl_context(), web.authorizer(), web.headers
 
 
 def needs_restart(old: Config, new: Config) -> list[str]:

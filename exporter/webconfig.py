@@ -45,7 +45,7 @@ import bcrypt
 import structlog
 import yaml
 
-from exporter.config import ConfigError
+from exporter.options import ConfigError
 from exporter.secrets import yaml_error
 
 log = structlog.get_logger("exporter.webconfig")
@@ -372,3 +372,11 @@ def _headers(raw: Any, path: str) -> dict[str, str]:
             raise _err(path, prefix + name, f"must be one of {', '.join(allowed)}")
         out[name] = value
     return out
+
+
+def web_security(path: str | None) -> tuple[Any, Any, Any]:
+    """The HTTP server's TLS context, authorizer and extra headers from a web config file (or none)."""
+    if not path:
+        return None, None, None
+    web = load_web_config(path)
+    return web.ssl_context(), web.authorizer(), web.headers

@@ -191,8 +191,8 @@ def polled_registry(polling: Any, clock: Callable[[], float], *others: Any) -> C
 
 def poll(config: Any, clock: FakeClock, seen: tuple[str, ...] = ()) -> Samples:
     """One synchronous poll of every source ``config`` gives, and the samples its collectors serve."""
-    from exporter.app import poll_settings
     from exporter.brokers.polling import build_polling
+    from exporter.config import poll_settings
 
     polling = build_polling(poll_settings(config), lambda: seen)
     try:

@@ -19,11 +19,11 @@ from typing import Any
 
 from celery import Celery
 
-from exporter.app import stream_settings
 from exporter.brokers.settings import StreamSettings
-from exporter.config import Config, state_settings
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.config import Config, state_settings, stream_settings
+from exporter.events.ingest import Ingest
 from exporter.state import ClusterState
+from exporter.status import StreamStatus
 from tests._support import celery_worker as support_worker
 from tests._support import wait_for
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from exporter.app import poll_settings
-from exporter.brokers.model import PollResult, QueueDepth, Rules, name_problem
-from exporter.brokers.polling import rules_for
+from exporter.brokers.model import Rules, name_problem, rules_for
 from exporter.brokers.rabbitmq.classify import amqp_result, classify, kind_of, management_result
-from exporter.config import Config
+from exporter.config import Config, poll_settings
+from exporter.status import PollResult, QueueDepth
 
 RULES = rules_for(poll_settings(Config("amqp://")))
 

@@ -8,11 +8,10 @@ import json
 
 import pytest
 
-from exporter.app import poll_settings
 from exporter.brokers.growth import DeadLetterAdded
-from exporter.brokers.model import PollResult, QueueDepth
 from exporter.brokers.polling import build_polling
-from exporter.config import Config
+from exporter.config import Config, poll_settings
+from exporter.status import PollResult, QueueDepth
 from tests._broker_helpers import RedisServer, by_queue, polled_registry, samples
 from tests._support import FakeClock
 

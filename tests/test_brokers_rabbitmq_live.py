@@ -18,11 +18,10 @@ from pathlib import Path
 import pika
 import pytest
 
-from exporter.app import poll_settings
-from exporter.brokers.model import name_problem
-from exporter.brokers.polling import build_polling, rules_for
+from exporter.brokers.model import name_problem, rules_for
+from exporter.brokers.polling import build_polling
 from exporter.brokers.rabbitmq.poller import AmqpPoller, amqp_parameters
-from exporter.config import Config
+from exporter.config import Config, poll_settings
 from tests._broker_helpers import MGMT_URL, amqp_url, by_queue, management_available, poll
 from tests._support import ROOT, FakeClock, celery_worker, wait_for
 
@@ -203,21 +202,24 @@ def test_a_missing_queue_is_declared_at_start_and_then_only_every_ten_minutes(
     poller = AmqpPoller(amqp_parameters(amqp_url(vhost), 5.0, 60), lambda: ["task_queue", "gone_a", "gone_b"],
                         rules_for(poll_settings(Config("amqp://"))), clock)
     caplog.set_level(logging.DEBUG, logger="pika")
+    # A deadline is a time on the poller's own clock (SourceRunner takes both from one clock). A deadline
+    # from time.monotonic() (seconds since boot) next to this fake clock at 1000..2205 s made the test fail
+    # on any machine booted less than about 37 minutes before: "the poll deadline passed".
     try:
-        first = poller.poll(time.monotonic() + 5)
+        first = poller.poll(clock() + 5)
         assert dict(first.queues) == {"task_queue": first.queues["task_queue"]}
         assert wait_for(lambda: len(not_found_lines(log, vhost)), 10, ok=lambda n: n == 2) == 2
         for _ in range(119):  # ten minutes of 5 s polls, less one
             clock.now += 5.0
-            assert "task_queue" in poller.poll(time.monotonic() + 5).queues
+            assert "task_queue" in poller.poll(clock() + 5).queues
         time.sleep(1.0)  # RabbitMQ writes its log asynchronously
         assert len(not_found_lines(log, vhost)) == 2
         clock.now += 5.0  # 600 s since the first declare: checked again, once
-        poller.poll(time.monotonic() + 5)
+        poller.poll(clock() + 5)
         assert wait_for(lambda: len(not_found_lines(log, vhost)), 10, ok=lambda n: n == 4) == 4
         channel.queue_declare("gone_a")  # created meanwhile: found at the next recheck
         clock.now += 600.0
-        assert "gone_a" in poller.poll(time.monotonic() + 5).queues
+        assert "gone_a" in poller.poll(clock() + 5).queues
     finally:
         poller.close()
     loud = [r for r in caplog.records if r.name.startswith("pika") and r.levelno >= logging.WARNING]

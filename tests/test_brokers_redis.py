@@ -16,10 +16,9 @@ import redis
 from celery import Celery
 from kombu import Connection
 
-from exporter.app import poll_settings
 from exporter.brokers.polling import build_polling
 from exporter.collectors.tasks import TaskCollector
-from exporter.config import Config, state_settings
+from exporter.config import Config, poll_settings, state_settings
 from exporter.state import ClusterState
 from tests._broker_helpers import (
     REDIS_URL,

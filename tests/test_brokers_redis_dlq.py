@@ -12,10 +12,11 @@ import redis
 from celery import Celery
 from structlog.testing import capture_logs
 
-from exporter.app import poll_settings
 from exporter.brokers.polling import build_polling
+from exporter.brokers.registry import dead_letter_pollers_for
 from exporter.brokers.scheduler import Polling
-from exporter.config import Config
+from exporter.brokers.settings import BrokerSettingsError
+from exporter.config import Config, poll_settings
 from tests._broker_helpers import (
     RedisServer,
     amqp_url,
@@ -193,6 +194,15 @@ def test_poll_errors_name_the_dlq_source_not_the_url(polled: list[Polling]) -> N
     assert [e["source"] for e in logs if e["event"] == "broker poll failed"] == [source]
     assert "hunter2" not in repr(logs)
 
+
+
+def test_the_registry_hands_each_dlq_url_to_the_package_of_its_scheme() -> None:
+    urls = ("redis://127.0.0.1:1/3", "redis://u:pw@127.0.0.1:1/3", "rediss://h:2/4")
+    pollers = dead_letter_pollers_for(poll_settings(Config("amqp://", dead_letter_redis_urls=urls)))
+    assert [p.source for p in pollers] == ["redis_dlq:127.0.0.1:1/3", "redis_dlq:127.0.0.1:1/3#2", "redis_dlq:h:2/4"]
+    # The configuration admits only Redis URLs there; settings built past it are refused, not polled.
+    with pytest.raises(BrokerSettingsError, match="dead_letter_redis_urls"):
+        dead_letter_pollers_for(poll_settings(Config("amqp://", dead_letter_redis_urls=("amqp://h//",))))
 
 
 def test_the_daemon_with_seed_001s_exact_flags(redis_server: RedisServer,

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from exporter.brokers.model import Kind, PollResult, QueueDepth, Rules
+from exporter.brokers.model import Kind, Rules
 from exporter.brokers.redis.keys import (
     RedisLayout,
     RedisSettings,
@@ -20,6 +20,7 @@ from exporter.brokers.redis.keys import (
     redis_result,
 )
 from exporter.config import Config
+from exporter.status import PollResult, QueueDepth
 
 S = "\x06\x16"
 DEFAULT_DLQ = Config("redis://").dead_letter_queues

@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from exporter.app import stream_settings
 from exporter.brokers.redis.stream import RedisEventStream
 from exporter.brokers.registry import build_stream
-from exporter.config import Config
+from exporter.config import Config, stream_settings
 from tests._broker_helpers import RedisServer, by_queue, poll
 from tests._reliability_helpers import make_ca, make_leaf, publisher
 from tests._stream_helpers import pipeline, running, total

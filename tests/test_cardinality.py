@@ -19,8 +19,9 @@ from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
 from exporter.config import state_settings
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.events.ingest import Ingest
 from exporter.state import OVERFLOW_LABEL, ClusterState
+from exporter.status import StreamStatus
 from tests._events import T0, ev, failed, heartbeat, redis_envelope, retried, sent
 from tests._reliability_helpers import series_count
 from tests._support import FakeClock, parse_samples

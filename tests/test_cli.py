@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from exporter import __version__
-from exporter.config import GROUPS
+from exporter.options import GROUPS
 from tests._support import free_port, terminated_on_exit, wait_for
 from tests._support import http_get as get
 

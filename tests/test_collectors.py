@@ -20,9 +20,10 @@ from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
 from exporter.config import state_settings
 from exporter.diagnosis import Diagnoser, DiagnosisSettings
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.events.ingest import Ingest
 from exporter.exposition import render
 from exporter.state import ClusterState
+from exporter.status import StreamStatus
 from tests._events import (
     T0,
     failed,

@@ -206,7 +206,7 @@ def test_migrating_doc_names_only_real_flags_metrics_and_every_compat_rule() -> 
     import re
 
     from exporter.collectors import all_specs
-    from exporter.config import OPTIONS
+    from exporter.options import OPTIONS
 
     text = MIGRATING.read_text()
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| `")]

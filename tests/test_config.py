@@ -12,8 +12,17 @@ from dataclasses import MISSING, fields
 
 import pytest
 
-from exporter.cli import build_parser
-from exporter.config import GROUPS, OPTIONS, Config, ConfigError, load_config, redact_url, state_settings
+from exporter.brokers.settings import PollSettings, StreamSettings
+from exporter.config import (
+    SLICE_RENAMES,
+    Config,
+    load_config,
+    poll_settings,
+    state_settings,
+    stream_settings,
+)
+from exporter.options import GROUPS, OPTIONS, ConfigError, build_parser
+from exporter.secrets import redact_url
 from exporter.state import StateSettings
 
 URL = "redis://:s3cr3t-pw@127.0.0.1:6379/0"
@@ -48,7 +57,7 @@ def test_yaml_routes_buckets_and_transport_options(tmp_path) -> None:
     assert c.duration_buckets == (0.1, 1.0, 10.0)
     assert c.broker_transport_options["global_keyprefix"] == "pfx:"
     assert c.queues == ("default", "high_*")
-    assert c.state_settings().task_routes == c.task_routes
+    assert state_settings(c).task_routes == c.task_routes
 
 
 def test_env_list_and_map_forms() -> None:
@@ -139,7 +148,7 @@ def _class_body_defaults(cls: type) -> list[str]:
 
 
 def test_options_are_the_only_copy_of_each_default() -> None:
-    assert _class_body_defaults(Config) == [] and _class_body_defaults(StateSettings) == []
+    assert _class_body_defaults(Config) == []
     options = {o.name: o for o in OPTIONS if o.field}
     assert {f.name for f in fields(Config)} == {*options, "config_file"}
     for f in fields(Config):
@@ -148,12 +157,33 @@ def test_options_are_the_only_copy_of_each_default() -> None:
             continue
         got = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         assert got == opt.default, f.name
-    # The state's slice: every field is an option, with the same static type as Config's field.
-    config_types = {f.name: f.type for f in fields(Config)}
-    for f in fields(StateSettings):
-        assert f.name in options and f.type == config_types[f.name], f.name
     assert state_settings() == state_settings(load_config(["--broker-url", URL], {}))
     assert state_settings(max_workers=3).max_workers == 3
+
+
+def test_every_settings_slice_field_is_an_option_of_the_same_type() -> None:
+    """The slices components receive are read from Config in one place: each field is an option (under
+    its own name or the one ``SLICE_RENAMES`` gives), with Config's static type, and no default."""
+    options = {o.name for o in OPTIONS if o.field}
+    config_types = {f.name: f.type for f in fields(Config)}
+    assert set(SLICE_RENAMES) == {StateSettings, StreamSettings, PollSettings}
+    for cls, renames in SLICE_RENAMES.items():
+        assert _class_body_defaults(cls) == [], cls.__name__
+        names = {f.name for f in fields(cls)}
+        assert set(renames) <= names, f"{cls.__name__}: a rename names no field"
+        for f in fields(cls):
+            option = renames.get(f.name, f.name)
+            assert option in options, f"{cls.__name__}.{f.name} is no option"
+            assert f.type == config_types[option], f"{cls.__name__}.{f.name}"
+
+
+def test_slices_carry_the_configured_values() -> None:
+    c = load_config(["--broker-url", "amqp://h//", "--poll-interval", "7", "--event-prefetch", "9",
+                     "--rabbitmq-live-queues", "a,b", "--max-queues", "12"], {})
+    poll, stream = poll_settings(c), stream_settings(c)
+    assert (poll.interval, poll.live_queues, poll.max_queues, poll.broker_url) == (7.0, ("a", "b"), 12, "amqp://h//")
+    assert (stream.prefetch, stream.queue_prefix) == (9, c.event_queue_prefix)
+    assert state_settings(c).max_queues == 12
 
 
 def test_every_default_is_a_value_its_parser_accepts() -> None:

@@ -135,7 +135,7 @@ DEMO_FLAGS = {"--port", "--broker", "--rate", "--listen-address", "--log-level",
 def test_docs_name_only_real_flags_and_metrics() -> None:
     import re
 
-    from exporter.config import OPTIONS
+    from exporter.options import OPTIONS
 
     flags = {o.flag for o in OPTIONS} | {"--config", "--version"} | DEMO_FLAGS | FOREIGN_FLAGS
     samples = {n for s in all_specs() for n in s.sample_names}

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.config import OPTIONS, load_config
+from exporter.config import load_config
+from exporter.options import OPTIONS
 from tests._deploy_helpers import (
     COMPOSE_DIR,
     COMPOSE_FILE,

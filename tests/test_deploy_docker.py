@@ -15,7 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter import http
-from exporter.config import OPTIONS, load_config
+from exporter.config import load_config
+from exporter.options import OPTIONS
 from tests._deploy_helpers import DOCKERFILE, REPO, Stage, is_pinned, parse_dockerfile, pyproject
 
 DEFAULT_PORT = next(o.default for o in OPTIONS if o.name == "port")

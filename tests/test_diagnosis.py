@@ -13,16 +13,15 @@ from typing import Any
 import pytest
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.app import diagnosis_settings
-from exporter.brokers.model import OVERFLOW_LABEL, PollResult, QueueDepth
-from exporter.brokers.scheduler import SourceView
 from exporter.collectors.checks import CheckCollector
-from exporter.config import load_config, state_settings
+from exporter.config import diagnosis_settings, load_config, state_settings
 from exporter.diagnosis import CHECK_NAMES, Diagnoser, DiagnosisSettings, Result, Status, run_checks
 from exporter.doctor import main as doctor_main
 from exporter.doctor import report_json, report_text
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.events.ingest import Ingest
+from exporter.labels import OVERFLOW_LABEL
 from exporter.state import ClusterState
+from exporter.status import PollResult, QueueDepth, SourceView, StreamStatus
 from exporter.statuspage import page_for
 from tests._broker_helpers import samples
 from tests._events import T0, heartbeat, received, redis_envelope, sent

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 from exporter.collectors import all_specs
-from exporter.config import OPTIONS
 from exporter.doctor import PARSER as DOCTOR_PARSER
+from exporter.options import OPTIONS
 from tools import docs, generate
 
 ROOT = Path(__file__).resolve().parent.parent

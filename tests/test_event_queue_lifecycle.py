@@ -16,7 +16,7 @@ import pika
 import pytest
 
 from exporter.brokers.rabbitmq.stream import AmqpEventStream
-from exporter.config import OPTIONS
+from exporter.options import OPTIONS
 from tests._broker_helpers import amqp_url, mgmt
 from tests._stream_helpers import lines, pipeline, running, settings
 from tests._support import Daemon, wait_for

@@ -28,8 +28,9 @@ from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
 from exporter.config import state_settings
 from exporter.events import decode as d
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.events.ingest import Ingest
 from exporter.state import SENT, ClusterState, label_value
+from exporter.status import StreamStatus
 from tests._events import T0, ev, failed, heartbeat, redis_envelope, sent, started, succeeded
 from tests._reliability_helpers import amqp_messages, redis_payloads
 from tests._support import FakeClock, parse_samples, wait_for
@@ -423,9 +424,8 @@ def test_the_kombu_fallback_path_never_unpickles(tmp_path: Path) -> None:
 
     from kombu import Connection, Exchange, Producer
 
-    from exporter.app import stream_settings
     from exporter.brokers.kombu.stream import KombuEventStream
-    from exporter.config import Config
+    from exporter.config import Config, stream_settings
 
     marker = tmp_path / "unpickled"
     state, ingest = new_state(now=time.time())

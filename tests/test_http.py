@@ -16,10 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.config import state_settings
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.events.ingest import Ingest
 from exporter.exposition import negotiate
 from exporter.http import Health, MetricsServer
 from exporter.state import ClusterState
+from exporter.status import StreamStatus
 from tests._events import T0, redis_envelope, sent
 from tests._support import FakeClock
 

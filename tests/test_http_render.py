@@ -25,10 +25,11 @@ from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
 from exporter.config import state_settings
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.events.ingest import Ingest
 from exporter.exposition import RENDER_ERRORS, TableFamily, render
 from exporter.http import Health, MetricsServer
 from exporter.state import ClusterState, Histogram, Snapshot
+from exporter.status import StreamStatus
 from tests._events import T0, failed, heartbeat, received, redis_envelope, sent, started, succeeded
 from tests._support import FakeClock
 

@@ -18,9 +18,10 @@ from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
 from exporter.config import state_settings
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.events.ingest import Ingest
 from exporter.exposition import render
 from exporter.state import ClusterState, label_value
+from exporter.status import StreamStatus
 from tests._events import T0, ev, heartbeat, received, redis_envelope, sent, started, succeeded
 from tests._support import FakeClock
 

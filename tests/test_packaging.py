@@ -131,8 +131,8 @@ def test_the_installed_distribution_and_build_info_carry_the_package_version() -
 
     from exporter.collectors.stream import StreamCollector
     from exporter.config import state_settings
-    from exporter.events.ingest import StreamStatus
     from exporter.state import ClusterState
+    from exporter.status import StreamStatus
 
     assert md.version(DIST_NAME) == __version__  # setuptools read exporter.__version__ at install
     registry = CollectorRegistry(auto_describe=False)

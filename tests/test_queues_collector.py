@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from exporter.brokers.model import PollResult, QueueDepth
 from exporter.brokers.scheduler import STALE_POLLS, PollStore
 from exporter.collectors import all_specs
 from exporter.collectors.queues import METRICS, QueueCollector
+from exporter.status import PollResult, QueueDepth
 from tests._broker_helpers import registry_of
 from tests._support import FakeClock
 

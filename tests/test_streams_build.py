@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from exporter.app import stream_settings
 from exporter.brokers.backoff import Backoff
 from exporter.brokers.kombu.stream import KombuEventStream
 from exporter.brokers.rabbitmq.stream import AmqpEventStream
@@ -18,11 +17,12 @@ from exporter.brokers.redis.stream import RedisEventStream
 from exporter.brokers.registry import build_stream
 from exporter.brokers.settings import BrokerSettingsError
 from exporter.brokers.supervisor import STABLE_AFTER, Supervisor
-from exporter.config import Config, state_settings
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.config import Config, state_settings, stream_settings
+from exporter.events.ingest import Ingest
 from exporter.secrets import describe_error as describe
 from exporter.secrets import url_secrets
 from exporter.state import ClusterState
+from exporter.status import StreamStatus
 
 
 def build(url: str, **kw: object) -> object:

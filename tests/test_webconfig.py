@@ -22,9 +22,10 @@ from prometheus_client import CollectorRegistry
 
 import exporter.http as http_mod
 from exporter.collectors.tasks import TaskCollector
-from exporter.config import ConfigError, state_settings
+from exporter.config import state_settings
 from exporter.events.ingest import Ingest
 from exporter.http import Health, MetricsServer
+from exporter.options import ConfigError
 from exporter.state import ClusterState
 from exporter.webconfig import BasicAuth, load_web_config
 from tests._events import T0, redis_envelope, sent

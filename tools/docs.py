@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from exporter.collectors import all_specs
-from exporter.config import OPTIONS
+from exporter.options import OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 

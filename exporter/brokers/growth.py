@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from exporter.brokers.model import PollResult
+from exporter.status import PollResult
 
 # DLQ names tracked per source; a poll result is already capped at --max-queues, this only bounds churn.
 MAX_TRACKED = 10_000

@@ -1,6 +1,7 @@
-"""What a broker poll produces (``PollResult``) and the pure rules every poller shares: which queue names
-are Celery internals, how config globs classify a queue, how a DLQ entry's timestamp is read, how the
-number of queue series is capped.
+"""The pure rules every poller shares: which queue names are Celery internals, how config globs classify
+a queue (``rules_for`` builds the ``Rules`` from the pollers' settings), how a DLQ entry's timestamp is
+read, how the number of queue series is capped. What a poll produces (``PollResult``) is declared in the
+leaf ``exporter.status``, which the collectors read.
 
 Nothing here does I/O; each broker package's ``poller.py`` fetches, these functions decide.
 """
@@ -11,10 +12,13 @@ import fnmatch
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
+from exporter.brokers.settings import PollSettings
 from exporter.labels import OVERFLOW_LABEL, parse_iso
+from exporter.options import DEFAULT_DEAD_LETTER_QUEUES
+from exporter.status import PollResult, QueueDepth
 
 Kind = Literal["task", "retry", "dlq"]
 
@@ -23,59 +27,6 @@ Kind = Literal["task", "retry", "dlq"]
 # and kombu's bookkeeping keys on Redis.
 INTERNAL_GLOBS: tuple[str, ...] = ("celeryev.*", "*.pidbox", "amq.gen-*", "_kombu.*")
 INTERNAL_EXCHANGES = frozenset({"celeryev", "celery.pidbox", "reply.celery.pidbox"})
-# The default of --dead-letter-queues: name patterns, which never override what the broker says (even the
-# exact names among them; a user's own exact names are explicit configuration).
-DEFAULT_DEAD_LETTER_QUEUES: tuple[str, ...] = (
-    "dlq:*", "celery:dead_letter_queue", "dlq", "*.dlq", "dead_letter*",
-)
-
-
-@dataclass(frozen=True)
-class QueueDepth:
-    """A queue's depth: ready messages, and where the broker knows them, unacked messages, consumers and
-    ``published_total``, the cumulative count of messages published into the queue as the broker counts
-    them (RabbitMQ's management statistics). For a DLQ (``PollResult.dead_letter_depth``) a present
-    ``published_total`` drives ``celery_dead_letter_messages_added_total`` instead of length differences."""
-
-    ready: float
-    unacked: float | None = None
-    consumers: float | None = None
-    published_total: float | None = None
-
-
-@dataclass(frozen=True)
-class PollResult:
-    """One successful poll of one source. ``dead_letter_oldest`` holds Unix timestamps (not ages), so the
-    age keeps growing between polls and is computed at scrape time from the injected clock."""
-
-    queues: Mapping[str, QueueDepth] = field(default_factory=dict)
-    retry: Mapping[str, float] = field(default_factory=dict)
-    dead_letter: Mapping[str, float] = field(default_factory=dict)
-    dead_letter_oldest: Mapping[str, float] = field(default_factory=dict)
-    broker_unacked: float | None = None
-    # Optional detail of a DLQ named in ``dead_letter`` (a poller that knows the broker's publish count
-    # sets ``published_total`` here); ``dead_letter`` stays the length the gauges report.
-    dead_letter_depth: Mapping[str, QueueDepth] = field(default_factory=dict)
-    # What this poll could not read and skipped: reason -> count (``celery_exporter_poll_skipped_total``).
-    skipped: Mapping[str, int] = field(default_factory=dict)
-    # Options whose value does not match what the broker holds (``celery_exporter_poll_option_mismatch``).
-    mismatched_options: tuple[str, ...] = ()
-    # Task queue -> (task id, Unix time it was first seen at the end consumed next) of the message that
-    # has stood there longest (Redis only: a lower bound of the oldest task's wait).
-    queue_heads: Mapping[str, tuple[str, float]] = field(default_factory=dict)
-    # What one Redis poll read at those ends (queue -> {priority step: task id}), before the poller's
-    # HeadTracker turns it into ``queue_heads``.
-    head_ids: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
-    # Why each reported queue is reported and has its kind, in a few words ("kombu binding", "listed in
-    # --dead-letter-queues", "another queue dead-letters into it"): the status page and doctor show it.
-    # An explanation, not a measurement: left out of equality.
-    reasons: Mapping[str, str] = field(default_factory=dict, compare=False)
-    # Queue -> its dead-letter exchange, for failure routes whose letters reach no queue classified as a
-    # DLQ (the DLX has no queue bound, so RabbitMQ drops them): the doctor's dead_letter_routes check.
-    unrouted_dead_letters: Mapping[str, str] = field(default_factory=dict)
-
-    def names(self) -> set[str]:
-        return set(self.queues) | set(self.retry) | set(self.dead_letter)
 
 
 def is_glob(pattern: str) -> bool:
@@ -166,6 +117,23 @@ def why_kind(name: str, rules: Rules, dead_lettering: Kind | None = None, worked
     if rules.configured_kind(name):
         return "name matches --retry-queues or --dead-letter-queues (or the default DLQ names)"
     return "default: a task queue"
+
+
+def rules_for(settings: PollSettings, internal_names: Iterable[str] = ()) -> Rules:
+    """The naming rules the configuration gives every poller of a broker (``internal_names``: the
+    broker's own bookkeeping keys, never queues)."""
+    return Rules(
+        retry_globs=tuple(settings.retry_queues),
+        dlq_globs=tuple(settings.dead_letter_queues),
+        exclude_globs=(*settings.exclude_queues, settings.event_queue_prefix + "*"),
+        internal_names=frozenset((*internal_names, OVERFLOW_LABEL)),
+        task_names=frozenset(exact_names(settings.queues)),
+    )
+
+
+def pinned_queues(settings: PollSettings) -> tuple[str, ...]:
+    """The queues always reported first (the default queue, configured names): never folded away."""
+    return (settings.default_queue, *exact_names(settings.queues))
 
 
 MAX_NAME_BYTES = 255  # AMQP short strings stop at 255 bytes; a label value needs no more either

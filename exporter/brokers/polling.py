@@ -1,11 +1,11 @@
 """Assembling the background polling: queue depth, unacked messages, consumers, retry queues and DLQs.
 
 ``build_polling(settings, queues_seen)`` asks ``registry.py`` for the broker package's pollers (Redis;
-RabbitMQ through the management API or passive declares; none for SQS and other kombu transports), caps
-each poller's queue names, and returns a ``Polling``: ``run(stop)`` polls in the background every
-``settings.interval`` seconds, each poll under a ``settings.timeout`` deadline, and ``views`` reads
-the last good results (``QueueCollector`` serves them). ``rules_for`` and ``pinned_queues`` are the
-config-driven naming rules every broker's pollers share.
+RabbitMQ through the management API or passive declares; none for SQS and other kombu transports) and
+for the DLQ-only pollers of the ``--dead-letter-redis-url`` databases, caps each poller's queue names,
+and returns a ``Polling``: ``run(stop)`` polls in the background every ``settings.interval`` seconds,
+each poll under a ``settings.timeout`` deadline, and ``views`` reads the last good results
+(``QueueCollector`` serves them). No broker package is named here: the registry names them.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
-from exporter.brokers.model import PollResult, Rules, cap_queues, exact_names
+from exporter.brokers.model import cap_queues, pinned_queues
+from exporter.brokers.registry import dead_letter_pollers_for, pollers_for, scheme_of
 from exporter.brokers.scheduler import STALE_POLLS, Poller, Polling, PollStore, SourceRunner
 from exporter.brokers.settings import PollSettings
 from exporter.labels import OVERFLOW_LABEL
 from exporter.secrets import option_secrets, url_secrets
+from exporter.status import PollResult
 
 log = structlog.get_logger("exporter.brokers")
 
@@ -38,35 +40,15 @@ class Capped:
         self.inner.close()
 
 
-def rules_for(settings: PollSettings, internal_names: Iterable[str] = ()) -> Rules:
-    return Rules(
-        retry_globs=tuple(settings.retry_queues),
-        dlq_globs=tuple(settings.dead_letter_queues),
-        exclude_globs=(*settings.exclude_queues, settings.event_queue_prefix + "*"),
-        internal_names=frozenset((*internal_names, OVERFLOW_LABEL)),
-        task_names=frozenset(exact_names(settings.queues)),
-    )
-
-
-def pinned_queues(settings: PollSettings) -> tuple[str, ...]:
-    """The queues always reported first (the default queue, configured names): never folded away."""
-    return (settings.default_queue, *exact_names(settings.queues))
-
-
 def build_pollers(settings: PollSettings, queues_seen: Callable[[], Iterable[str]],
                   monotonic: Callable[[], float] = time.monotonic) -> list[Poller]:
     """The (capped) pollers for ``settings.broker_url``; none for a broker we cannot poll."""
-    from exporter.brokers.registry import pollers_for, scheme_of
-
     pollers = pollers_for(settings, queues_seen, monotonic)
     if pollers is None:
         log.info("queue polling is not available for this broker transport",
                  scheme=scheme_of(settings.broker_url))
         pollers = []
-    if settings.dead_letter_redis_urls:  # beside any broker, Redis or RabbitMQ
-        from exporter.brokers.redis import dead_letter_pollers
-
-        pollers += dead_letter_pollers(settings, monotonic)
+    pollers += dead_letter_pollers_for(settings, monotonic)  # beside any broker, Redis or RabbitMQ
     return [Capped(p, settings.max_queues, pinned_queues(settings)) for p in pollers]
 
 

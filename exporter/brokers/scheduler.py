@@ -21,15 +21,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 import structlog
 
 from exporter.brokers.growth import DeadLetterAdded
-from exporter.brokers.model import PollResult
 from exporter.logs import RateLimitedLog
 from exporter.secrets import describe_error
+from exporter.status import PollResult, SourceView
 
 log = structlog.get_logger("exporter.brokers")
 
@@ -44,19 +44,6 @@ class Poller(Protocol):
     def poll(self, deadline: float) -> PollResult: ...
 
     def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class SourceView:
-    """What a scrape sees of one source."""
-
-    source: str
-    success: bool | None  # None until the first poll has finished
-    duration: float
-    errors: int
-    result: PollResult | None  # None before the first success, or once the last one went stale
-    dead_letter_added: Mapping[str, float] = field(default_factory=dict)
-    skipped: Mapping[str, int] = field(default_factory=dict)  # reason -> total since start
 
 
 class PollStore:

@@ -1,8 +1,8 @@
 """The settings slices the broker layer receives, and the error it raises for a bad one.
 
-``app.py`` builds ``StreamSettings`` and ``PollSettings`` from the validated ``Config`` (which owns every
-default); nothing under ``brokers/`` or ``events/`` reads ``Config`` itself, so these fields have no
-defaults here. ``BrokerSettingsError`` is what a builder raises when the settings cannot work with the
+``exporter.config`` builds ``StreamSettings`` and ``PollSettings`` from the validated ``Config`` (which
+owns every default); nothing under ``brokers/`` or ``events/`` reads ``Config`` itself, so these fields
+have no defaults here. ``BrokerSettingsError`` is what a builder raises when the settings cannot work with the
 broker (a ``sentinel://`` URL without ``master_name``); ``__main__`` reports it like a configuration
 error, with exit status 2.
 """
@@ -35,9 +35,10 @@ class StreamSettings:
     queue_max_length: int
     queue_max_bytes: int
     prefetch: int
-    # doctor: change nothing on the broker. RabbitMQ gets an exclusive, auto-delete event queue (gone with
-    # the connection) and only a passive declare of Celery's exchange.
-    transient: bool = False
+    # RabbitMQ: "durable" (the default, see rabbitmq/stream.py) or "exclusive": an exclusive, auto-delete
+    # queue gone with its connection, and Celery's exchange only declared passively (doctor's: it
+    # changes nothing on the broker).
+    queue_mode: str
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from typing import Any, Protocol
 import structlog
 
 from exporter.brokers.backoff import Backoff
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.events.ingest import Ingest
 from exporter.secrets import describe_error, redact_url, url_secrets
+from exporter.status import StreamStatus
 
 log = structlog.get_logger("exporter.events.stream")
 

@@ -22,10 +22,9 @@ from prometheus_client.registry import Collector
 from exporter.exposition import TableFamily
 
 if TYPE_CHECKING:
-    from exporter.brokers.scheduler import SourceView
     from exporter.diagnosis.model import Result
-    from exporter.events.ingest import StreamStatus
     from exporter.state import Snapshot
+    from exporter.status import SourceView, StreamStatus
 
 Kind = Literal["counter", "gauge", "histogram"]
 

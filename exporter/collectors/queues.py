@@ -16,7 +16,7 @@ from prometheus_client.core import Metric
 from exporter.collectors.base import MetricSpec, Sources, SpecCollector
 
 if TYPE_CHECKING:
-    from exporter.brokers.scheduler import SourceView
+    from exporter.status import SourceView
 
 Q = ("queue",)
 _POLLED = (

@@ -19,7 +19,7 @@ from exporter.labels import label_value
 from exporter.state import STAMPED_STATES, Snapshot
 
 if TYPE_CHECKING:
-    from exporter.brokers.scheduler import SourceView
+    from exporter.status import SourceView
 
 QUEUE_AGE_SPEC = MetricSpec(
     "celery_queue_oldest_task_age_seconds",

@@ -11,8 +11,8 @@ from prometheus_client.core import Metric
 
 from exporter import __version__
 from exporter.collectors.base import MetricSpec, Sources, SpecCollector
-from exporter.events.ingest import StreamStatus
 from exporter.state import Snapshot
+from exporter.status import StreamStatus
 
 BUILD_SPEC = MetricSpec(
     "celery_exporter_build_info", "gauge", "Version of the exporter and of what it runs on (always 1).",

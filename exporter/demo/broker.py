@@ -30,9 +30,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from exporter.brokers.model import PollResult, QueueDepth, entry_timestamp
+from exporter.brokers.model import entry_timestamp
 from exporter.brokers.scheduler import STALE_POLLS, Polling, PollStore, SourceRunner
 from exporter.config import Config
+from exporter.status import PollResult, QueueDepth
 
 START_TIMEOUT = 5.0
 MAX_DLQ_ENTRIES = 10_000  # per list: a demo left running for days stays bounded

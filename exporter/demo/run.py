@@ -21,10 +21,11 @@ from typing import Any
 import structlog
 from celery.worker import WorkController
 
-from exporter.config import ConfigError, load_config
+from exporter.config import load_config
 from exporter.demo import tasks as demo_tasks
 from exporter.demo.broker import BrokerError, MemoryLists, PrivateRedis, memory_polling
 from exporter.logs import configure_logging
+from exporter.options import ConfigError
 
 log = structlog.get_logger("exporter.demo")
 

@@ -1,6 +1,5 @@
 """The seam between an event stream and ClusterState: decode a batch of raw messages, apply it under
-one lock acquisition, count and (rate-limited) log what was refused. Also holds ``StreamStatus``, the
-little bit of state a stream reader publishes about its broker connection.
+one lock acquisition, count and (rate-limited) log what was refused.
 
 Streams call ``feed_redis``/``feed_amqp``/``feed_objects`` from their one thread; nothing else writes
 the state, so the scrape path only ever contends for the lock once per scrape.
@@ -24,33 +23,6 @@ from exporter.logs import RateLimitedLog
 from exporter.state import ClusterState
 
 log = structlog.get_logger("exporter.events")
-
-
-class StreamStatus:
-    """Connection state of the event stream; written by the stream thread, read by scrapes."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
-        self.connected = False
-        self.reconnects = 0
-        self.connects = 0
-        self.last_error = ""
-        self.waiting = ""  # why a connected stream does not consume yet (its queue is in use): /readyz
-        self.heartbeat = clock()  # bumped by the stream loop on every turn: /healthz reads it
-
-    def up(self) -> None:
-        if self.connects:
-            self.reconnects += 1
-        self.connects += 1
-        self.connected = True
-        self.waiting = ""
-
-    def down(self, error: str) -> None:
-        self.connected = False
-        self.last_error = error
-
-    def beat(self) -> None:
-        self.heartbeat = self.clock()
 
 
 class Ingest:

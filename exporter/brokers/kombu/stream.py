@@ -29,7 +29,8 @@ from kombu import Consumer
 from exporter.brokers.backoff import Backoff
 from exporter.brokers.settings import StreamSettings
 from exporter.brokers.supervisor import TICK, Supervisor, node_id
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.events.ingest import Ingest
+from exporter.status import StreamStatus
 
 MAX_BATCH = 1_000
 

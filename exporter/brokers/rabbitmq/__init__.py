@@ -16,8 +16,7 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
-from exporter.brokers.model import exact_names, is_glob
-from exporter.brokers.polling import pinned_queues, rules_for
+from exporter.brokers.model import exact_names, is_glob, pinned_queues, rules_for
 from exporter.brokers.scheduler import Poller
 from exporter.brokers.settings import PollSettings
 from exporter.secrets import url_secrets

@@ -16,13 +16,12 @@ from typing import Any
 from exporter.brokers.model import (
     INTERNAL_EXCHANGES,
     Kind,
-    PollResult,
-    QueueDepth,
     Rules,
     kind_of,
     parse_timestamp,
     why_kind,
 )
+from exporter.status import PollResult, QueueDepth
 
 # ``name -> (ready messages, consumers)`` from a passive declare, None when the queue does not exist.
 LiveCounts = Mapping[str, "tuple[int, int] | None"]

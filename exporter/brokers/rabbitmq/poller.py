@@ -33,7 +33,7 @@ import pika
 import pika.exceptions
 import structlog
 
-from exporter.brokers.model import PollResult, Rules, matches, name_problem
+from exporter.brokers.model import Rules, matches, name_problem
 from exporter.brokers.rabbitmq.classify import amqp_result, classify, management_result
 from exporter.brokers.rabbitmq.connection import (
     connection_parameters,
@@ -43,6 +43,7 @@ from exporter.brokers.rabbitmq.connection import (
 )
 from exporter.logs import RateLimitedLog
 from exporter.secrets import describe_error
+from exporter.status import PollResult
 
 log = structlog.get_logger("exporter.brokers")
 ABSENT_RECHECK = 600.0  # seconds between passive declares of a queue found not to exist

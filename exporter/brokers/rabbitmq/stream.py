@@ -55,7 +55,8 @@ from exporter.brokers.backoff import Backoff
 from exporter.brokers.rabbitmq.connection import connection_parameters
 from exporter.brokers.settings import StreamSettings
 from exporter.brokers.supervisor import TICK, Supervisor, node_id
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.events.ingest import Ingest
+from exporter.status import StreamStatus
 
 EXCHANGE = "celeryev"
 CONNECT_TIMEOUT = 5.0
@@ -94,7 +95,7 @@ class AmqpEventStream:
         self.arguments = queue_arguments(settings.queue_ttl, settings.queue_expires,
                                          settings.queue_max_length, settings.queue_max_bytes)
         self.prefetch = prefetch = settings.prefetch
-        self.transient = settings.transient
+        self.transient = settings.queue_mode == "exclusive"
         self.client_name = f"celery-exporter events {self.queue}"
         self.parameters = connection_parameters(
             url, client_name=self.client_name, heartbeat=HEARTBEAT, socket_timeout=CONNECT_TIMEOUT,
@@ -170,7 +171,7 @@ class AmqpEventStream:
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code != 404:
                 raise
-            if self.transient:  # doctor: never create it; no worker with events on has run here
+            if self.transient:  # never create it: no worker with events on has connected here
                 raise ConnectionError("the celeryev exchange does not exist on this virtual host: no worker "
                                       "with events enabled has connected to it") from exc
             channel = conn.channel()  # the failed passive declare closed the channel

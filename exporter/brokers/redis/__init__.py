@@ -7,8 +7,8 @@
 * ``keys.py``: kombu's key layout and what the poll replies mean (pure).
 
 ``pollers()`` is what ``brokers/registry.py`` calls for polling; the stream class is named there.
-``dead_letter_pollers()`` polls the ``--dead-letter-redis-url`` databases (beside any broker) for DLQs
-only, each as its own source named by ``dlq_source``.
+``dead_letter_pollers()`` is what it calls for the ``--dead-letter-redis-url`` databases (beside any
+broker): DLQs only, each database its own source named by ``dlq_source``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 
-from exporter.brokers.model import exact_names, is_glob
-from exporter.brokers.polling import pinned_queues, rules_for
+from exporter.brokers.model import exact_names, is_glob, pinned_queues, rules_for
 from exporter.brokers.scheduler import Poller
 from exporter.brokers.settings import PollSettings
 
@@ -66,9 +65,9 @@ def dlq_source(url: str) -> str:
     return f"redis_dlq:{host}:{first.port or default_port}/{db}"
 
 
-def dead_letter_pollers(settings: PollSettings,
+def dead_letter_pollers(settings: PollSettings, urls: Iterable[str],
                         monotonic: Callable[[], float] = time.monotonic) -> list[Poller]:
-    """One DLQ-only poller per ``settings.dead_letter_redis_urls``: the ``dlq:*`` lists, the
+    """One DLQ-only poller per URL of ``urls`` (``settings.dead_letter_redis_urls``): the ``dlq:*`` lists, the
     ``celery:dead_letter_queue`` zset and the ``--dead-letter-queues`` globs, no task queues. Keys there
     are the application's own, so kombu's ``global_keyprefix`` does not apply."""
     from exporter.brokers.redis.keys import RedisLayout, RedisSettings
@@ -86,7 +85,7 @@ def dead_letter_pollers(settings: PollSettings,
     )
     out: list[Poller] = []
     used: set[str] = set()
-    for url in settings.dead_letter_redis_urls:
+    for url in urls:
         source = base = dlq_source(url)
         n = 2
         while source in used:  # the same database twice (say with two users): keep the sources apart

@@ -24,8 +24,6 @@ from typing import Any
 from exporter.brokers.model import (
     INTERNAL_EXCHANGES,
     Kind,
-    PollResult,
-    QueueDepth,
     Rules,
     entry_timestamp,
     kind_of,
@@ -34,6 +32,7 @@ from exporter.brokers.model import (
     valid_queue_name,
 )
 from exporter.brokers.redis.head import message_task_id
+from exporter.status import PollResult, QueueDepth
 
 KOMBU_SEP = "\x06\x16"
 KOMBU_STEPS = (0, 3, 6, 9)

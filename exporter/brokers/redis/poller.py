@@ -24,7 +24,7 @@ from typing import Any
 import redis
 import structlog
 
-from exporter.brokers.model import Kind, PollResult
+from exporter.brokers.model import Kind
 from exporter.brokers.redis.connection import connection_pool
 from exporter.brokers.redis.head import HeadTracker
 from exporter.brokers.redis.keys import (
@@ -38,6 +38,7 @@ from exporter.brokers.redis.keys import (
     make_plan,
     redis_result,
 )
+from exporter.status import PollResult
 
 log = structlog.get_logger("exporter.brokers")
 

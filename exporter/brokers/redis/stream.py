@@ -35,7 +35,8 @@ from exporter.brokers.backoff import Backoff
 from exporter.brokers.redis.connection import connection_pool, secrets_of
 from exporter.brokers.settings import StreamSettings
 from exporter.brokers.supervisor import TICK, Supervisor
-from exporter.events.ingest import Ingest, StreamStatus
+from exporter.events.ingest import Ingest
+from exporter.status import StreamStatus
 
 EXCHANGE = "celeryev"
 # Responses per batch: bounds the time the state lock is held (~4 ms) and the decoded events alive at once
