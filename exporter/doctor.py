@@ -80,7 +80,7 @@ def diagnose(config: Any, duration: float, output: str, out: TextIO, err: TextIO
         shown = -LOG_PROGRESS_EVERY
         while (left := deadline - time.monotonic()) > 0:
             time.sleep(min(PROGRESS_EVERY, left))
-            ev, _ = app.diagnoser.check(force=True)  # early too: each worker's first processed count
+            ev, _ = app.diagnoser.check(force=True)
             line = _progress(where, duration, ev)
             if err.isatty():
                 err.write("\r" + line[:150].ljust(80))

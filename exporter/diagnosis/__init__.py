@@ -3,9 +3,8 @@ which builds the evidence and runs them at most every ``min_interval`` seconds, 
 ``celery_exporter_check_status`` gauge and ``celery-exporter doctor`` all read one cached answer and a
 scrape never pays for more than a copy.
 
-The one thing the checks need that outlives a snapshot is each worker's ``processed`` count when the
-exporter first saw it: "accepts tasks without sending task events" is about tasks accepted *while
-watched*, not since the worker started.
+"Accepts tasks without sending task events" is about tasks accepted *while watched*, not since the
+worker started: the workers room keeps each worker's baseline (``WorkerRecord.base_processed``).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from exporter.diagnosis import broker_checks, event_checks
@@ -61,22 +59,10 @@ class Diagnoser:
         self.min_interval = min_interval
         self.monotonic = monotonic
         self._lock = threading.Lock()
-        self._baseline: dict[str, int] = {}  # worker -> processed when first seen
         self._cached: tuple[float, Evidence, list[Result]] | None = None
 
     def evidence(self) -> Evidence:
-        ev = build_evidence(self.snapshots(), self.views(), self.status, self.settings)
-        workers = []
-        for w in ev.workers:
-            if w.processed is not None:
-                base = self._baseline.setdefault(w.name, w.processed)
-                if w.processed < base:  # the worker restarted: count from zero
-                    base = self._baseline[w.name] = 0
-                w = replace(w, processed=w.processed - base)
-            workers.append(w)
-        for gone in set(self._baseline) - {w.name for w in ev.workers}:
-            del self._baseline[gone]
-        return replace(ev, workers=tuple(workers))
+        return build_evidence(self.snapshots(), self.views(), self.status, self.settings)
 
     def check(self, force: bool = False) -> tuple[Evidence, list[Result]]:
         """The evidence and the results, recomputed when older than ``min_interval`` (or ``force``)."""

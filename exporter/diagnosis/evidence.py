@@ -42,8 +42,8 @@ class WorkerFacts:
     last_heartbeat: float  # exporter clock of its last worker-online/heartbeat
     active: float
     clock_skew: float | None  # seconds its clock runs ahead (+) or behind (-) the exporter's
-    processed: int | None  # tasks it accepted, from its heartbeats (None: not known to this state)
-    task_events: int | None  # task events carrying its hostname (None: not known to this state)
+    processed: int | None  # tasks it accepted while watched, from its heartbeats (None: not known yet)
+    task_events: int | None  # task-started events from it while watched (None: not known yet)
     missed: int | None
 
 
@@ -104,10 +104,17 @@ def _opt_int(record: Any, name: str) -> int | None:
 
 
 def worker_facts(name: str, record: WorkerRecord) -> WorkerFacts:
+    """``processed`` and ``task_events`` count from the state's baseline (the worker's first heartbeat
+    the exporter saw, or its restart): tasks accepted and task events sent *while watched*."""
+    base = _opt_int(record, "base_processed")  # -1 until a heartbeat carried processed
+    accepted = events = None
+    if base is not None and base >= 0:
+        accepted = (_opt_int(record, "processed") or 0) - base
+        events = (_opt_int(record, "task_events") or 0) - (_opt_int(record, "base_events") or 0)
     return WorkerFacts(
         name=name, version=record.version, online=record.online, last_heartbeat=record.heartbeat_seen,
-        active=record.active, clock_skew=record.clock_skew, processed=_opt_int(record, "processed"),
-        task_events=_opt_int(record, "task_events"), missed=_opt_int(record, "missed"))
+        active=record.active, clock_skew=record.clock_skew, processed=accepted, task_events=events,
+        missed=_opt_int(record, "missed"))
 
 
 def queue_facts(views: Sequence[Any]) -> tuple[list[QueueFacts], tuple[str, ...], dict[str, str], bool]:
