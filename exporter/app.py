@@ -18,10 +18,18 @@ from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTO
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
+from exporter.brokers.inventory import InventoryRunner
 from exporter.brokers.polling import build_polling
 from exporter.brokers.registry import build_stream
 from exporter.collectors import Sources, build_collectors
-from exporter.config import Config, diagnosis_settings, poll_settings, state_settings, stream_settings
+from exporter.config import (
+    Config,
+    diagnosis_settings,
+    inventory_settings,
+    poll_settings,
+    state_settings,
+    stream_settings,
+)
 from exporter.config_values import join_host_port
 from exporter.diagnosis import Diagnoser
 from exporter.events.ingest import Ingest
@@ -68,6 +76,11 @@ class App:
         self.ingest = Ingest(self.state, clock)
         snapshots = SnapshotSource(self.state)
         self.stream = build_stream(stream_settings(config), self.ingest, self.status)
+        self.inventory: InventoryRunner | None = None
+        inventory = inventory_settings(config)
+        if inventory.timeout > 0:  # asked on every stream connect; runs in its own thread
+            self.inventory = InventoryRunner(inventory, self.ingest.offer_inventory, clock)
+            self.ingest.on_connect = self.inventory.request
         self.polling = build_polling(poll_settings(config), self.state.queues_seen)
         # Read through self.polling at scrape time: the demo swaps in its own polling after this.
         self.diagnoser = Diagnoser(snapshots, lambda: self.polling.views(), self.status,
@@ -130,7 +143,10 @@ class App:
     def start(self) -> None:
         if self.http is not None:
             self.http.start()
-        for name, target in (("event-stream", self.stream.run), ("polling", self.polling.run)):
+        components = [("event-stream", self.stream.run), ("polling", self.polling.run)]
+        if self.inventory is not None:
+            components.append(("inventory", self.inventory.run))
+        for name, target in components:
             thread = threading.Thread(target=self._guard(name, target), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from exporter import config_values as v
-from exporter.brokers.settings import PollSettings, StreamSettings
+from exporter.brokers.settings import InventorySettings, PollSettings, StreamSettings
 from exporter.diagnosis.evidence import DiagnosisSettings
 from exporter.options import BY_ENV, BY_NAME, CONFIG_ENV, ENV_PREFIX, OPTIONS, ConfigError, parse_flags
 from exporter.secrets import option_secrets, redact_options, redact_url, url_problem, url_secrets, yaml_error
@@ -91,6 +91,7 @@ class Config:
     event_queue_max_bytes: int
     event_prefetch: int
     event_queue_mode: str
+    inventory_timeout: float
     poll_interval: float
     poll_timeout: float
     queues: tuple[str, ...]
@@ -134,6 +135,7 @@ SLICE_RENAMES: dict[type, dict[str, str]] = {
         "queue_max_length": "event_queue_max_length", "queue_max_bytes": "event_queue_max_bytes",
         "prefetch": "event_prefetch", "queue_mode": "event_queue_mode",
     },
+    InventorySettings: {"transport_options": "broker_transport_options", "timeout": "inventory_timeout"},
     PollSettings: {
         "transport_options": "broker_transport_options", "management_url": "rabbitmq_management_url",
         "live_queues": "rabbitmq_live_queues", "interval": "poll_interval", "timeout": "poll_timeout",
@@ -160,6 +162,11 @@ def state_settings(config: Config | None = None, **overrides: Any) -> StateSetti
 def stream_settings(config: Config, **overrides: Any) -> StreamSettings:
     """The event stream's slice."""
     return _slice(StreamSettings, config, overrides)
+
+
+def inventory_settings(config: Config, **overrides: Any) -> InventorySettings:
+    """The in-flight inventory's slice (its timeout 0: off)."""
+    return _slice(InventorySettings, config, overrides)
 
 
 def poll_settings(config: Config, **overrides: Any) -> PollSettings:

@@ -64,8 +64,9 @@ def diagnose(config: Any, duration: float, output: str, out: TextIO, err: TextIO
     from exporter.secrets import describe_error, option_secrets, redact_url, url_secrets
 
     configure_logging("error", config.log_format, stream=err)  # the report is the output
-    # Nothing created on the broker, and the daemon's stable event queue (if configured) never touched.
-    config = replace(config, event_queue_mode="exclusive", event_queue_name=None)
+    # Nothing created on the broker, the daemon's stable event queue (if configured) never touched, and
+    # no remote-control broadcast to the workers (the in-flight inventory).
+    config = replace(config, event_queue_mode="exclusive", event_queue_name=None, inventory_timeout=0.0)
     secrets = (*url_secrets(config.broker_url), *url_secrets(config.rabbitmq_management_url or ""),
                *option_secrets(config.broker_transport_options))
     try:

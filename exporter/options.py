@@ -145,6 +145,11 @@ OPTIONS: tuple[Option, ...] = (
            "oldest dropped first.", "BYTES", EVENTS),
     Option("event_prefetch", v.positive_int, 2_000, "RabbitMQ: unacknowledged events in flight (basic.qos).",
            "N", EVENTS),
+    Option("inventory_timeout", v.non_negative_float, 2.0,
+           "Deadline (seconds) of the in-flight inventory: at start and after each event stream reconnect, "
+           "the workers are asked (remote control: inspect active, reserved, scheduled, in the "
+           "background) what tasks they hold, so those are tracked at once under their own names. 0 turns "
+           "it off.", "SECONDS", EVENTS),
     # ---- celery-exporter doctor (h23): the event queue that changes nothing on the broker
     Option("event_queue_mode", v.choice("durable", "exclusive"), "durable",
            "RabbitMQ: durable (the exporter's own queue, kept across reconnects, see --event-queue-expires) "

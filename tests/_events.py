@@ -44,9 +44,10 @@ def retried(uuid: str, ts: float, exception: str = "ConnectionError('down')") ->
     return ev("task-retried", ts, uuid=uuid, exception=exception, traceback="Traceback ...")
 
 
-def heartbeat(hostname: str, ts: float, active: int = 0, type_: str = "worker-heartbeat") -> dict[str, Any]:
+def heartbeat(hostname: str, ts: float, active: int = 0, type_: str = "worker-heartbeat",
+              processed: int = 0) -> dict[str, Any]:
     return ev(type_, ts, hostname=hostname, freq=2.0, sw_ident="py-celery", sw_ver="5.7.0",
-              sw_sys="Linux", active=active, processed=0, loadavg=[0.1, 0.1, 0.1])
+              sw_sys="Linux", active=active, processed=processed, loadavg=[0.1, 0.1, 0.1])
 
 
 def redis_envelope(body: Any, routing_key: str = "task.multi", content_type: str = "application/json") -> bytes:

@@ -12,7 +12,7 @@ from dataclasses import MISSING, fields
 
 import pytest
 
-from exporter.brokers.settings import PollSettings, StreamSettings
+from exporter.brokers.settings import InventorySettings, PollSettings, StreamSettings
 from exporter.config import (
     SLICE_RENAMES,
     Config,
@@ -166,7 +166,7 @@ def test_every_settings_slice_field_is_an_option_of_the_same_type() -> None:
     its own name or the one ``SLICE_RENAMES`` gives), with Config's static type, and no default."""
     options = {o.name for o in OPTIONS if o.field}
     config_types = {f.name: f.type for f in fields(Config)}
-    assert set(SLICE_RENAMES) == {StateSettings, StreamSettings, PollSettings}
+    assert set(SLICE_RENAMES) == {StateSettings, StreamSettings, PollSettings, InventorySettings}
     for cls, renames in SLICE_RENAMES.items():
         assert _class_body_defaults(cls) == [], cls.__name__
         names = {f.name for f in fields(cls)}

@@ -29,8 +29,8 @@ def test_utcoffset_is_honoured_like_celery_event_receiver() -> None:
     # A worker two hours east of UTC (utcoffset=-2 in Celery's west-positive convention) seen from UTC.
     e = started("u", T0)
     e["utcoffset"] = -2
-    out = d.decode_event_objects(e, now=T0, here_offset=0)
-    assert out.events[0]["timestamp"] == T0 + 2 * 3600
+    out = d.decode_event_objects(e, now=T0 + 2 * 3600, here_offset=0)
+    assert out.events[0]["timestamp"] == T0 + 2 * 3600 and out.clamped == 0
 
 
 @pytest.mark.parametrize(

@@ -171,3 +171,12 @@ def test_clock_skew_takes_the_least_delayed_of_the_last_heartbeats() -> None:
         clock.advance(2)
         ingest.feed_redis([redis_envelope(heartbeat("w@h", clock() + 3.0))])
     assert state.take_snapshot().workers["w@h"].clock_skew == 3.0
+
+
+def test_a_clock_far_ahead_is_read_from_what_the_worker_wrote_not_the_clamped_time() -> None:
+    clock = FakeClock(T0)
+    state = ClusterState(state_settings(), clock)
+    Ingest(state, clock).feed_redis([redis_envelope(heartbeat("w@h", T0 + 100.0))])
+    worker = state.take_snapshot().workers["w@h"]
+    assert worker.heartbeat_ts == T0  # applied with its arrival time (the clamp)
+    assert worker.clock_skew == 100.0

@@ -1,10 +1,10 @@
 """The settings slices the broker layer receives, and the error it raises for a bad one.
 
-``exporter.config`` builds ``StreamSettings`` and ``PollSettings`` from the validated ``Config`` (which
-owns every default); nothing under ``brokers/`` or ``events/`` reads ``Config`` itself, so these fields
-have no defaults here. ``BrokerSettingsError`` is what a builder raises when the settings cannot work with the
-broker (a ``sentinel://`` URL without ``master_name``); ``__main__`` reports it like a configuration
-error, with exit status 2.
+``exporter.config`` builds ``StreamSettings``, ``PollSettings`` and ``InventorySettings`` from the
+validated ``Config`` (which owns every default); nothing under ``brokers/`` or ``events/`` reads
+``Config`` itself, so these fields have no defaults here. ``BrokerSettingsError`` is what a builder
+raises when the settings cannot work with the broker (a ``sentinel://`` URL without ``master_name``);
+``__main__`` reports it like a configuration error, with exit status 2.
 """
 
 from __future__ import annotations
@@ -61,3 +61,12 @@ class PollSettings:
     max_scan_keys: int
     dlq_timestamp_field: str
     dead_letter_redis_urls: tuple[str, ...]  # more Redis databases searched for DLQs only
+
+
+@dataclass(frozen=True)
+class InventorySettings:
+    """The inventory's slice: the broker as the event stream reaches it, and the deadline (0: off)."""
+
+    broker_url: str
+    transport_options: Mapping[str, Any]
+    timeout: float

@@ -99,6 +99,7 @@ class Supervisor:
         self._up_at = self.clock()
         self.status.up()
         self.status.beat()
+        self.ingest.connected(self.status.reconnects > 0)
         log.info("event stream connected", stream=self.name, broker=self.shown_url,
                  reconnects=self.status.reconnects, **self.context)
 

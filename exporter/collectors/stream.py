@@ -11,6 +11,7 @@ from prometheus_client.core import Metric
 
 from exporter import __version__
 from exporter.collectors.base import MetricSpec, Sources, SpecCollector
+from exporter.events.decode import FUTURE_SKEW
 from exporter.state import Snapshot
 from exporter.status import StreamStatus
 
@@ -64,6 +65,12 @@ UNKNOWN_SPEC = MetricSpec(
     'Tasks counted under task_name="unknown": the exporter never saw a named event (task-sent, '
     "task-received) for them, e.g. tasks already running when it started.",
 )
+CLAMPED_SPEC = MetricSpec(
+    "celery_exporter_events_clamped_total", "counter",
+    f"Events stamped more than {FUTURE_SKEW:g} s ahead of the exporter's clock (a sender whose clock runs "
+    "fast), applied with the time they arrived instead, so no timestamp served runs ahead of the exporter's "
+    "clock.",
+)
 PURGED_SPEC = MetricSpec(
     "celery_exporter_workers_purged_total", "counter",
     "Workers dropped after --worker-purge-after seconds of silence.",
@@ -71,7 +78,7 @@ PURGED_SPEC = MetricSpec(
 
 METRICS = (
     BUILD_SPEC, EVENTS_SPEC, INVALID_SPEC, CONNECTED_SPEC, RECONNECTS_SPEC, LAST_EVENT_SPEC, TRACKED_SPEC,
-    EVICTED_SPEC, OVERFLOW_SPEC, PURGED_SPEC, IGNORED_SPEC, UNKNOWN_SPEC,
+    EVICTED_SPEC, OVERFLOW_SPEC, PURGED_SPEC, IGNORED_SPEC, UNKNOWN_SPEC, CLAMPED_SPEC,
 )
 
 
@@ -109,6 +116,7 @@ def stream_families(snap: Snapshot, status: StreamStatus) -> Iterator[Metric]:
         (TRACKED_SPEC, snap.tracked_tasks),
         (PURGED_SPEC, snap.workers_purged),
         (UNKNOWN_SPEC, snap.unnamed_tasks),
+        (CLAMPED_SPEC, snap.clamped),
     )
     for spec, value in singles:
         fam = spec.family()

@@ -1,7 +1,11 @@
-"""Per-worker metrics from worker-online/heartbeat/offline events, labelled by Celery node name.
+"""Per-worker metrics from worker-online/heartbeat/offline events, labelled by Celery node name, and
+what the heartbeats say the event stream missed.
 
 A worker is up while it is online and its last heartbeat is younger than ``--worker-timeout``; once it
 has been silent for ``--worker-purge-after`` it is left out of the snapshot and all its series vanish.
+Every heartbeat carries ``processed``, the tasks the worker accepted (started) since it started: served
+as ``celery_worker_tasks_accepted_total`` and compared with the task-started events that arrived
+(``state/workers.py``), which gives ``celery_exporter_task_events_missed_total``.
 """
 
 from __future__ import annotations
@@ -37,8 +41,26 @@ INFO_SPEC = MetricSpec(
 WORKERS_SPEC = MetricSpec(
     "celery_workers", "gauge", "Workers tracked by the exporter, by whether they are up.", ("state",),
 )
+ACCEPTED_SPEC = MetricSpec(
+    "celery_worker_tasks_accepted_total", "counter",
+    "Tasks the worker accepted (started) since it started, from its heartbeats' processed field; starts "
+    "again from 0 when the worker restarts.", ("worker",),
+)
+WORKER_MISSED_SPEC = MetricSpec(
+    "celery_worker_task_events_missed_total", "counter",
+    "Task starts this worker's heartbeats report that never arrived as task-started events, since the "
+    "exporter first heard the worker. Growing as fast as celery_worker_tasks_accepted_total: the worker "
+    "sends no task events (started without -E).", ("worker",),
+)
+MISSED_SPEC = MetricSpec(
+    "celery_exporter_task_events_missed_total", "counter",
+    "Task starts the workers' heartbeats report (processed) that never arrived as task-started events: "
+    "events lost in a stream outage, a Redis pub/sub cut or an exporter restart, or workers without "
+    "task events. Blind to tasks of a worker that died before its next heartbeat.",
+)
 
-METRICS = (UP_SPEC, ONLINE_SPEC, ACTIVE_SPEC, HEARTBEAT_SPEC, INFO_SPEC, WORKERS_SPEC)
+METRICS = (UP_SPEC, ONLINE_SPEC, ACTIVE_SPEC, HEARTBEAT_SPEC, INFO_SPEC, WORKERS_SPEC, ACCEPTED_SPEC,
+           WORKER_MISSED_SPEC, MISSED_SPEC)
 
 
 def worker_up(worker: WorkerRecord, now: float, timeout: float) -> bool:
@@ -48,8 +70,9 @@ def worker_up(worker: WorkerRecord, now: float, timeout: float) -> bool:
 
 def worker_families(snap: Snapshot) -> Iterator[Metric]:
     """Pure: metric families for the workers of one snapshot."""
-    up, online, active, heartbeat, info = (
-        s.family() for s in (UP_SPEC, ONLINE_SPEC, ACTIVE_SPEC, HEARTBEAT_SPEC, INFO_SPEC)
+    up, online, active, heartbeat, info, accepted, missed = (
+        s.family() for s in (UP_SPEC, ONLINE_SPEC, ACTIVE_SPEC, HEARTBEAT_SPEC, INFO_SPEC, ACCEPTED_SPEC,
+                             WORKER_MISSED_SPEC)
     )
     n_up = 0
     for hostname, w in sorted(snap.workers.items()):
@@ -60,10 +83,14 @@ def worker_families(snap: Snapshot) -> Iterator[Metric]:
         active.add((hostname,), w.active if is_up else 0.0)
         heartbeat.add((hostname,), w.heartbeat_ts)
         info.add((hostname, w.version, w.system), 1.0)
+        accepted.add((hostname,), w.processed)
+        missed.add((hostname,), w.missed)
     total = WORKERS_SPEC.family()
     total.add(("up",), n_up)
     total.add(("down",), len(snap.workers) - n_up)
-    yield from (up, online, active, heartbeat, info, total)
+    all_missed = MISSED_SPEC.family()
+    all_missed.add((), snap.events_missed)
+    yield from (up, online, active, heartbeat, info, total, accepted, missed, all_missed)
 
 
 class WorkerCollector(SpecCollector):

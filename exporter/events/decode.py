@@ -66,8 +66,15 @@ JSON_CONTENT_TYPES = frozenset({"application/json", "application/x-json"})
 UTF8 = frozenset({"utf-8", "utf8", "UTF-8"})
 MAX_TYPE_LEN = 64
 # Events further in the future than this (seconds, against the exporter's clock) are refused: a
-# far-future timestamp would pin celery_exporter_last_event_timestamp_seconds for good.
+# far-future timestamp is not a clock running fast but a broken or hostile sender.
 MAX_FUTURE_SKEW = 86_400.0
+# Events stamped further ahead than this (a sender whose clock runs fast) are applied with the time they
+# arrived instead, and counted (``Decoded.clamped``): an event can only arrive after it was sent, so no
+# timestamp the exporter serves (celery_exporter_last_event_timestamp_seconds, a worker's last heartbeat,
+# a task's last event) runs ahead of its own clock by more than this. One worker 23 hours ahead would
+# otherwise hide an events-stopped alert for 23 hours. Celery warns from 16 s of heartbeat drift.
+FUTURE_SKEW = 30.0
+SENT_AT = "exporter_sent_at"  # a clamped event's own timestamp, kept beside the one it is applied with
 
 # Numeric fields the state turns into floats or compares: an integer beyond this (JSON has no limit, and
 # the json module parses a 400-digit integer exactly) is refused with the whole event, before any counter
@@ -107,11 +114,12 @@ def _loads(raw: str | bytes) -> Any:
 class Decoded:
     """The events of one message and the reasons for whatever in it was refused."""
 
-    __slots__ = ("events", "invalid")
+    __slots__ = ("clamped", "events", "invalid")
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.invalid: list[str] = []
+        self.clamped = 0  # events whose timestamp ran too far ahead (FUTURE_SKEW): stamped on arrival
 
 
 def decode_redis_payload(
@@ -241,7 +249,7 @@ def _collect(obj: Any, now: float, here_offset: float | None, out: Decoded) -> N
             _one(obj, now, here_offset, out)
             return
     append = out.events.append
-    latest = now + MAX_FUTURE_SKEW
+    latest = now + FUTURE_SKEW
     here = LOCAL_UTCOFFSET if here_offset is None else here_offset
     for ev in events:
         if ev.__class__ is dict:
@@ -298,5 +306,9 @@ def _one(ev: Any, now: float, here_offset: float | None, out: Decoded) -> None:
     if not _isfinite(ts) or ts < 0 or ts > now + MAX_FUTURE_SKEW:
         out.invalid.append(BAD_TIMESTAMP)
         return
+    if ts > now + FUTURE_SKEW:
+        ev[SENT_AT] = ts  # what the sender wrote: the workers room reads a clock's skew from it
+        ts = now
+        out.clamped += 1
     ev["timestamp"] = ts
     out.events.append(ev)

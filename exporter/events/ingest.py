@@ -2,12 +2,15 @@
 one lock acquisition, count and (rate-limited) log what was refused.
 
 Streams call ``feed_redis``/``feed_amqp``/``feed_objects`` from their one thread; nothing else writes
-the state, so the scrape path only ever contends for the lock once per scrape.
+the state, so the scrape path only ever contends for the lock once per scrape. An in-flight inventory,
+taken in its own thread, is handed over with ``offer_inventory`` and applied by the stream thread on
+its next turn (``idle``), so that stays true. ``connected`` is what a stream calls on every (re)connect.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -19,6 +22,7 @@ from exporter.events.decode import (
     decode_event_objects,
     decode_redis_payload,
 )
+from exporter.inflight import Inventory
 from exporter.logs import RateLimitedLog
 from exporter.state import ClusterState
 
@@ -34,6 +38,23 @@ class Ingest:
         self.invalid_log = RateLimitedLog(log)
         self.tick_interval = 5.0
         self._last_tick = clock()
+        # Set by the app when an inventory runs on connect (InventoryRunner.request), else None.
+        self.on_connect: Callable[[], None] | None = None
+        self._inventories: deque[Inventory] = deque(maxlen=4)  # filled by the inventory thread
+
+    def connected(self, reconnect: bool) -> None:
+        """The stream is (re)connected. After a reconnect, events of the outage are lost: tasks that
+        were waiting may have started meanwhile, so the state stops trusting them (the inventory
+        re-confirms those a worker still holds); then an inventory is asked for."""
+        if reconnect:
+            with self.state.lock:
+                self.state.stream_resumed(self.on_connect is not None)
+        if self.on_connect is not None:
+            self.on_connect()
+
+    def offer_inventory(self, inventory: Inventory) -> None:
+        """From the inventory thread: applied by the stream thread on its next turn."""
+        self._inventories.append(inventory)
 
     def feed_redis(self, payloads: Iterable[bytes | str]) -> int:
         """Apply a batch of Redis pub/sub payloads; returns how many events were applied."""
@@ -76,6 +97,8 @@ class Ingest:
                     failed.append(f"apply_error:{type(exc).__name__}")
             for reason in refused:
                 state.count_invalid(reason)
+            if decoded.clamped:
+                state.clamped += decoded.clamped
         if refused or failed:
             for reason in (*refused, *failed):
                 self.invalid_log.warning(reason, "invalid event message refused", reason=reason)
@@ -84,6 +107,10 @@ class Ingest:
     def idle(self) -> None:
         """Called by the stream loop on every turn (at least once a second, even with no traffic):
         housekeeping every ``tick_interval`` seconds, so the stream thread stays the only writer."""
+        while self._inventories:
+            inventory = self._inventories.popleft()
+            with self.state.lock:
+                self.state.adopt_inflight(inventory)
         now = self.clock()
         if now - self._last_tick >= self.tick_interval:
             self._last_tick = now

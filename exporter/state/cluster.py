@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from exporter.inflight import Inventory
 from exporter.state.core import Core
 from exporter.state.settings import StateSettings
 from exporter.state.snapshot import Sizes, Snapshot
@@ -23,6 +24,15 @@ class ClusterState(Core):
     def __init__(self, settings: StateSettings, clock: Callable[[], float] = time.time) -> None:
         super().__init__(settings, clock)
         self.lock = threading.Lock()
+
+    def adopt_inflight(self, inventory: Inventory) -> None:
+        """Track what the workers said they hold (``state/inflight.py``). Call with ``lock`` held."""
+        self._inflight.adopt(inventory, self.clock())
+
+    def stream_resumed(self, expect_inventory: bool) -> None:
+        """The stream reconnected: waiting tasks are suspect until an inventory confirms them (dropped at
+        once when none is coming). Call with ``lock`` held."""
+        self._inflight.resumed(expect_inventory)
 
     def count_invalid(self, reason: str, n: int = 1) -> None:
         self.invalid_by_reason[reason] = self.invalid_by_reason.get(reason, 0) + n
@@ -78,6 +88,8 @@ class ClusterState(Core):
             oldest_running=oldest_running,
             last_events={k: v[:] for k, v in series.stamps.items()},
             stall_untracked=self._stalls.untracked(),
+            events_missed=self._workers.missed,
+            clamped=self.clamped,
         )
 
     def take_snapshot(self) -> Snapshot:

@@ -52,6 +52,7 @@ from exporter.state.entries import (
     take_started_attempt,
 )
 from exporter.state.held import Held
+from exporter.state.inflight import Inflight
 from exporter.state.rules import COUNTER, DONE_BITS, DURATION, EXHAUSTED, IGNORED_REASONS, NAMELESS, STAMP
 from exporter.state.series import Series
 from exporter.state.settings import MAX_EVENT_TYPES, MAX_STARTS, StateSettings
@@ -78,7 +79,10 @@ class Core:
         self._series = series = Series(s)
         self._stalls = stalls = Stalls(s.max_tracked_tasks, s.task_max_age, self._tasks)
         self._workers = workers = Workers(s, self._tasks, series.active, series.lost, series.overflow, stalls)
-        self._held = held = Held(self._tasks, self._finished, series.key_for, self._new_record, self._replay)
+        self._held = held = Held(self._tasks, self._finished, series.key_for, self._new_record, self._replay,
+                                 workers.count_starts)
+        self._inflight = Inflight(self)
+        self._adopted = self._inflight.adopted  # read by _task_started on its rare path
         # The rooms' dicts and methods, bound once (a method call per event cost ~5%).
         self.counters, self.failed, self.retried = series.counters, series.failed, series.retried
         self.revoked = series.revoked
@@ -99,6 +103,7 @@ class Core:
         self.ignored: dict[str, int] = dict.fromkeys(IGNORED_REASONS, 0)
         self.evicted: dict[str, int] = {"capacity": 0, "age": 0}
         self.last_event_ts: float | None = None
+        self.clamped = 0  # events stamped too far ahead, applied with their arrival time (Ingest counts)
         self._nameless = _NAMELESS  # the handlers of the events that carry no name, below the class
         self._handlers: dict[str, Callable[[_Ev, float, float], None]] = {
             "task-sent": self._task_sent,
@@ -337,7 +342,9 @@ class Core:
                 self._ignore("duplicate")
             elif ts > end:  # no new delivery (that opens with task-received) started it
                 self._ignore("after_terminal")
+                self._workers.count_starts(ev.get("hostname"), 1)  # the worker did accept it
             else:  # an earlier attempt's, overtaken by the end: left open for its late task-retried
+                self._workers.count_starts(ev.get("hostname"), 1)
                 self.counters[key][_C_STARTED] += 1
                 self._stamp(key, _S_STARTED, ts)
                 self._finished.put(uuid, (key, bits, (ts, *starts), end))
@@ -400,11 +407,17 @@ def _task_started(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float,
                 enqueued = eta
             st._observe_wait(key, ts - enqueued)
     if starts:
-        starts = (*starts, ts)
-        if len(starts) > MAX_STARTS:
-            starts = starts[1:]
+        adopted = st._adopted
+        if adopted and adopted.get(uuid) == starts[-1]:  # the inventory's start of this very attempt
+            del adopted[uuid]
+            starts = (*starts[:-1], ts)
+            st._run_starts.pop(uuid, None)  # re-dated below from the event's own start
         else:
-            st.active[key] += 1
+            starts = (*starts, ts)
+            if len(starts) > MAX_STARTS:
+                starts = starts[1:]
+            else:
+                st.active[key] += 1
     else:
         starts = (ts,)
         st.active[key] += 1
@@ -421,6 +434,9 @@ def _task_started(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float,
         if running is None:
             running = st._running[host] = {}
         running[uuid] = ts
+        worker_rec = st.workers.get(host)
+        if worker_rec is not None:  # the starts its heartbeats' processed is compared with
+            worker_rec.task_events += 1
     run = st._run_starts
     if uuid not in run and len(run) < st._stall_cap:
         run[uuid] = starts[0]

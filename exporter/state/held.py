@@ -28,7 +28,8 @@ class Held:
     def __init__(self, tasks: OrderedDict[str, TaskEntry], finished: FinishedTasks,
                  key_for: Callable[[Any, Any], _Key],
                  new_record: Callable[[str, Any, float, tuple[Any, ...] | None], TaskEntry],
-                 replay: Callable[[tuple[Any, ...], float], None]) -> None:
+                 replay: Callable[[tuple[Any, ...], float], None],
+                 count_starts: Callable[[Any, int], None]) -> None:
         self.holding: dict[str, float] = {}
         self.unnamed = 0  # tasks counted under "unknown" (celery_exporter_unknown_tasks_total)
         self._tasks = tasks
@@ -36,6 +37,9 @@ class Held:
         self._key_for = key_for
         self._new_record = new_record
         self._replay = replay
+        # A held task-started counts for its worker's missed-event check when it arrives (it did arrive),
+        # and is handed back before its replay, which counts it again.
+        self._count_starts = count_starts
 
     def hold(self, uuid: str, rec: TaskEntry | None, ev: Mapping[str, Any], ts: float, now: float) -> None:
         """Keep a nameless event of a task not yet seen named, counted nowhere. When the task ends (or
@@ -43,6 +47,8 @@ class Held:
         item: dict[str, Any] = {k: ev[k] for k in _HELD_FIELDS if k in ev}
         item["uuid"] = uuid
         item["timestamp"] = ts
+        if item["type"] == "task-started":
+            self._count_starts(item.get("hostname"), 1)
         if "exception" in ev:  # reduced now: the traceback it may need is not kept
             item["exception"] = exception_class(ev.get("exception"), ev.get("traceback"))
         if rec is None:
@@ -62,6 +68,7 @@ class Held:
         self.holding.pop(uuid, None)
         if key[0] == UNKNOWN_TASK:
             self.unnamed += 1
+        self._hand_back(held)
         return (key, (), (), 0, None, now, None)
 
     def count_unnamed(self, uuid: str, held: tuple[Any, ...], now: float) -> None:
@@ -71,7 +78,13 @@ class Held:
         self.holding.pop(uuid, None)
         self.unnamed += 1
         self._finished.remember(uuid, self._key_for(None, None), 0, (), math.inf)
+        self._hand_back(held)
         self._replay(held, now)
+
+    def _hand_back(self, held: tuple[Any, ...]) -> None:
+        for item in held:
+            if item["type"] == "task-started":
+                self._count_starts(item.get("hostname"), -1)
 
     def release(self, now: float) -> None:
         """Count the placeholders that waited HOLD_SECONDS for a name."""

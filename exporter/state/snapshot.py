@@ -38,6 +38,18 @@ class WorkerRecord:
     # uuids a heartbeat found in excess (the worker reported fewer active tasks than we hold for it);
     # if the next heartbeat still finds them in excess they are counted lost.
     suspects: tuple[str, ...] = ()
+    # Missed events (state/workers.py): the last heartbeat's ``processed`` (tasks the worker accepted
+    # since it started; a drop means it restarted), the task-started events received from it (the task
+    # event every accepted task sends; duplicates excluded), and the starts its heartbeats report that
+    # never arrived, since the exporter first heard it.
+    processed: int = 0
+    task_events: int = 0
+    missed: int = 0
+    # The count's baseline: processed and task_events at the first heartbeat seen or the worker's
+    # restart (-1: no heartbeat with processed yet), and the shortfall already counted since then.
+    base_processed: int = -1
+    base_events: int = 0
+    deficit: int = 0
     # Seconds the worker's clock runs ahead (+) or behind (-) the exporter's: the largest of its last
     # heartbeats' own timestamp minus our clock at their arrival (``workers.SKEW_SAMPLES`` of them; a
     # heartbeat delayed in transit or in a backlog only ever looks older, so the largest is the truest).
@@ -79,6 +91,10 @@ class Snapshot:
     oldest_running: dict[tuple[str, str], float] = field(default_factory=dict)
     last_events: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     stall_untracked: dict[str, int] = field(default_factory=dict)
+    # celery_exporter_task_events_missed_total (state/workers.py) and events whose timestamp ran too far
+    # ahead of the exporter's clock (events/decode.py FUTURE_SKEW), applied with their arrival time.
+    events_missed: int = 0
+    clamped: int = 0
 
 
 

@@ -4,6 +4,14 @@ task is lost: its worker falls silent past ``worker_timeout``, goes offline whil
 reports fewer active tasks in two heartbeats running than we hold for it (``reconcile``). A lost task
 stops counting as active and counts in ``celery_task_lost_total``; its record stays, so a later event for
 it still counts normally. Departed workers are purged past ``worker_purge_after``.
+
+Missed events: every heartbeat's ``processed`` (tasks the worker accepted, i.e. started, since it
+started) is compared with the task-started events received from it (``WorkerRecord.task_events``,
+counted by the core's handlers). Heartbeats are sent at once while task events wait a moment in the
+worker's buffer, so like is compared with like: the ``processed`` of one heartbeat against the starts
+received by the time the next one arrives. Counted from the first heartbeat seen (and again from a
+worker's restart, when ``processed`` drops), so the exporter's own restart counts nothing. The
+shortfall, never taken back, is ``celery_exporter_task_events_missed_total``.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from collections.abc import Mapping
 from itertools import islice
 from typing import Any
 
+from exporter.events.decode import SENT_AT
 from exporter.labels import label_value
 from exporter.state.entries import ATTEMPTS, HELD, RETRIES, STARTS, TOUCHED, WORKER, K, TaskEntry
 from exporter.state.settings import StateSettings
@@ -22,6 +31,7 @@ from exporter.state.stalls import Stalls
 SKEW_SAMPLES = 5  # heartbeats (10 s at Celery's default 2 s) behind WorkerRecord.clock_skew
 
 _Key = tuple[str, str]
+_MAX_PROCESSED = 2**53  # a count past this is not one a worker could have reached
 
 
 class Workers:
@@ -34,6 +44,7 @@ class Workers:
         # hostname -> {uuid: start timestamp} of the tasks each worker is running, oldest first.
         self.running: dict[str, dict[str, float]] = {}
         self.purged = 0
+        self.missed = 0  # celery_exporter_task_events_missed_total: survives the purge of its workers
         self._tasks = tasks
         self._active = active
         self._lost = lost
@@ -134,7 +145,9 @@ class Workers:
         rec.seen = rec.heartbeat_seen = now
         rec.heartbeat_ts = ts
         rec.online = True
-        rec.skew_samples = (*rec.skew_samples[1 - SKEW_SAMPLES:], ts - now)
+        sent = ev.get(SENT_AT)  # a clamped heartbeat (far ahead): its own timestamp tells the skew
+        sent_at = sent if sent.__class__ is float and sent > ts else ts
+        rec.skew_samples = (*rec.skew_samples[1 - SKEW_SAMPLES:], sent_at - now)
         rec.clock_skew = max(rec.skew_samples)
         active = ev.get("active")
         # Bounded: Inf (JSON 1e999) or 1e300 would otherwise be served until the worker's next heartbeat.
@@ -142,10 +155,33 @@ class Workers:
             rec.active = float(active)
             if ev["type"] == "worker-heartbeat":
                 self._reconcile(hostname, rec, ts)
+        processed = ev.get("processed")
+        if processed.__class__ is int and 0 <= processed < _MAX_PROCESSED:
+            self._account(rec, processed, ev["type"] == "worker-online")
         if ev["type"] == "worker-online" or not rec.version:
             ver, system = ev.get("sw_ver"), ev.get("sw_sys")
             rec.version = label_value(ver, 64) if isinstance(ver, str) else ""
             rec.system = label_value(system, 64) if isinstance(system, str) else ""
+
+    def _account(self, rec: WorkerRecord, processed: int, online: bool) -> None:
+        """One heartbeat's ``processed``: starts the previous heartbeat reported that have still not
+        arrived as task-started events add to the missed count (see the module docstring)."""
+        if rec.base_processed < 0 or online or processed < rec.processed:  # first seen, or restarted
+            rec.base_processed, rec.base_events, rec.deficit = processed, rec.task_events, 0
+        else:
+            deficit = (rec.processed - rec.base_processed) - (rec.task_events - rec.base_events)
+            if deficit > rec.deficit:
+                rec.missed += deficit - rec.deficit
+                self.missed += deficit - rec.deficit
+                rec.deficit = deficit
+        rec.processed = processed
+
+    def count_starts(self, hostname: Any, n: int) -> None:
+        """``n`` task-started events of ``hostname`` received (held for their name: the core counts the
+        others itself) or, negative, handed back to be counted again on their replay."""
+        rec = self.workers.get(hostname) if hostname.__class__ is str else None
+        if rec is not None:
+            rec.task_events += n
 
     def offline(self, ev: Mapping[str, Any], ts: float, now: float) -> None:
         found = self._worker(ev, now, ts)
