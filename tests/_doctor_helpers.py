@@ -14,14 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from exporter.state import WorkerRecord
 from tests._support import ROOT, terminated_on_exit
 
 TESTS = ROOT / "tests"
-# The worker facts (processed, task_events, missed) come with the workers room; before it, the checks
-# that read them answer "not yet known".
-WORKER_FACTS = "processed" in getattr(WorkerRecord, "__dataclass_fields__", {})
-NEEDS_FACTS = {"task_events", "events_missed"}
 
 
 @contextmanager
@@ -86,10 +81,8 @@ def checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def assert_healthy(code: int, report: dict[str, Any], err: str) -> None:
-    """Every check ok (the two that need the worker facts may be unknown before the workers room)."""
-    allowed = {"ok"} if WORKER_FACTS else {"ok", "not yet known"}
-    bad = {name: c for name, c in checks(report).items()
-           if c["status"] != "ok" and not (name in NEEDS_FACTS and c["status"] in allowed)}
+    """Every check ok."""
+    bad = {name: c for name, c in checks(report).items() if c["status"] != "ok"}
     assert not bad, json.dumps(bad, indent=1) + err
     assert code == 0, err
 

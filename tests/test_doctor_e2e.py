@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests._broker_helpers import MGMT_URL, RedisServer, amqp_url, management_available, mgmt
-from tests._doctor_helpers import WORKER_FACTS, assert_healthy, assert_problem, checks, run_doctor, worker
+from tests._doctor_helpers import assert_healthy, assert_problem, checks, run_doctor, worker
 from tests._support import wait_for
 
 
@@ -29,7 +29,6 @@ def test_redis_set_up_right_every_check_is_ok(redis_server: RedisServer) -> None
     assert {q["name"]: q["why"] for q in report["queues"]}["celery"] == "kombu binding"
 
 
-@pytest.mark.skipif(not WORKER_FACTS, reason="needs the workers room's processed/task_events facts")
 def test_worker_without_dash_e_is_named(redis_server: RedisServer) -> None:
     code, report, err = redis_case(redis_server, {}, [], events=False)
     found = assert_problem(code, report, err, "task_events", "-E")

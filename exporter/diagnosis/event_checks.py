@@ -130,11 +130,10 @@ def event_stream(ev: Evidence) -> Result:
 
 def events_missed(ev: Evidence) -> Result:
     name = "events_missed"
-    if ev.events_missed is None:
-        return Result(name, Status.UNKNOWN, "This exporter does not count missed events.")
     if ev.events_missed:
+        per_worker = tuple(f"{w.name}: {w.missed} missed" for w in ev.workers if w.missed)[:20]
         return Result(name, Status.WARNING, "Workers' heartbeats report task starts the event stream never "
-                      "delivered.", (f"{ev.events_missed} task start(s) missed",),
+                      "delivered.", (f"{ev.events_missed} task start(s) missed", *per_worker),
                       "Raise --event-queue-max-length and --event-queue-max-bytes, and keep the exporter "
                       "connected (see the event_stream check).", {"events_missed": ev.events_missed})
     return Result(name, Status.OK, "No task event missed.")

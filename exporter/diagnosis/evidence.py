@@ -44,7 +44,7 @@ class WorkerFacts:
     clock_skew: float | None  # seconds its clock runs ahead (+) or behind (-) the exporter's
     processed: int | None  # tasks it accepted while watched, from its heartbeats (None: not known yet)
     task_events: int | None  # task-started events from it while watched (None: not known yet)
-    missed: int | None
+    missed: int  # task starts its heartbeats reported that never arrived
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class Evidence:
     unrouted_dead_letters: Mapping[str, str]
     overflow: Mapping[str, int]  # label -> values folded into __overflow__
     evicted_for_capacity: int  # tracked tasks dropped because --max-tracked-tasks was full
-    events_missed: int | None  # task starts the heartbeats report but the stream never delivered
+    events_missed: int  # task starts the heartbeats report but the stream never delivered
 
     @property
     def warmed_up(self) -> bool:
@@ -98,23 +98,15 @@ class Evidence:
         return sum(n for t, n in self.events_by_type.items() if t.startswith("task-"))
 
 
-def _opt_int(record: Any, name: str) -> int | None:
-    value = getattr(record, name, None)  # worker facts arrive with the worker room (h21 contract)
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def worker_facts(name: str, record: WorkerRecord) -> WorkerFacts:
     """``processed`` and ``task_events`` count from the state's baseline (the worker's first heartbeat
     the exporter saw, or its restart): tasks accepted and task events sent *while watched*."""
-    base = _opt_int(record, "base_processed")  # -1 until a heartbeat carried processed
-    accepted = events = None
-    if base is not None and base >= 0:
-        accepted = (_opt_int(record, "processed") or 0) - base
-        events = (_opt_int(record, "task_events") or 0) - (_opt_int(record, "base_events") or 0)
+    known = record.base_processed >= 0  # -1 until a heartbeat carried processed
     return WorkerFacts(
         name=name, version=record.version, online=record.online, last_heartbeat=record.heartbeat_seen,
-        active=record.active, clock_skew=record.clock_skew, processed=accepted, task_events=events,
-        missed=_opt_int(record, "missed"))
+        active=record.active, clock_skew=record.clock_skew,
+        processed=record.processed - record.base_processed if known else None,
+        task_events=record.task_events - record.base_events if known else None, missed=record.missed)
 
 
 def queue_facts(views: Sequence[Any]) -> tuple[list[QueueFacts], tuple[str, ...], dict[str, str], bool]:
@@ -162,5 +154,5 @@ def build_evidence(snapshot: Snapshot, views: Sequence[Any], status: Any,
         unrouted_dead_letters=unrouted,
         overflow={k: v for k, v in snapshot.overflow.items() if v},
         evicted_for_capacity=int(snapshot.evicted.get("capacity", 0)),
-        events_missed=_opt_int(snapshot, "events_missed"),
+        events_missed=snapshot.events_missed,
     )
