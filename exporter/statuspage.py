@@ -71,6 +71,12 @@ def _checks(results: Sequence[Result]) -> str:
             f"</thead><tbody>{''.join(rows)}</tbody></table>")
 
 
+def _skew(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds:+.2f}s" if abs(seconds) >= 0.005 else "0.00s"  # never "-0.00s"
+
+
 def _ago(now: float, ts: float) -> str:
     return f"{max(0.0, now - ts):.0f}s ago" if ts else "never"
 
@@ -91,7 +97,7 @@ def render_page(info: PageInfo, ev: Evidence, results: Sequence[Result]) -> str:
              ("watching for", f"{ev.watched:.0f}s"),
              ("page rendered", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ev.now)))]
     workers = [(w.name, w.version or "?", "online" if w.online else "offline", _ago(ev.now, w.last_heartbeat),
-                f"{w.active:g}", "?" if w.clock_skew is None else f"{w.clock_skew:+.2f}s",
+                f"{w.active:g}", _skew(w.clock_skew),
                 "?" if w.processed is None else w.processed, "?" if w.task_events is None else w.task_events)
                for w in ev.workers]
     queues = [(q.name, q.kind, q.source, f"{q.depth:g}", q.reason) for q in ev.queues]
