@@ -124,7 +124,10 @@ def queue_facts(views: Sequence[Any]) -> tuple[list[QueueFacts], tuple[str, ...]
         for kind, table in (("task", {n: d.ready for n, d in result.queues.items()}),
                             ("retry", result.retry), ("dlq", result.dead_letter)):
             for name, depth in table.items():
-                reason = why.get(name, "over --max-queues" if name == OVERFLOW_LABEL else "")
+                # A DLQ another source also holds is served as <name>@<source> (scheduler._rename).
+                reason = why.get(name) or why.get(name.rsplit("@", 1)[0], "")
+                if name == OVERFLOW_LABEL:
+                    reason = "the queues past --max-queues, summed"
                 queues.append(QueueFacts(name, kind, view.source, float(depth), reason))
         mismatched += [o for o in result.mismatched_options if o not in mismatched]
         unrouted.update(result.unrouted_dead_letters)
