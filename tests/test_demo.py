@@ -137,7 +137,10 @@ def test_docs_name_only_real_flags_and_metrics() -> None:
 
     from exporter.options import OPTIONS
 
+    from exporter.doctor import PARSER
+
     flags = {o.flag for o in OPTIONS} | {"--config", "--version"} | DEMO_FLAGS | FOREIGN_FLAGS
+    flags |= set(re.findall(r"--[a-z-]+[a-z]", PARSER.format_help()))  # celery-exporter doctor's own
     samples = {n for s in all_specs() for n in s.sample_names}
     checked = 0
     for doc in DOCS:
