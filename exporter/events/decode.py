@@ -74,6 +74,7 @@ MAX_FUTURE_SKEW = 86_400.0
 # a task's last event) runs ahead of its own clock by more than this. One worker 23 hours ahead would
 # otherwise hide an events-stopped alert for 23 hours. Celery warns from 16 s of heartbeat drift.
 FUTURE_SKEW = 30.0
+SENT_AT = "exporter_sent_at"  # a clamped event's own timestamp, kept beside the one it is applied with
 
 # Numeric fields the state turns into floats or compares: an integer beyond this (JSON has no limit, and
 # the json module parses a 400-digit integer exactly) is refused with the whole event, before any counter
@@ -306,6 +307,7 @@ def _one(ev: Any, now: float, here_offset: float | None, out: Decoded) -> None:
         out.invalid.append(BAD_TIMESTAMP)
         return
     if ts > now + FUTURE_SKEW:
+        ev[SENT_AT] = ts  # what the sender wrote: the workers room reads a clock's skew from it
         ts = now
         out.clamped += 1
     ev["timestamp"] = ts
