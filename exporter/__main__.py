@@ -26,6 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from exporter.demo import main as demo_main
 
         return demo_main(args[1:])
+    if args[:1] == ["doctor"]:
+        from exporter.doctor import main as doctor_main
+
+        return doctor_main(args[1:])
     if "--version" in args:
         from exporter.cli import version_text
 

@@ -22,8 +22,16 @@ from exporter.brokers.inventory import InventoryRunner
 from exporter.brokers.polling import build_polling
 from exporter.brokers.registry import build_stream
 from exporter.collectors import Sources, build_collectors
-from exporter.config import Config, inventory_settings, poll_settings, state_settings, stream_settings
+from exporter.config import (
+    Config,
+    diagnosis_settings,
+    inventory_settings,
+    poll_settings,
+    state_settings,
+    stream_settings,
+)
 from exporter.config_values import join_host_port
+from exporter.diagnosis import Diagnoser
 from exporter.events.ingest import Ingest
 from exporter.http import Health, MetricsServer
 from exporter.secrets import broker_location
@@ -59,7 +67,7 @@ class SnapshotSource:
 class App:
     """The running exporter: state, event stream, pollers and HTTP server."""
 
-    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time, serve: bool = True) -> None:
         self.config = config
         self.clock = clock
         self.stop_event = threading.Event()
@@ -75,23 +83,29 @@ class App:
             self.ingest.on_connect = self.inventory.request
         self.polling = build_polling(poll_settings(config), self.state.queues_seen)
         # Read through self.polling at scrape time: the demo swaps in its own polling after this.
-        sources = Sources(snapshots, self.status, lambda: self.polling.views(), clock)
+        self.diagnoser = Diagnoser(snapshots, lambda: self.polling.views(), self.status,
+                                   diagnosis_settings(config, clock()))
+        sources = Sources(snapshots, self.status, lambda: self.polling.views(), clock, self.diagnoser.results)
         self.registry = CollectorRegistry(auto_describe=False)
         # register() reads each collector's describe(): a name declared twice stops start-up here.
         for collector in (*build_collectors(sources), PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(collector)
+        self._threads: list[threading.Thread] = []
+        # doctor runs the same components without a server (serve=False).
+        self.http: MetricsServer | None = None
+        if not serve:
+            return
         ssl_context, authorize, headers = web_security(config.web_config_file)
         self.http = MetricsServer(
             config.listen_address,
             config.port,
             self.registry,
-            Health(self._alive, self._ready, self._index_info),
+            Health(self._alive, self._ready, self._index_info, self._status_page),
             ssl_context=ssl_context,
             authorize=authorize,
             headers=headers,
             metrics_path=config.web_telemetry_path,
         )
-        self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ probes
     def _alive(self) -> tuple[bool, str]:
@@ -120,9 +134,15 @@ class App:
             "reconnects": str(self.status.reconnects),
         }
 
+    def _status_page(self) -> str:
+        from exporter.statuspage import page_for
+
+        return page_for(self.config, *self.diagnoser.check())
+
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self.http.start()
+        if self.http is not None:
+            self.http.start()
         components = [("event-stream", self.stream.run), ("polling", self.polling.run)]
         if self.inventory is not None:
             components.append(("inventory", self.inventory.run))
@@ -133,7 +153,7 @@ class App:
         log.info(
             "celery-exporter started",
             version=__version__,
-            listen=join_host_port(self.config.listen_address, self.http.port),
+            listen=join_host_port(self.config.listen_address, self.port),
             metrics_path=self.config.web_telemetry_path,
             broker=self._index_info()["broker"],
         )
@@ -158,7 +178,8 @@ class App:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self.http.stop()
+        if self.http is not None:
+            self.http.stop()
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
             log.warning("components did not stop in time", components=alive)
@@ -168,4 +189,4 @@ class App:
 
     @property
     def port(self) -> int:
-        return self.http.port
+        return self.http.port if self.http is not None else 0

@@ -28,8 +28,9 @@ import yaml
 
 from exporter import config_values as v
 from exporter.brokers.settings import InventorySettings, PollSettings, StreamSettings
+from exporter.diagnosis.evidence import DiagnosisSettings
 from exporter.options import BY_ENV, BY_NAME, CONFIG_ENV, ENV_PREFIX, OPTIONS, ConfigError, parse_flags
-from exporter.secrets import redact_options, redact_url, url_problem, yaml_error
+from exporter.secrets import option_secrets, redact_options, redact_url, url_problem, url_secrets, yaml_error
 from exporter.state import StateSettings
 
 # Precedence of the sources; a higher rank wins.
@@ -89,6 +90,7 @@ class Config:
     event_queue_max_length: int
     event_queue_max_bytes: int
     event_prefetch: int
+    event_queue_mode: str
     inventory_timeout: float
     poll_interval: float
     poll_timeout: float
@@ -131,7 +133,7 @@ SLICE_RENAMES: dict[type, dict[str, str]] = {
         "queue_name": "event_queue_name", "queue_ttl": "event_queue_ttl",
         "queue_expires": "event_queue_expires",
         "queue_max_length": "event_queue_max_length", "queue_max_bytes": "event_queue_max_bytes",
-        "prefetch": "event_prefetch",
+        "prefetch": "event_prefetch", "queue_mode": "event_queue_mode",
     },
     InventorySettings: {"transport_options": "broker_transport_options", "timeout": "inventory_timeout"},
     PollSettings: {
@@ -170,6 +172,20 @@ def inventory_settings(config: Config, **overrides: Any) -> InventorySettings:
 def poll_settings(config: Config, **overrides: Any) -> PollSettings:
     """The pollers' slice."""
     return _slice(PollSettings, config, overrides)
+
+
+def diagnosis_settings(config: Config, started: float) -> DiagnosisSettings:
+    """The diagnosis checks' slice: the broker kind, the caps, and the secrets their texts must mask."""
+    return DiagnosisSettings(
+        broker_scheme=urlsplit(config.broker_url.split(";", 1)[0].strip()).scheme.lower(),
+        management_api=bool(config.rabbitmq_management_url),
+        caps={k: getattr(config, k) for k in ("max_task_names", "max_queues", "max_series",
+                                               "max_tracked_tasks", "max_exception_types", "max_workers")},
+        started=started,
+        poll_interval=config.poll_interval,
+        secrets=(*url_secrets(config.broker_url), *url_secrets(config.rabbitmq_management_url or ""),
+                 *option_secrets(config.broker_transport_options)),
+    )
 
 
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:

@@ -23,11 +23,11 @@ replaced took one of 64 slots on connect: 64 silent clients made /metrics and /h
   reading a connection whose unparsed input exceeds twice that. Headers are parsed before
   authentication (they carry it), so this is what an anonymous client can make the exporter hold:
   ``MAX_CONNECTIONS`` x 128 KiB at worst.
-* **Slots only for parsed requests**: rendering ``/metrics`` runs in a small thread pool, off the
-  loop so a long render never delays a probe, at most ``MAX_RENDERS`` at once; up to ``MAX_WAITING``
-  complete requests wait for a slot until their deadline, more get 503 at once. ``/healthz``,
-  ``/readyz`` and ``/`` need no slot and are answered on the loop, so a probe never fails because of
-  other clients.
+* **Slots only for parsed requests**: rendering ``/metrics`` and the status page ``/``
+  (``exporter.statuspage``) runs in a small thread pool, off the loop so a long render never delays a
+  probe, at most ``MAX_RENDERS`` at once; up to ``MAX_WAITING`` complete requests wait for a slot until
+  their deadline, more get 503 at once. ``/healthz`` and ``/readyz`` need no slot and are answered on
+  the loop, so a probe never fails because of other clients.
 * **Authentication**: a cached credential is checked on the loop; a cache miss (bcrypt, slow by
   design) runs in its own pool, at most ``MAX_AUTH_PENDING`` queued (other requests get 503 beyond
   that; probes wait their turn), so wrong passwords cannot delay scrapes with cached credentials.
@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import errno
 import gzip
-import html
 import socket
 import ssl
 import threading
@@ -57,9 +56,9 @@ from dataclasses import dataclass
 import structlog
 from prometheus_client.registry import CollectorRegistry
 
-from exporter import __version__
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, negotiate, render
 from exporter.http_wire import MAX_HEADER_BYTES, HTTPError, Request, linger, read_request, write_response
+from exporter.statuspage import basic_page
 
 log = structlog.get_logger("exporter.http")
 
@@ -77,18 +76,18 @@ MAX_AUTH_PENDING = 16  # uncached (bcrypt) password checks queued; beyond that, 
 TEXT = "text/plain; charset=utf-8"
 
 
-class Health:
-    """What /healthz and /readyz answer from; callables so the server holds no component references."""
+def _no_info() -> dict[str, str]:
+    return {}
 
-    def __init__(
-        self,
-        alive: Callable[[], tuple[bool, str]],
-        ready: Callable[[], tuple[bool, str]],
-        index_info: Callable[[], dict[str, str]] | None = None,
-    ) -> None:
-        self.alive = alive
-        self.ready = ready
-        self.index_info = index_info or (lambda: {})
+
+@dataclass
+class Health:
+    """What /healthz, /readyz and / answer from; callables so the server holds no component references."""
+
+    alive: Callable[[], tuple[bool, str]]
+    ready: Callable[[], tuple[bool, str]]
+    index_info: Callable[[], dict[str, str]] = _no_info  # the plain page's rows, when there is no ``page``
+    page: Callable[[], str] | None = None  # the status page (exporter.statuspage), rendered in a slot
 
 
 @dataclass(eq=False)
@@ -132,7 +131,7 @@ class MetricsServer:
         self._conns: OrderedDict[asyncio.StreamWriter, _Conn] = OrderedDict()  # oldest idle first
         self._renders = ThreadPoolExecutor(MAX_RENDERS, thread_name_prefix="http-render")
         self._auth = ThreadPoolExecutor(2, thread_name_prefix="http-auth")
-        self._slots: asyncio.Semaphore | None = None
+        self._slots = asyncio.Semaphore(MAX_RENDERS)  # binds to the loop on first use (3.10+)
         self._waiting = 0  # /metrics requests waiting for a slot (touched on the loop only)
         self._auth_pending = 0  # uncached password checks queued or running (touched on the loop only)
         self._started = threading.Event()
@@ -170,7 +169,6 @@ class MetricsServer:
 
     async def _main(self) -> None:
         self._stopping = asyncio.Event()
-        self._slots = asyncio.Semaphore(MAX_RENDERS)
         server = await asyncio.start_server(self._serve, sock=self._sock, limit=MAX_HEADER_BYTES)
         self._started.set()
         try:
@@ -297,7 +295,8 @@ class MetricsServer:
         elif path == READY_PATH:
             await self._check(writer, self.health.ready, head, keep)
         elif path == INDEX_PATH:
-            await self._send(writer, 200, self._index(), "text/html; charset=utf-8", head, close=not keep)
+            code, body, ctype = await self._index_page(deadline)
+            await self._send(writer, code, body, ctype, head, close=not keep)
         else:
             await self._send(writer, 404, b"not found\n", TEXT, head, close=not keep)
         return keep
@@ -317,20 +316,39 @@ class MetricsServer:
         finally:
             self._auth_pending -= 1
 
-    async def _metrics(self, h: dict[str, str], deadline: float) -> tuple[int, bytes, str, str | None]:
-        content_type = negotiate(h.get("accept", ""))
-        openmetrics = content_type == OPENMETRICS_CONTENT_TYPE
-        assert self._slots is not None
+    async def _slot(self, deadline: float) -> bool:
+        """Take a render slot before ``deadline``; False (answer 503) when none frees up in time."""
         if self._waiting >= MAX_WAITING:
-            return 503, b"too many scrapes at once\n", TEXT, None
+            return False
         self._waiting += 1
         try:
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
                 await self._slots.acquire()
         except TimeoutError:
-            return 503, b"too many scrapes at once\n", TEXT, None
+            return False
         finally:
             self._waiting -= 1
+        return True
+
+    async def _index_page(self, deadline: float) -> tuple[int, bytes, str]:
+        if not await self._slot(deadline):  # the page copies a snapshot: off the loop, like a scrape
+            return 503, b"too many requests at once\n", TEXT
+        try:
+            page = self.health.page or (lambda: basic_page((self.metrics_path, HEALTH_PATH, READY_PATH),
+                                                           self.health.index_info()))
+            text = await asyncio.get_running_loop().run_in_executor(self._renders, page)
+        except Exception:
+            log.exception("rendering the status page failed")
+            return 500, b"error rendering the status page\n", TEXT
+        finally:
+            self._slots.release()
+        return 200, text.encode("utf-8", "replace"), "text/html; charset=utf-8"
+
+    async def _metrics(self, h: dict[str, str], deadline: float) -> tuple[int, bytes, str, str | None]:
+        content_type = negotiate(h.get("accept", ""))
+        openmetrics = content_type == OPENMETRICS_CONTENT_TYPE
+        if not await self._slot(deadline):
+            return 503, b"too many scrapes at once\n", TEXT, None
         gz = "gzip" in h.get("accept-encoding", "")
         try:
             loop = asyncio.get_running_loop()
@@ -347,19 +365,6 @@ class MetricsServer:
     ) -> None:
         ok, detail = probe()  # cheap by contract (thread liveness, flags): answered on the loop
         await self._send(writer, 200 if ok else 503, (detail + "\n").encode(), TEXT, head, close=not keep)
-
-    def _index(self) -> bytes:
-        rows = "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-            for k, v in self.health.index_info().items()
-        )
-        paths = (self.metrics_path, HEALTH_PATH, READY_PATH)
-        links = "".join(f'<li><a href="{html.escape(p)}">{html.escape(p)}</a></li>' for p in paths)
-        return (
-            "<!doctype html><html><head><title>Celery Exporter</title></head><body>"
-            f"<h1>Celery Exporter {html.escape(__version__)}</h1><ul>{links}</ul>"
-            f"<table>{rows}</table></body></html>"
-        ).encode()
 
     async def _send(
         self, writer: asyncio.StreamWriter, code: int, body: bytes, content_type: str, head: bool = False,

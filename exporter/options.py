@@ -150,6 +150,12 @@ OPTIONS: tuple[Option, ...] = (
            "the workers are asked (remote control: inspect active, reserved, scheduled, in the "
            "background) what tasks they hold, so those are tracked at once under their own names. 0 turns "
            "it off.", "SECONDS", EVENTS),
+    # ---- celery-exporter doctor (h23): the event queue that changes nothing on the broker
+    Option("event_queue_mode", v.choice("durable", "exclusive"), "durable",
+           "RabbitMQ: durable (the exporter's own queue, kept across reconnects, see --event-queue-expires) "
+           "or exclusive (auto-deleted with its connection, and Celery's celeryev exchange only declared "
+           "passively: nothing is created on the broker; what celery-exporter doctor uses).", "MODE",
+           EVENTS),
     # ------------------------------------------------------------------ polling
     Option("poll_interval", v.positive_float, 5.0, "Seconds between broker polls of queue depths.",
            "SECONDS", POLLING),
@@ -211,7 +217,8 @@ BY_ENV = {o.env: o for o in OPTIONS}
 # ------------------------------------------------------------------ the command line, from OPTIONS
 PROG = "celery-exporter"
 USAGE = f"""{PROG} --broker-url URL [options]
-       {PROG} demo [--broker auto|redis|memory] [--port PORT]   (a self-contained demo)"""
+       {PROG} demo [--broker auto|redis|memory] [--port PORT]   (a self-contained demo)
+       {PROG} doctor --broker-url URL [--duration S] [--output text|json] [options]   (diagnose)"""
 DESCRIPTION = """\
 Prometheus exporter for Celery: task and worker events, queue depths, retry queues and dead-letter
 queues. Every option can also be set as an environment variable (CELERY_EXPORTER_<NAME>) or as a key

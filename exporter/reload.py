@@ -58,6 +58,7 @@ def reload(app: App, argv: Sequence[str], environ: Mapping[str, str] | None = No
         return False
     old = app.config
     server = app.http
+    assert server is not None  # only a serving App reloads (doctor's never does)
     server.ssl_context, server.authorize = ssl_context, authorize
     server.extra_headers = tuple((headers or {}).items())
     if new.log_level != old.log_level:

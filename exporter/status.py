@@ -74,6 +74,13 @@ class PollResult:
     # What one Redis poll read at those ends (queue -> {priority step: task id}), before the poller's
     # HeadTracker turns it into ``queue_heads``.
     head_ids: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
+    # Why each reported queue is reported and has its kind, in a few words ("kombu binding", "broker:
+    # another queue dead-letters into it"): the status page and doctor show it. An explanation, not a
+    # measurement: left out of equality.
+    reasons: Mapping[str, str] = field(default_factory=dict, compare=False)
+    # Queue -> its dead-letter exchange, for failure routes whose letters reach no queue (the DLX has no
+    # queue bound, so RabbitMQ drops them): the doctor's dead_letter_routes check.
+    unrouted_dead_letters: Mapping[str, str] = field(default_factory=dict)
 
     def names(self) -> set[str]:
         return set(self.queues) | set(self.retry) | set(self.dead_letter)

@@ -5,6 +5,7 @@ publish counts, and which queue names may be sent to the broker at all."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from exporter.brokers.model import Rules, name_problem, rules_for
@@ -56,6 +57,13 @@ SEED_BINDINGS = [
 ]
 
 
+def test_a_failure_route_whose_exchange_has_no_queue_bound_is_unrouted() -> None:
+    queues = [q("work", {"x-dead-letter-exchange": "forgotten_dlx"}, ready=1), q("other", ready=0)]
+    result = management_result(queues, default_bindings("work", "other"), RULES)
+    assert result.unrouted_dead_letters == {"work": "forgotten_dlx"}
+    assert "dlq" not in result.reasons.values()
+
+
 def test_seed_topology_is_classified_without_configuration() -> None:
     assert classify(SEED_QUEUES, SEED_BINDINGS, RULES) == {
         "task_queue": "task", "default": "task",
@@ -65,7 +73,14 @@ def test_seed_topology_is_classified_without_configuration() -> None:
 
 
 def test_seed_topology_result_values() -> None:
-    assert management_result(SEED_QUEUES, SEED_BINDINGS, RULES) == PollResult(
+    result = management_result(SEED_QUEUES, SEED_BINDINGS, RULES)
+    # Why each kind (the status page and doctor show it); every failure route reaches a queue.
+    assert result.reasons["task_queue"] == "broker: it has consumers or a work binding"
+    assert result.reasons["retry_2s"] == "broker: a TTL queue whose dead letters go back to work"
+    assert result.reasons["dead_letters"] == "broker: another queue dead-letters into it"
+    assert result.reasons["dlq"].startswith("name matches")
+    assert result.unrouted_dead_letters == {}
+    assert replace(result, reasons={}) == PollResult(
         queues={"task_queue": QueueDepth(2.0, 1.0, 1.0), "default": QueueDepth(0.0, 0.0, 0.0)},
         retry={"retry_2s": 2.0, "retry_4s": 1.0, "retry_8s": 0.0},
         dead_letter={"dlq": 1.0, "dead_letters": 3.0},

@@ -19,6 +19,7 @@ from exporter.collectors.stream import StreamCollector
 from exporter.collectors.tasks import TaskCollector
 from exporter.collectors.workers import WorkerCollector
 from exporter.config import state_settings
+from exporter.diagnosis import Diagnoser, DiagnosisSettings
 from exporter.events.ingest import Ingest
 from exporter.exposition import render
 from exporter.state import ClusterState
@@ -150,14 +151,18 @@ def test_every_served_family_is_declared_and_every_declared_family_served() -> N
                                                                               # tests/test_stalls.py
                                                                               "celery_queue_oldest",
                                                                               "celery_task_oldest",
-                                                                              "celery_task_last_event"))}
+                                                                              "celery_task_last_event",
+                                                                              # tests/test_diagnosis.py
+                                                                              "celery_exporter_check"))}
     assert served == declared
 
 
 def test_one_list_of_collectors_registers_cleanly_and_feeds_the_docs() -> None:
     _, state, status = scenario()
     registry = CollectorRegistry(auto_describe=False)
-    collectors = build_collectors(Sources(state.take_snapshot, status, lambda: [], state.clock))
+    diagnoser = Diagnoser(state.take_snapshot, lambda: [], status, DiagnosisSettings("redis", False))
+    collectors = build_collectors(Sources(state.take_snapshot, status, lambda: [], state.clock,
+                                          diagnoser.results))
     assert [type(c) for c in collectors] == list(COLLECTORS)
     for collector in collectors:
         registry.register(collector)

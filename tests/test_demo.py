@@ -135,9 +135,11 @@ DEMO_FLAGS = {"--port", "--broker", "--rate", "--listen-address", "--log-level",
 def test_docs_name_only_real_flags_and_metrics() -> None:
     import re
 
+    from exporter.doctor import PARSER
     from exporter.options import OPTIONS
 
     flags = {o.flag for o in OPTIONS} | {"--config", "--version"} | DEMO_FLAGS | FOREIGN_FLAGS
+    flags |= set(re.findall(r"--[a-z-]+[a-z]", PARSER.format_help()))  # celery-exporter doctor's own
     samples = {n for s in all_specs() for n in s.sample_names}
     checked = 0
     for doc in DOCS:

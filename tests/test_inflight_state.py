@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from exporter.config import state_settings
-from exporter.events.decode import FUTURE_SKEW, decode_event_objects
+from exporter.events.decode import FUTURE_SKEW, SENT_AT, decode_event_objects
 from exporter.events.ingest import Ingest
 from exporter.inflight import ACTIVE, WAITING, HeldTask, Inventory
 from exporter.state import ClusterState
@@ -293,7 +293,7 @@ def test_decode_clamps_past_the_skew_and_refuses_past_a_day() -> None:
                                 ev("worker-heartbeat", T0 + FUTURE_SKEW + 1),
                                 ev("worker-heartbeat", T0 + 2 * 86_400)], T0)
     assert [e["timestamp"] for e in out.events] == [T0 + FUTURE_SKEW - 1, T0]
-    assert out.events[1]["sent_timestamp"] == T0 + FUTURE_SKEW + 1 and "sent_timestamp" not in out.events[0]
+    assert out.events[1][SENT_AT] == T0 + FUTURE_SKEW + 1 and SENT_AT not in out.events[0]
     assert out.clamped == 1 and out.invalid == ["bad_timestamp"]
 
 

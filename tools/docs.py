@@ -197,6 +197,27 @@ polling, web, logging).
 """
 
 
+def checks_doc() -> str:
+    """The diagnosis checks (exporter/diagnosis, exporter/collectors/checks.py): appended to METRICS_DOC."""
+    from exporter.diagnosis import CHECK_NAMES
+
+    names = ", ".join(f"`{n}`" for n in CHECK_NAMES)
+    return f"""
+## Diagnosis checks
+
+`celery_exporter_check_status{{check}}` is the verdict of each check of `celery-exporter doctor`, computed
+in the running exporter from what it has seen (a state snapshot, the last poll results and the event
+stream's state, at most every 2 seconds, never by asking the broker or a worker on the scrape path): `0`
+ok, `1` warning, `2` problem, `-1` not yet known (too early to tell, or nothing to judge yet: no task
+received, no heartbeat). `check` takes one value per check: {names}. What each means and its fix:
+[troubleshooting.md](troubleshooting.md#the-checks); the page at `/` shows the evidence.
+
+```promql
+celery_exporter_check_status == 2        # the checks that found a problem
+```
+"""
+
+
 def render(text: str) -> str:
     for name, make in GENERATED.items():
         pattern = re.compile(
@@ -213,7 +234,7 @@ def render(text: str) -> str:
 
 def targets() -> dict[Path, str]:
     out = {
-        ROOT / "docs" / "metrics.md": render(METRICS_DOC + STALLS_DOC),
+        ROOT / "docs" / "metrics.md": render(METRICS_DOC + STALLS_DOC + checks_doc()),
         ROOT / "docs" / "configuration.md": render(CONFIG_DOC),
     }
     readme = ROOT / "README.md"

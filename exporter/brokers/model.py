@@ -104,6 +104,21 @@ def kind_of(name: str, rules: Rules, dead_lettering: Kind | None = None, worked:
         rules.configured_kind(name) or fallback)
 
 
+def why_kind(name: str, rules: Rules, dead_lettering: Kind | None = None, worked: bool = False) -> str:
+    """Which step of ``kind_of`` decided, in words (the status page and doctor show it)."""
+    if explicit_kind(name, rules):
+        return "its exact name is configured"
+    if dead_lettering == "retry":
+        return "broker: a TTL queue whose dead letters go back to work"
+    if dead_lettering == "dlq":
+        return "broker: another queue dead-letters into it"
+    if worked:
+        return "broker: it has consumers or a work binding"
+    if rules.configured_kind(name):
+        return "name matches --retry-queues or --dead-letter-queues (or the default DLQ names)"
+    return "default: a task queue"
+
+
 def rules_for(settings: PollSettings, internal_names: Iterable[str] = ()) -> Rules:
     """The naming rules the configuration gives every poller of a broker (``internal_names``: the
     broker's own bookkeeping keys, never queues)."""
@@ -226,7 +241,9 @@ def cap_queues(result: PollResult, max_queues: int, pinned: Sequence[str] = ()) 
         oldest[OVERFLOW_LABEL] = min(dropped)
     dlq_depth = {n: d for n, d in result.dead_letter_depth.items() if n in keep}
     return PollResult(queues, retry, dlq, oldest, result.broker_unacked, dlq_depth, result.skipped,
-                      result.mismatched_options)
+                      result.mismatched_options,
+                      reasons={n: r for n, r in result.reasons.items() if n in keep},
+                      unrouted_dead_letters=result.unrouted_dead_letters)
 
 
 def _fold(values: Mapping[str, float], keep: set[str]) -> dict[str, float]:

@@ -35,6 +35,10 @@ class StreamSettings:
     queue_max_length: int
     queue_max_bytes: int
     prefetch: int
+    # RabbitMQ: "durable" (the default, see rabbitmq/stream.py) or "exclusive": an exclusive, auto-delete
+    # queue gone with its connection, and Celery's exchange only declared passively (doctor's: it
+    # changes nothing on the broker).
+    queue_mode: str
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ the same name fails when the exporter starts, not in a scrape.
 from __future__ import annotations
 
 from exporter.collectors.base import MetricSpec, Sources, SpecCollector
+from exporter.collectors.checks import CheckCollector
 from exporter.collectors.queues import QueueCollector
 from exporter.collectors.render import RenderErrorsCollector
 from exporter.collectors.stalls import StallCollector
@@ -20,6 +21,7 @@ __all__ = ["COLLECTORS", "MetricSpec", "Sources", "SpecCollector", "all_specs", 
 
 COLLECTORS: tuple[type[SpecCollector], ...] = (
     TaskCollector, StallCollector, WorkerCollector, StreamCollector, QueueCollector, RenderErrorsCollector,
+    CheckCollector,
 )
 
 

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from exporter.exposition import TableFamily
 
 if TYPE_CHECKING:
+    from exporter.diagnosis.model import Result
     from exporter.state import Snapshot
     from exporter.status import SourceView, StreamStatus
 
@@ -66,6 +67,7 @@ class Sources:
     status: StreamStatus  # the event stream's connection state
     poll_views: Callable[[], Sequence[SourceView]]  # the pollers' last results
     clock: Callable[[], float]
+    diagnosis: Callable[[], Sequence[Result]] | None = None  # the checks' cached verdicts
 
 
 class SpecCollector(Collector):

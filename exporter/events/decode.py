@@ -73,8 +73,9 @@ MAX_FUTURE_SKEW = 86_400.0
 # timestamp the exporter serves (celery_exporter_last_event_timestamp_seconds, a worker's last heartbeat,
 # a task's last event) runs ahead of its own clock by more than this. One worker 23 hours ahead would
 # otherwise hide an events-stopped alert for 23 hours. Celery warns from 16 s of heartbeat drift. The
-# sender's own (offset-adjusted) value stays in the event as ``sent_timestamp``, for a clock-skew check.
+# sender's own (offset-adjusted) value stays in the event under ``SENT_AT``, for a clock-skew check.
 FUTURE_SKEW = 30.0
+SENT_AT = "exporter_sent_at"  # a clamped event's own timestamp, kept beside the one it is applied with
 
 # Numeric fields the state turns into floats or compares: an integer beyond this (JSON has no limit, and
 # the json module parses a 400-digit integer exactly) is refused with the whole event, before any counter
@@ -307,7 +308,7 @@ def _one(ev: Any, now: float, here_offset: float | None, out: Decoded) -> None:
         out.invalid.append(BAD_TIMESTAMP)
         return
     if ts > now + FUTURE_SKEW:
-        ev["sent_timestamp"] = ts  # the sender's own, kept for what measures its clock (never served)
+        ev[SENT_AT] = ts  # what the sender wrote: the workers room reads a clock's skew from it
         ts = now
         out.clamped += 1
     ev["timestamp"] = ts

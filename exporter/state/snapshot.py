@@ -50,6 +50,11 @@ class WorkerRecord:
     base_processed: int = -1
     base_events: int = 0
     deficit: int = 0
+    # Seconds the worker's clock runs ahead (+) or behind (-) the exporter's: the largest of its last
+    # heartbeats' own timestamp minus our clock at their arrival (``workers.SKEW_SAMPLES`` of them; a
+    # heartbeat delayed in transit or in a backlog only ever looks older, so the largest is the truest).
+    clock_skew: float | None = None
+    skew_samples: tuple[float, ...] = ()
 
 
 @dataclass

@@ -21,11 +21,14 @@ from collections.abc import Mapping
 from itertools import islice
 from typing import Any
 
+from exporter.events.decode import SENT_AT
 from exporter.labels import label_value
 from exporter.state.entries import ATTEMPTS, HELD, RETRIES, STARTS, TOUCHED, WORKER, K, TaskEntry
 from exporter.state.settings import StateSettings
 from exporter.state.snapshot import WorkerRecord
 from exporter.state.stalls import Stalls
+
+SKEW_SAMPLES = 5  # heartbeats (10 s at Celery's default 2 s) behind WorkerRecord.clock_skew
 
 _Key = tuple[str, str]
 _MAX_PROCESSED = 2**53  # a count past this is not one a worker could have reached
@@ -142,6 +145,10 @@ class Workers:
         rec.seen = rec.heartbeat_seen = now
         rec.heartbeat_ts = ts
         rec.online = True
+        sent = ev.get(SENT_AT)  # a clamped heartbeat (far ahead): its own timestamp tells the skew
+        sent_at = sent if sent.__class__ is float and sent > ts else ts
+        rec.skew_samples = (*rec.skew_samples[1 - SKEW_SAMPLES:], sent_at - now)
+        rec.clock_skew = max(rec.skew_samples)
         active = ev.get("active")
         # Bounded: Inf (JSON 1e999) or 1e300 would otherwise be served until the worker's next heartbeat.
         if isinstance(active, (int, float)) and not isinstance(active, bool) and 0 <= active <= 1e6:

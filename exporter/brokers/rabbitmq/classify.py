@@ -19,6 +19,7 @@ from exporter.brokers.model import (
     Rules,
     kind_of,
     parse_timestamp,
+    why_kind,
 )
 from exporter.status import PollResult, QueueDepth
 
@@ -55,12 +56,21 @@ def classify(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Mapping[str
              rules: Rules) -> dict[str, Kind]:
     """Kind of every reported queue, from queue rows and binding rows of the management API (see
     ``_classify``)."""
-    return _classify(queues, bindings, rules)[0]
+    return _classify(queues, bindings, rules).kinds
+
+
+@dataclass
+class Classified:
+    kinds: dict[str, Kind]
+    fed: set[str]  # queues some queue dead-letters into
+    reasons: dict[str, str]  # why each kind (``why_kind``)
+    unrouted: dict[str, str]  # failure route -> its DLX, whose letters reach no existing queue
 
 
 def _classify(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Mapping[str, Any]],
-              rules: Rules) -> tuple[dict[str, Kind], set[str]]:
-    """Kind of every reported queue, and the queues some queue dead-letters into.
+              rules: Rules) -> Classified:
+    """Kind of every reported queue, the queues some queue dead-letters into, the reasons, and the
+    failure routes whose dead letters reach no queue.
 
     Dead-lettering evidence (step 2 of ``kind_of``): where a queue's dead letters go is the queues bound
     to its DLX (only those bound with its dead-letter routing key, when it has one and such bindings
@@ -123,13 +133,18 @@ def _classify(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Mapping[st
     # The DLX of a retry queue is how retried tasks come back: a binding from it is a task route.
     working = worked({d.dlx for n, d in dl.items() if n not in retry})
     kinds: dict[str, Kind] = {}
+    reasons: dict[str, str] = {}
     for name in dl:
         evidence: Kind | None = "retry" if name in retry else "dlq" if name in dead else None
         kind = kind_of(name, rules, evidence, name in working)
         if kind is not None:
             kinds[name] = kind
+            reasons[name] = why_kind(name, rules, evidence, name in working)
     fed = {t for went in reach.values() for t in went or ()}
-    return kinds, fed
+    # A failure route (a DLX without a TTL) whose letters reach no queue: RabbitMQ drops them unseen.
+    unrouted = {n: str(d.dlx) for n, d in dl.items() if d.dlx is not None and n not in retry
+                and kinds.get(n) is not None and not {t for t in reach[n] or () if t in dl}}
+    return Classified(kinds, fed, reasons, unrouted)
 
 
 def management_result(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Mapping[str, Any]],
@@ -145,7 +160,8 @@ def management_result(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Ma
     gets none (its letters-added counter then follows length increases): a publish count there would
     miss exactly the letters that matter."""
     live = live or {}
-    kinds, fed = _classify(queues, bindings, rules)
+    classified = _classify(queues, bindings, rules)
+    kinds, fed = classified.kinds, classified.fed
     task: dict[str, QueueDepth] = {}
     retry: dict[str, float] = {}
     dlq: dict[str, float] = {}
@@ -175,7 +191,8 @@ def management_result(queues: Sequence[Mapping[str, Any]], bindings: Iterable[Ma
             ts = parse_timestamp(q.get("head_message_timestamp"))
             if ts is not None and dlq[name]:
                 oldest[name] = ts
-    return PollResult(task, retry, dlq, oldest, dead_letter_depth=dlq_depth)
+    return PollResult(task, retry, dlq, oldest, dead_letter_depth=dlq_depth, reasons=classified.reasons,
+                      unrouted_dead_letters=classified.unrouted)
 
 
 def amqp_result(counts: LiveCounts, rules: Rules) -> PollResult:
@@ -185,15 +202,18 @@ def amqp_result(counts: LiveCounts, rules: Rules) -> PollResult:
     task: dict[str, QueueDepth] = {}
     retry: dict[str, float] = {}
     dlq: dict[str, float] = {}
+    reasons: dict[str, str] = {}
     for name, got in counts.items():
         if got is None:
             continue
         ready, consumers = got
         kind = kind_of(name, rules, worked=consumers > 0)
+        if kind is not None:
+            reasons[name] = why_kind(name, rules, worked=consumers > 0) + " (passive declare)"
         if kind == "task":
             task[name] = QueueDepth(float(ready), None, float(consumers))
         elif kind == "retry":
             retry[name] = float(ready)
         elif kind == "dlq":
             dlq[name] = float(ready)
-    return PollResult(task, retry, dlq)
+    return PollResult(task, retry, dlq, reasons=reasons)

@@ -95,6 +95,7 @@ class AmqpEventStream:
         self.arguments = queue_arguments(settings.queue_ttl, settings.queue_expires,
                                          settings.queue_max_length, settings.queue_max_bytes)
         self.prefetch = prefetch = settings.prefetch
+        self.transient = settings.queue_mode == "exclusive"
         self.client_name = f"celery-exporter events {self.queue}"
         self.parameters = connection_parameters(
             url, client_name=self.client_name, heartbeat=HEARTBEAT, socket_timeout=CONNECT_TIMEOUT,
@@ -173,8 +174,16 @@ class AmqpEventStream:
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code != 404:
                 raise
+            if self.transient:  # never create it: no worker with events on has connected here
+                raise ConnectionError("the celeryev exchange does not exist on this virtual host: no worker "
+                                      "with events enabled has connected to it") from exc
             channel = conn.channel()  # the failed passive declare closed the channel
             channel.exchange_declare(EXCHANGE, exchange_type="topic", durable=True, auto_delete=False)
+        if self.transient:
+            channel.queue_declare(self.queue, durable=False, exclusive=True, auto_delete=True,
+                                  arguments=self.arguments)
+            channel.queue_bind(self.queue, EXCHANGE, routing_key="#")
+            return channel
         try:
             channel.queue_declare(self.queue, durable=True, exclusive=False, auto_delete=False,
                                   arguments=self.arguments)

@@ -194,6 +194,7 @@ class Plan:
     skipped: dict[str, int] = field(default_factory=dict)
     mismatched: tuple[str, ...] = ()
     found_steps: set[int] = field(default_factory=set)  # priority steps of existing sub-queue keys
+    found_by: dict[str, str] = field(default_factory=dict)  # name -> where this poll learnt it
 
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
@@ -208,23 +209,32 @@ def make_plan(index: KeyIndex, first: Sequence[Any], settings: RedisSettings, se
     n_bind = 0 if only_dlq else len(bindable(index.exchanges))
     names: dict[str, str] = {}  # name -> redis type ("" when not asked)
     bound: set[str] = set()  # named by a kombu binding: a queue Celery declared, so a task queue
-    for name, held in remembered.items():  # a drained list Redis deleted is reported as 0, not dropped
-        if held == "dlq" or not only_dlq:
-            names.setdefault(name, "")
-    if not only_dlq:
+    found_by = plan.found_by
+
+    def add(name: str, why: str) -> None:
+        names.setdefault(name, "")
+        found_by.setdefault(name, why)
+
+    if not only_dlq:  # a kombu binding is the best evidence: the queue is declared in this database
         for member in binding_members(index, first, settings):
             queue = binding_queue(member, layout.sep)
             if queue is not None:  # written with another separator: never invent a name from it
-                names.setdefault(queue, "")
+                add(queue, "kombu binding")
                 bound.add(queue)
-        for name in (*settings.queue_names, *seen):
-            names.setdefault(name, "")
+    for name, held in remembered.items():  # a drained list Redis deleted is reported as 0, not dropped
+        if held == "dlq" or not only_dlq:
+            add(name, "its key existed at an earlier poll")
+    if not only_dlq:
+        for name in settings.queue_names:
+            add(name, "--default-queue or --queues (no key, no kombu binding)")
+        for name in seen:
+            add(name, "named by task events only (no key, no kombu binding)")
         for name in index.plain | set(index.substeps):
             if matches(name, settings.queue_globs):
-                names.setdefault(name, "")
+                add(name, "key matches --queues")
         if layout.sep == KOMBU_SEP:  # with kombu's own separator a sub-queue key can only be a kombu queue
             for name in index.substeps:
-                names.setdefault(name, "")
+                add(name, "priority sub-queue keys")
     # Only names this poll would report count as skipped, not every odd key of the database.
     wanted = ("dlq",) if only_dlq else ("dlq", "retry")
     considered = set(names) | {n for n in index.plain | set(index.substeps)
@@ -238,6 +248,7 @@ def make_plan(index: KeyIndex, first: Sequence[Any], settings: RedisSettings, se
         if rtype == "none" and name not in known and name not in index.substeps:
             continue  # a configured DLQ or retry key that does not exist (yet): no series
         names[name] = rtype
+        found_by.setdefault(name, "key matches --retry-queues or --dead-letter-queues")
 
     guess_steps = range(10) if truncated else ()
     for name, rtype in sorted(names.items()):
@@ -280,6 +291,13 @@ def make_plan(index: KeyIndex, first: Sequence[Any], settings: RedisSettings, se
                     cmds += [("LINDEX", layout.prefix + key, 0), ("LINDEX", layout.prefix + key, -1)]
         plan.slots[name] = (kind, rtype, slots)
     return plan
+
+
+def _reason(found_by: str, kind: Kind) -> str:
+    """Why a queue is reported with its kind: where it was found, and what made it a retry queue or DLQ."""
+    why = {"retry": "; retry queue by --retry-queues", "dlq": "; DLQ by --dead-letter-queues or its defaults",
+           "task": ""}[kind]
+    return (found_by or "found") + why
 
 
 def redis_result(
@@ -331,8 +349,9 @@ def redis_result(
             dlq[name] = float(length)
             if stamps and length:
                 oldest[name] = min(stamps)
+    reasons = {n: _reason(plan.found_by.get(n, ""), k) for n, (k, _t, _s) in plan.slots.items()}
     result = PollResult(queues, retry, dlq, oldest, plan.broker_unacked, skipped=skipped,
-                        mismatched_options=plan.mismatched, head_ids=heads)
+                        mismatched_options=plan.mismatched, head_ids=heads, reasons=reasons)
     return result, existing
 
 
