@@ -185,3 +185,20 @@ def test_the_broadcast_is_json_never_pickle() -> None:
         envelope = json.loads(message["data"])
         assert envelope["content-type"] == "application/json"
         sub.close()
+
+
+@pytest.mark.integration
+def test_workers_with_remote_control_disabled_cost_one_deadline() -> None:
+    with RedisServer() as server:
+        broker = server.url()
+        app = Celery("inv-producer", broker=broker)
+        env = {"INFLIGHT_BROKER": broker, "INFLIGHT_REMOTE_CONTROL": "0"}
+        try:
+            with celery_worker("tests._inflight_app", "inv-q", f"inv-off-{os.getpid()}@localhost", env, ROOT):
+                app.send_task("inflight.sleep", args=[4], queue="inv-q")
+                wait_for(lambda: server.client().llen("inv-q") == 0, 30, what="the task taken by the worker")
+                found, took = _inventory(broker, timeout=1.5)
+                assert found.answered == () and found.tasks == () and not found.error
+                assert 1.4 <= took <= 3.0
+        finally:
+            app.close()
