@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from exporter.config import state_settings
-from exporter.events.decode import FUTURE_SKEW, decode_event_objects
+from exporter.events.decode import FUTURE_SKEW, SENT_AT, decode_event_objects
 from exporter.events.ingest import Ingest
 from exporter.inflight import ACTIVE, WAITING, HeldTask, Inventory
 from exporter.state import ClusterState
@@ -164,7 +164,7 @@ def test_ingest_hands_an_inventory_to_the_state_on_its_next_turn(state: ClusterS
     ingest = Ingest(state, clock)
     asked: list[bool] = []
     ingest.on_connect = lambda: asked.append(True)
-    ingest.connected(reconnect=False)
+    ingest.connected(events_lost=False)
     assert asked == [True]
     ingest.offer_inventory(inventory(held("a")))
     assert state.snapshot().active == {}
@@ -293,4 +293,42 @@ def test_decode_clamps_past_the_skew_and_refuses_past_a_day() -> None:
                                 ev("worker-heartbeat", T0 + FUTURE_SKEW + 1),
                                 ev("worker-heartbeat", T0 + 2 * 86_400)], T0)
     assert [e["timestamp"] for e in out.events] == [T0 + FUTURE_SKEW - 1, T0]
+    assert out.events[1][SENT_AT] == T0 + FUTURE_SKEW + 1 and SENT_AT not in out.events[0]
     assert out.clamped == 1 and out.invalid == ["bad_timestamp"]
+
+
+# ------------------------------------------------------------------ which reconnects lose events
+@pytest.mark.parametrize(("keeps", "away", "lost"), [(0.0, 1.0, True), (60.0, 5.0, False), (60.0, 90.0, True)])
+def test_a_reconnect_loses_events_only_past_what_the_broker_keeps(state: ClusterState, clock: FakeClock,
+                                                                   keeps: float, away: float,
+                                                                   lost: bool) -> None:
+    import threading
+
+    from exporter.brokers.backoff import Backoff
+    from exporter.brokers.supervisor import Supervisor
+    from exporter.status import StreamStatus
+
+    ingest = Ingest(state, clock)
+    seen: list[bool] = []
+    ingest.connected = seen.append  # type: ignore[method-assign]
+    mono = FakeClock(0.0)
+    stop = threading.Event()
+    sup = Supervisor("test", "redis://h", ingest, StreamStatus(clock), Backoff(initial=0.001, cap=0.001),
+                     clock=mono, keeps_events_for=keeps)
+    sessions = iter(range(2))
+
+    def session(stop_: threading.Event, on_up: object) -> None:
+        on_up()  # type: ignore[operator]
+        if next(sessions) == 0:
+            raise ConnectionError("cut")
+        stop.set()
+
+    real_failed = sup._failed
+
+    def failed(exc: Exception, delay: float) -> None:
+        real_failed(exc, delay)
+        mono.advance(away)  # the outage
+
+    sup._failed = failed  # type: ignore[method-assign]
+    sup.run(session, stop)
+    assert seen == [False, lost]

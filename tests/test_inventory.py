@@ -16,7 +16,7 @@ from exporter.brokers.inventory import InventoryRunner, by_node, parse_replies
 from exporter.brokers.settings import InventorySettings
 from exporter.inflight import ACTIVE, WAITING, HeldTask, Inventory
 from tests._broker_helpers import RedisServer, amqp_url, mgmt, rabbit_vhost
-from tests._support import ROOT, celery_worker, wait_for
+from tests._support import ROOT, Daemon, celery_worker, wait_for
 
 NOW = 1_700_000_000.0
 ACTIVE_INFO = {
@@ -151,3 +151,54 @@ def test_a_broker_that_cannot_be_reached_is_an_error_not_an_exception() -> None:
     found, took = _inventory("redis://127.0.0.1:1/0", timeout=1.0)
     assert found.error and found.tasks == ()
     assert took < 10
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("timeout", ["1", "0"])
+def test_the_daemon_asks_once_at_start_and_logs_one_line_when_nobody_answers(timeout: str) -> None:
+    with RedisServer() as server, Daemon(["--broker-url", server.url(), "--inventory-timeout", timeout,
+                                          "--log-format", "json"]) as daemon:
+        daemon.start()
+        wait_for(lambda: daemon.get("/readyz")[0] == 200, 20, what="connected")
+        time.sleep(3)  # the deadline, and more
+        assert daemon.get("/metrics")[0] == 200
+        lines = [line for line in daemon.log_lines() if "inventory" in str(line.get("event", ""))]
+        assert daemon.terminate() == 0
+    if timeout == "0":
+        assert lines == []
+    else:
+        assert [line["event"] for line in lines] == [
+            "no worker answered the in-flight inventory (remote control disabled, or no worker up); tasks "
+            "already running are seen from their next event"]
+
+
+@pytest.mark.integration
+def test_the_broadcast_is_json_never_pickle() -> None:
+    import json
+
+    with RedisServer() as server:
+        sub = server.client().pubsub()
+        sub.psubscribe("*pidbox*")
+        wait_for(lambda: sub.get_message(timeout=0.1), 5, what="subscribed")
+        _inventory(server.url(), timeout=0.5)
+        message = wait_for(lambda: sub.get_message(timeout=0.5), 5, what="the broadcast")
+        envelope = json.loads(message["data"])
+        assert envelope["content-type"] == "application/json"
+        sub.close()
+
+
+@pytest.mark.integration
+def test_workers_with_remote_control_disabled_cost_one_deadline() -> None:
+    with RedisServer() as server:
+        broker = server.url()
+        app = Celery("inv-producer", broker=broker)
+        env = {"INFLIGHT_BROKER": broker, "INFLIGHT_REMOTE_CONTROL": "0"}
+        try:
+            with celery_worker("tests._inflight_app", "inv-q", f"inv-off-{os.getpid()}@localhost", env, ROOT):
+                app.send_task("inflight.sleep", args=[4], queue="inv-q")
+                wait_for(lambda: server.client().llen("inv-q") == 0, 30, what="the task taken by the worker")
+                found, took = _inventory(broker, timeout=1.5)
+                assert found.answered == () and found.tasks == () and not found.error
+                assert 1.4 <= took <= 3.0
+        finally:
+            app.close()

@@ -78,7 +78,8 @@ them by uuid, whatever order they arrive in:
   an expired task's `task-revoked` often overtakes its `task-sent`) or 10 s pass without one (then they
   count under `unknown`, and `celery_exporter_unknown_tasks_total` goes up by one). Nothing counted
   under `unknown` ever moves to another series: counters never go backwards.
-  In practice `unknown` means tasks already running when the exporter started.
+  In practice `unknown` means tasks already running when the exporter started that the in-flight
+  inventory (`--inventory-timeout`, see "Restarts and gaps" in `docs/event-streams.md`) did not name.
 * **Idempotent where Celery's delivery is not.** A repeated terminal event (an AMQP redelivery, the
   second `task-failed` of a hard time limit) and a `task-started` after the task's end change nothing but
   `celery_exporter_events_ignored_total{reason}`. A number a float cannot hold (an integer `runtime` of
@@ -101,6 +102,17 @@ or reports in two heartbeats running fewer active tasks than the exporter holds 
 started before the heartbeat go first: `Ignore` ends a task without any event, and clears within one
 heartbeat interval). A lost task stops counting in `celery_tasks_active`; if an event for it comes later
 (a redelivered message finishing elsewhere), it counts as usual.
+
+## Missed events
+
+`celery_worker_tasks_accepted_total{worker}` is the `processed` of the worker's heartbeats: the tasks it
+accepted (started) since it started; it starts again from 0 when the worker restarts.
+`celery_exporter_task_events_missed_total` counts the task starts those heartbeats report that never
+arrived as `task-started` events (per worker: `celery_worker_task_events_missed_total{worker}`),
+comparing each heartbeat's `processed` with the starts received by the next heartbeat, from the first
+heartbeat the exporter sees, so a clean run and the exporter's own restart count 0. A worker without task
+events (no `-E`) shows all its starts as missed; tasks of a worker that died before its next heartbeat are
+not seen. Details: "Restarts and gaps" in `docs/event-streams.md`.
 
 ## Revoke reasons
 

@@ -78,6 +78,7 @@ class Supervisor:
         extra_secrets: Iterable[str] = (),
         context: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        keeps_events_for: float = 0.0,
     ) -> None:
         self.name = name
         self.context = dict(context or {})  # what to log on connect: channel pattern, queue name
@@ -88,6 +89,10 @@ class Supervisor:
         self.backoff = backoff or Backoff(cap=RECONNECT_CAP)
         self.clock = clock
         self._up_at: float | None = None
+        # How long the broker keeps the events of a reader that is away (0: pub/sub keeps nothing), and
+        # since when this one is: a longer outage may have lost events, which the state must know.
+        self.keeps_events_for = keeps_events_for
+        self._down_at: float | None = None
 
     def turn(self) -> None:
         """What every reader does at the end of each loop turn (at least every TICK): beat the liveness
@@ -99,7 +104,8 @@ class Supervisor:
         self._up_at = self.clock()
         self.status.up()
         self.status.beat()
-        self.ingest.connected(self.status.reconnects > 0)
+        away = None if self._down_at is None else self._up_at - self._down_at
+        self.ingest.connected(away is not None and away > self.keeps_events_for)
         log.info("event stream connected", stream=self.name, broker=self.shown_url,
                  reconnects=self.status.reconnects, **self.context)
 
@@ -130,6 +136,8 @@ class Supervisor:
     def _failed(self, exc: Exception, delay: float) -> None:
         error = describe_error(exc, self.secrets)
         was_up = self.status.connected
+        if was_up:
+            self._down_at = self.clock()
         self.status.down(error)
         # Our own bugs show their traceback; broker trouble is one line per attempt.
         expected = _is_broker_error(exc)

@@ -63,7 +63,8 @@ IGNORED_SPEC = MetricSpec(
 UNKNOWN_SPEC = MetricSpec(
     "celery_exporter_unknown_tasks_total", "counter",
     'Tasks counted under task_name="unknown": the exporter never saw a named event (task-sent, '
-    "task-received) for them, e.g. tasks already running when it started.",
+    "task-received) for them, e.g. tasks already running when it started that the in-flight inventory did "
+    "not name.",
 )
 CLAMPED_SPEC = MetricSpec(
     "celery_exporter_events_clamped_total", "counter",

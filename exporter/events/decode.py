@@ -72,7 +72,8 @@ MAX_FUTURE_SKEW = 86_400.0
 # arrived instead, and counted (``Decoded.clamped``): an event can only arrive after it was sent, so no
 # timestamp the exporter serves (celery_exporter_last_event_timestamp_seconds, a worker's last heartbeat,
 # a task's last event) runs ahead of its own clock by more than this. One worker 23 hours ahead would
-# otherwise hide an events-stopped alert for 23 hours. Celery warns from 16 s of heartbeat drift.
+# otherwise hide an events-stopped alert for 23 hours. Celery warns from 16 s of heartbeat drift. The
+# sender's own (offset-adjusted) value stays in the event under ``SENT_AT``, for a clock-skew check.
 FUTURE_SKEW = 30.0
 SENT_AT = "exporter_sent_at"  # a clamped event's own timestamp, kept beside the one it is applied with
 

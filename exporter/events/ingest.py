@@ -42,11 +42,12 @@ class Ingest:
         self.on_connect: Callable[[], None] | None = None
         self._inventories: deque[Inventory] = deque(maxlen=4)  # filled by the inventory thread
 
-    def connected(self, reconnect: bool) -> None:
-        """The stream is (re)connected. After a reconnect, events of the outage are lost: tasks that
-        were waiting may have started meanwhile, so the state stops trusting them (the inventory
-        re-confirms those a worker still holds); then an inventory is asked for."""
-        if reconnect:
+    def connected(self, events_lost: bool) -> None:
+        """The stream is (re)connected; ``events_lost``: after an outage whose events the broker did not
+        keep (Redis pub/sub keeps none). Tasks then waiting may have started meanwhile, so the state
+        stops trusting them (the inventory confirms those a worker still holds). An inventory is asked
+        for on every connect."""
+        if events_lost:
             with self.state.lock:
                 self.state.stream_resumed(self.on_connect is not None)
         if self.on_connect is not None:

@@ -8,7 +8,9 @@ by the event loop (the only writer) and copied into a ``Snapshot`` by scrapes. O
 ``entries``             the task table's entry layout, attempts, the finished-task memory
 ``series``              label guards and caps, route learning, the series budget, accumulators
 ``held``                nameless events held until their task's name comes (or ``unknown``)
-``workers``             worker liveness, the running map, reconcile, lost tasks, purge
+``workers``             worker liveness, the running map, reconcile, lost tasks, purge, missed
+                        events (heartbeats' ``processed`` against the task-started received)
+``inflight``            tasks the workers said they hold (the inventory), reconnect suspects
 ``stalls``              the waiting and running trackers and their orphans
 ``snapshot``            ``Snapshot``, ``WorkerRecord``, ``Histogram``, ``Sizes``
 ``settings``            ``StateSettings``, default buckets, fixed limits
@@ -28,7 +30,7 @@ task names, queues, exception classes and workers are capped (overflow folds int
 is counted), so is the total of per-task series (``max_series``), and every string that can become a
 label value or a key is made valid UTF-8 and cut to a byte limit where it enters (``label_value``).
 Time comes from the injected ``clock``, so time-outs are tested without sleeping. The package imports
-nothing from ``exporter`` but ``exporter.labels`` (a leaf).
+nothing from ``exporter`` but the leaves ``exporter.labels`` and ``exporter.inflight``.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from exporter.inflight import Inventory
 from exporter.state.core import Core
+from exporter.state.inflight import Inflight
 from exporter.state.settings import StateSettings
 from exporter.state.snapshot import Sizes, Snapshot
 
@@ -23,6 +24,8 @@ class ClusterState(Core):
 
     def __init__(self, settings: StateSettings, clock: Callable[[], float] = time.time) -> None:
         super().__init__(settings, clock)
+        self._inflight = Inflight(self)
+        self.clamped = 0  # events stamped too far ahead, applied with their arrival time (Ingest counts)
         self.lock = threading.Lock()
 
     def adopt_inflight(self, inventory: Inventory) -> None:

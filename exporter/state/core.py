@@ -52,7 +52,6 @@ from exporter.state.entries import (
     take_started_attempt,
 )
 from exporter.state.held import Held
-from exporter.state.inflight import Inflight
 from exporter.state.rules import COUNTER, DONE_BITS, DURATION, EXHAUSTED, IGNORED_REASONS, NAMELESS, STAMP
 from exporter.state.series import Series
 from exporter.state.settings import MAX_EVENT_TYPES, MAX_STARTS, StateSettings
@@ -81,8 +80,7 @@ class Core:
         self._workers = workers = Workers(s, self._tasks, series.active, series.lost, series.overflow, stalls)
         self._held = held = Held(self._tasks, self._finished, series.key_for, self._new_record, self._replay,
                                  workers.count_starts)
-        self._inflight = Inflight(self)
-        self._adopted = self._inflight.adopted  # read by _task_started on its rare path
+        self._adopted: dict[str, float] = {}  # uuid -> start an inventory gave it (state/inflight.py)
         # The rooms' dicts and methods, bound once (a method call per event cost ~5%).
         self.counters, self.failed, self.retried = series.counters, series.failed, series.retried
         self.revoked = series.revoked
@@ -103,7 +101,6 @@ class Core:
         self.ignored: dict[str, int] = dict.fromkeys(IGNORED_REASONS, 0)
         self.evicted: dict[str, int] = {"capacity": 0, "age": 0}
         self.last_event_ts: float | None = None
-        self.clamped = 0  # events stamped too far ahead, applied with their arrival time (Ingest counts)
         self._nameless = _NAMELESS  # the handlers of the events that carry no name, below the class
         self._handlers: dict[str, Callable[[_Ev, float, float], None]] = {
             "task-sent": self._task_sent,

@@ -18,14 +18,11 @@ workers said they hold, asked at start and after each stream reconnect) and with
 from __future__ import annotations
 
 from itertools import chain
-from typing import TYPE_CHECKING
 
 from exporter.inflight import ACTIVE, HeldTask, Inventory
 from exporter.labels import MAX_LABEL_BYTES
+from exporter.state.core import Core
 from exporter.state.entries import ATTEMPTS, HELD, RETRIES, STARTS, K, TaskEntry
-
-if TYPE_CHECKING:
-    from exporter.state.core import Core
 
 _Key = tuple[str, str]
 
@@ -36,7 +33,7 @@ class Inflight:
     def __init__(self, core: Core) -> None:
         self._core = core
         # uuid -> the start the inventory gave it, while that is still the task's open attempt.
-        self.adopted: dict[str, float] = {}
+        self.adopted = core._adopted
         # uuid -> enqueued time of the tasks waiting when the stream reconnected, until an inventory.
         self.suspects: dict[str, float] = {}
 

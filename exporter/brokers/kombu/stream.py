@@ -9,7 +9,7 @@ batches, and ``accept=["json"]`` so kombu refuses to deserialise pickle, yaml or
 ``event_from_message`` is overridden to hand over the body untouched, because our decoder validates it
 and makes the ``utcoffset`` adjustment itself (doing it twice would shift timestamps twice), and to skip
 Celery's Lamport-clock bookkeeping, which the exporter never reads. We do not send Celery's ``heartbeat``
-broadcast on connect (``wakeup``): the exporter never writes to the broker. A body kombu refuses (wrong
+broadcast on connect (``wakeup``): the stream never writes to the broker. A body kombu refuses (wrong
 content type, broken JSON) goes to ``Ingest.feed_amqp`` with its raw bytes and content type, so it is
 counted under the same reasons as on the fast paths, and the loop goes on.
 """

@@ -102,8 +102,11 @@ class AmqpEventStream:
             stack_timeout=CONNECT_TIMEOUT * 3,
             blocked_timeout=None,  # we never publish, so flow control cannot block us
         )
+        # Our queue outlives a lost connection: events wait in it up to the TTL, until it expires.
+        kept = min(settings.queue_ttl or settings.queue_expires, settings.queue_expires)
         self.supervisor = Supervisor("amqp", url, ingest, status, backoff,
-                                     context={"queue": self.queue, "prefetch": prefetch})
+                                     context={"queue": self.queue, "prefetch": prefetch},
+                                     keeps_events_for=kept)
         self._pending: list[tuple[bytes, str | None, str | None]] = []
         self._last_tag = 0
 
