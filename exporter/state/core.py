@@ -23,6 +23,7 @@ Every delivery is counted under its task's own name, whatever order Celery's eve
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -84,7 +85,7 @@ class Core:
         self.revoked = series.revoked
         self.active, self.lost, self.overflow = series.active, series.lost, series.overflow
         self.durations, self.queue_wait = series.durations, series.queue_wait
-        self._stamps = series.stamps
+        self._stamps, self._route_cache = series.stamps, series.route_cache
         self._key_for, self._learn_route, self._stamp = series.key_for, series.learn_route, series.stamp
         self._count_by_label, self._exception = series.count_by_label, series.exception
         self._observe_duration, self._observe_wait = series.observe_duration, series.observe_wait
@@ -98,12 +99,14 @@ class Core:
         self.invalid_by_reason: dict[str, int] = {}
         self.ignored: dict[str, int] = dict.fromkeys(IGNORED_REASONS, 0)
         self.evicted: dict[str, int] = {"capacity": 0, "age": 0}
-        self.last_event_ts: float | None = None
+        self._newest = -math.inf  # last_event_ts
+        self._age_check = -math.inf  # no entry can age out before this exporter time
         self._nameless = _NAMELESS  # the handlers of the events that carry no name, below the class
+        self._route = self._task_event  # one bound method, so that apply can tell it by identity
         self._handlers: dict[str, Callable[[_Ev, float, float], None]] = {
             "task-sent": self._task_sent,
             "task-received": self._task_received,
-            **dict.fromkeys(NAMELESS, self._task_event),
+            **dict.fromkeys(NAMELESS, self._route),
             "worker-online": workers.alive,
             "worker-heartbeat": workers.alive,
             "worker-offline": workers.offline,
@@ -111,23 +114,42 @@ class Core:
 
     # ------------------------------------------------------------------ feeding
     def apply(self, event: Mapping[str, Any], now: float | None = None) -> None:
-        """Apply one decoded event (``type`` and a float ``timestamp`` already validated); ``now`` is the
+        """Apply one decoded event (``type`` and a finite ``timestamp`` already validated); ``now`` is the
         exporter's time (read from the clock when not given: a batch reads it once for all its events)."""
         etype = event["type"]
         by_type = self.events_by_type
         if etype in by_type:
             by_type[etype] += 1
-        elif len(by_type) < MAX_EVENT_TYPES or etype in self._handlers:
+        else:
+            self._count_type(etype)
+        ts = event["timestamp"]
+        if ts > self._newest:
+            self._newest = ts
+        handler = self._handlers.get(etype)
+        if handler is None:
+            return
+        if now is None:
+            now = self.clock()
+        if handler is self._route:  # a nameless event of a task the table holds named: straight in
+            uuid = event.get("uuid")
+            if uuid.__class__ is str and len(uuid) <= 40:
+                rec = self._tasks.get(uuid)
+                if rec is not None and rec[HELD] is None:
+                    self._nameless[etype](self, uuid, rec, rec[K], event, ts, now)
+                    return
+        handler(event, ts, now)
+
+    def _count_type(self, etype: str) -> None:
+        by_type = self.events_by_type
+        if len(by_type) < MAX_EVENT_TYPES or etype in self._handlers:
             label = label_value(etype)  # anyone can invent one, and it becomes a label value
             by_type[label] = by_type.get(label, 0) + 1
         else:  # anyone who can publish on the channel can invent event types: fold the rest
             by_type[OVERFLOW_LABEL] = by_type.get(OVERFLOW_LABEL, 0) + 1
-        ts = event["timestamp"]
-        if self.last_event_ts is None or ts > self.last_event_ts:
-            self.last_event_ts = ts
-        handler = self._handlers.get(etype)
-        if handler is not None:
-            handler(event, ts, self.clock() if now is None else now)
+
+    @property
+    def last_event_ts(self) -> float | None:
+        return self._newest if self._newest > -math.inf else None
 
     def _ignore(self, reason: str) -> None:
         self.ignored[reason] = self.ignored.get(reason, 0) + 1
@@ -140,15 +162,20 @@ class Core:
     # ------------------------------------------------------------------ task table
     def _new_record(self, uuid: str, key: _Key | None, now: float,
                     held: tuple[Any, ...] | None = None) -> TaskEntry:
+        entry = self._tasks[uuid] = (key, (), (), 0, None, now, held)
+        self._bound(now)
+        return entry
+
+    def _bound(self, now: float) -> None:
+        """After an insertion: the oldest entry goes past ``max_tracked_tasks``; aged-out ones are looked
+        for only once the oldest entry can have aged out (``_age_check``), not on every new task."""
         tasks = self._tasks
-        entry = tasks[uuid] = (key, (), (), 0, None, now, held)
         if len(tasks) > self._max_tracked:
             old_uuid, old = tasks.popitem(last=False)
             self._forget(old_uuid, old, now)
             self.evicted["capacity"] += 1
-        else:
+        elif now >= self._age_check:
             self._evict_aged(now)
-        return entry
 
     def _evict_aged(self, now: float) -> None:
         tasks = self._tasks
@@ -157,10 +184,13 @@ class Core:
             uuid = next(iter(tasks))
             oldest = tasks[uuid]
             if oldest[TOUCHED] >= limit:
-                break
+                # Entries are touched in table order, so none ages out before this one does.
+                self._age_check = oldest[TOUCHED] + self._max_age
+                return
             del tasks[uuid]
             self._forget(uuid, oldest, now)
             self.evicted["age"] += 1
+        self._age_check = now + self._max_age
 
     def _forget(self, uuid: str, entry: TaskEntry, now: float) -> None:
         """The table dropped ``entry``: its attempts stop counting; its trackers keep its labels."""
@@ -201,70 +231,109 @@ class Core:
             value = label_value(value, MAX_UUID_BYTES)  # a hostile megabyte-long id is not stored
         return value
 
+    def _open(self, uuid: str, rec: _Rec, key: _Key, now: float) -> tuple[TaskEntry, tuple[Any, ...]]:
+        """The live entry for a named event of ``uuid`` (a new one if none) and the held events to replay
+        under ``key`` once the named event is applied (a placeholder's)."""
+        if rec is None:
+            return self._new_record(uuid, key, now), ()
+        held = rec[HELD]
+        if held is None:
+            return rec, ()
+        return self._adopt(uuid, held, key, now), held
+
     # ------------------------------------------------------------------ named task events
     def _task_sent(self, ev: _Ev, ts: float, now: float) -> None:
         uuid = ev.get("uuid")
         if uuid.__class__ is not str or len(uuid) > 40:
             uuid = self._uuid(uuid)
-        rec = self._tasks.get(uuid) if uuid is not None else None
+        name = ev.get("name")
         queue = ev.get("queue") or ev.get("routing_key")
-        sent_key = self._key_for(ev.get("name"), queue)
-        if queue.__class__ is str:
-            self._learn_route(ev.get("name"), sent_key)
-        if uuid is None:
-            self.counters[sent_key][_C_SENT] += 1
-            self._stamp(sent_key, _S_SENT, ts)
+        key = self._key_for(name, queue)
+        if queue.__class__ is str and self._route_cache.get(key[0]) != key[1]:
+            self._learn_route(name, key)
+        tasks = self._tasks
+        rec = tasks.get(uuid) if uuid is not None else None
+        fin = self._finished  # FinishedTasks.get, its miss inlined: every task's task-sent misses
+        if rec is None and (uuid is None or uuid in fin.young.keys or uuid in fin.old.keys):
+            # No uuid, or a task-sent slower than the task itself (the producer's connection): counted
+            # with the rest of the task, no record reopened.
+            done = fin.get(uuid) if uuid is not None else None
+            if done is not None and done[0][0] != UNKNOWN_TASK:
+                key = done[0]
+            self.counters[key][_C_SENT] += 1
+            self._stamp(key, _S_SENT, ts)
             return
-        if rec is None:
-            fin = self._finished  # FinishedTasks.get, its miss inlined: every task's task-sent misses
-            done = fin.get(uuid) if uuid in fin.young.keys or uuid in fin.old.keys else None
-            if done is not None:
-                # A task-sent slower than the task itself (the producer's connection): counted with the
-                # rest of the task, no record reopened.
-                key = done[0] if done[0][0] != UNKNOWN_TASK else sent_key
-                self.counters[key][_C_SENT] += 1
-                self._stamp(key, _S_SENT, ts)
-                return
-            if sent_key[0] == UNKNOWN_TASK:
+        n = ev.get("retries")
+        if n.__class__ is not int:
+            n = retries_of(n)
+        eta = ev.get("eta")
+        if eta is not None:
+            eta = parse_eta(eta)
+        held: tuple[Any, ...] = ()
+        if rec is None:  # a new task, the common case: its entry written once, with its first attempt
+            if key[0] == UNKNOWN_TASK:
                 self._held.unnamed += 1
-            key = sent_key
+            retries = n if n > 0 else 0
+            tasks[uuid] = (key, ((n, ts, eta, None),), (), retries, None, now, None)  # type: ignore[index]
+            self._bound(now)
+            self._wait(uuid, n, eta if eta is not None and eta > ts else ts)  # type: ignore[arg-type]
         else:
-            self._tasks.move_to_end(uuid)
+            tasks.move_to_end(uuid)  # type: ignore[arg-type]
             # task-received overtook task-sent (they travel on different connections): the task keeps
             # the key its first named event gave it, so no counter moves between series.
-            key = rec[K] if rec[HELD] is None else sent_key
-        held: tuple[Any, ...] = ()
-        if rec is None:
-            rec = self._new_record(uuid, key, now)
-        elif rec[HELD] is not None:
-            held = rec[HELD]
-            rec = self._adopt(uuid, held, key, now)
-        n = retries_of(ev.get("retries"))
-        attempts, i = attempt_index(rec[ATTEMPTS], n)
-        eta = parse_eta(ev.get("eta"))
-        if i >= 0:
-            att = attempts[i]
-            attempts = replace_attempt(attempts, i, (att[0], ts, eta, att[3]))
-        if not rec[STARTS] or n > rec[RETRIES]:  # else this attempt started before its task-sent came
-            enqueued = eta if eta is not None and eta > ts else ts
-            if n or len(self._wait_ts) >= self._stall_cap:
-                self._waiting.add(uuid, enqueued, n)
-            else:
-                self._wait_ts[uuid] = enqueued
-        self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None)
+            if rec[HELD] is None:
+                key = rec[K]
+            rec, held = self._open(uuid, rec, key, now)  # type: ignore[arg-type]
+            attempts, i = attempt_index(rec[ATTEMPTS], n)
+            if i >= 0:
+                att = attempts[i]
+                attempts = replace_attempt(attempts, i, (att[0], ts, eta, att[3]))
+            if not rec[STARTS] or n > rec[RETRIES]:  # else this attempt started before its task-sent came
+                self._wait(uuid, n, eta if eta is not None and eta > ts else ts)  # type: ignore[arg-type]
+            tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now,  # type: ignore[index]
+                           None)
         self.counters[key][_C_SENT] += 1
         self._stamp(key, _S_SENT, ts)
         if held:
             self._replay(held, now)
 
+    def _wait(self, uuid: str, n: int, enqueued: float) -> None:
+        if n or len(self._wait_ts) >= self._stall_cap:
+            self._waiting.add(uuid, enqueued, n)
+        else:
+            self._wait_ts[uuid] = enqueued
+
     def _task_received(self, ev: _Ev, ts: float, now: float) -> None:
         uuid = ev.get("uuid")
         if uuid.__class__ is not str or len(uuid) > 40:
             uuid = self._uuid(uuid)
-        rec = self._tasks.get(uuid) if uuid is not None else None
+        tasks = self._tasks
+        rec = tasks.get(uuid) if uuid is not None else None
+        if rec is None or rec[HELD] is not None:
+            self._received_unrecorded(uuid, rec, ev, ts, now)
+            return
+        tasks.move_to_end(uuid)  # type: ignore[arg-type]
+        key = rec[K]
+        n = ev.get("retries")
+        if n.__class__ is not int:
+            n = retries_of(n)
+        attempts = rec[ATTEMPTS]
+        if len(attempts) == 1 and attempts[0][0] == n:  # the attempt its task-sent opened, the common case
+            att = attempts[0]
+            attempts = ((n, att[1], att[2] if att[2] is not None else parse_eta(ev.get("eta")), ts),)
+        else:
+            attempts = _received_attempt(attempts, n, ev, ts)
+        retries = rec[RETRIES]
+        tasks[uuid] = (key, attempts, rec[STARTS], n if n > retries else retries, rec[WORKER], now,  # type: ignore[index]
+                       None)
+        self.counters[key][_C_RECEIVED] += 1
+
+    def _received_unrecorded(self, uuid: str | None, rec: _Rec, ev: _Ev, ts: float, now: float) -> None:
+        """A task-received of a task without a named entry: the first event seen of it (task-sent events
+        off, or overtaken), a placeholder's name at last, or a new delivery of a finished task."""
         if rec is not None:
             self._tasks.move_to_end(uuid)  # type: ignore[arg-type]
-            key = rec[K] if rec[HELD] is None else self._key_for(ev.get("name"), None)
+            key = self._key_for(ev.get("name"), None)
         else:
             done = self._finished.get(uuid) if uuid is not None else None
             if done is not None:
@@ -284,18 +353,9 @@ class Core:
         if uuid is None:
             self.counters[key][_C_RECEIVED] += 1
             return
-        held: tuple[Any, ...] = ()
-        if rec is None:
-            rec = self._new_record(uuid, key, now)
-        elif rec[HELD] is not None:
-            held = rec[HELD]
-            rec = self._adopt(uuid, held, key, now)
+        rec, held = self._open(uuid, rec, key, now)
         n = retries_of(ev.get("retries"))
-        attempts, i = attempt_index(rec[ATTEMPTS], n)
-        if i >= 0:
-            att = attempts[i]
-            eta = att[2] if att[2] is not None else parse_eta(ev.get("eta"))
-            attempts = replace_attempt(attempts, i, (att[0], att[1], eta, ts))
+        attempts = _received_attempt(rec[ATTEMPTS], n, ev, ts)
         self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None)
         self.counters[key][_C_RECEIVED] += 1
         if held:
@@ -305,7 +365,7 @@ class Core:
     def _task_event(self, ev: _Ev, ts: float, now: float) -> None:
         """Route an event without a name to its task, to its type's handler in ``_nameless``: the live
         record, the finished memory, or (for a uuid never seen) a placeholder holding it until the name
-        is known."""
+        is known. (``apply`` takes the first way itself, for a record held named.)"""
         uuid = ev.get("uuid")
         if uuid.__class__ is not str or len(uuid) > 40:
             uuid = self._uuid(uuid)
@@ -315,7 +375,6 @@ class Core:
         rec = self._tasks.get(uuid)
         if rec is not None:
             if rec[HELD] is None:
-                self._tasks.move_to_end(uuid)
                 self._nameless[ev["type"]](self, uuid, rec, rec[K], ev, ts, now)
             else:
                 self._hold(uuid, rec, ev, ts, now)
@@ -362,6 +421,17 @@ class Core:
         return starts[0], starts[1:]
 
 
+def _received_attempt(attempts: tuple[Any, ...], n: int, ev: _Ev, ts: float) -> tuple[Any, ...]:
+    """``attempts`` with attempt ``n`` marked received at ``ts`` (its eta from the event if its task-sent
+    gave none)."""
+    attempts, i = attempt_index(attempts, n)
+    if i >= 0:
+        att = attempts[i]
+        eta = att[2] if att[2] is not None else parse_eta(ev.get("eta"))
+        attempts = replace_attempt(attempts, i, (att[0], att[1], eta, ts))
+    return attempts
+
+
 # ---------------------------------------------------------------------- the nameless handlers
 # Plain functions of (state, uuid, live record or None once finished, key, event, timestamp, now), each
 # reading its row of RULES, bound here once.
@@ -375,7 +445,8 @@ _C_REVOKED, _B_REVOKED = COUNTER["task-revoked"], DONE_BITS["task-revoked"]
 
 
 def _task_started(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float, now: float) -> None:
-    assert rec is not None  # a task-started of a finished task is ignored before this
+    assert rec is not None  # a task-started of a finished task is handled by _after_end
+    st._tasks.move_to_end(uuid)
     starts = rec[STARTS]
     if ts in starts:
         st._ignore("duplicate")  # the same task-started twice
@@ -388,8 +459,8 @@ def _task_started(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float,
     else:
         att, attempts = take_started_attempt(attempts)
     wait_ts = st._wait_ts
-    if uuid in wait_ts and not st._waiting.retries:  # the common case, inlined
-        del wait_ts[uuid]
+    if uuid in wait_ts and uuid not in st._waiting.retries and (att is None or att[0] >= 0):
+        del wait_ts[uuid]  # WaitingTasks.started's answer for the common case, without the call
     elif uuid in wait_ts or st._waiting.sampled:
         st._waiting.started(uuid, att[0] if att is not None else None)
     if att is not None:
@@ -475,6 +546,7 @@ def _task_retried(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float,
             st._observe_duration(key, _D_RETRIED, ts - done[2][0])
             st._finished.put(uuid, (done[0], done[1], done[2][1:], done[3]))
         return
+    st._tasks.move_to_end(uuid)
     start, starts = st._take_start(uuid, rec, key)
     if start is not None:
         st._observe_duration(key, _D_RETRIED, ts - start)
@@ -489,6 +561,7 @@ def _task_rejected(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float
         st._finish(uuid, rec, key, _B_REJECTED, ts)
         return
     # Requeued: the attempt is over, the task is not; the message comes back with a task-received.
+    st._tasks.move_to_end(uuid)
     _, starts = st._take_start(uuid, rec, key)
     st._tasks[uuid] = (key, rec[ATTEMPTS], starts, rec[RETRIES], rec[WORKER] if starts else None, now, None)
 
