@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from exporter.labels import (
@@ -115,29 +115,37 @@ class Core:
     # ------------------------------------------------------------------ feeding
     def apply(self, event: Mapping[str, Any], now: float | None = None) -> None:
         """Apply one decoded event (``type`` and a finite ``timestamp`` already validated); ``now`` is the
-        exporter's time (read from the clock when not given: a batch reads it once for all its events)."""
-        etype = event["type"]
-        by_type = self.events_by_type
-        if etype in by_type:
-            by_type[etype] += 1
-        else:
-            self._count_type(etype)
-        ts = event["timestamp"]
-        if ts > self._newest:
-            self._newest = ts
-        handler = self._handlers.get(etype)
-        if handler is None:
-            return
-        if now is None:
-            now = self.clock()
-        if handler is self._route:  # a nameless event of a task the table holds named: straight in
-            uuid = event.get("uuid")
-            if uuid.__class__ is str and len(uuid) <= 40:
-                rec = self._tasks.get(uuid)
-                if rec is not None and rec[HELD] is None:
-                    self._nameless[etype](self, uuid, rec, rec[K], event, ts, now)
-                    return
-        handler(event, ts, now)
+        exporter's time, read from the clock when not given."""
+        self.apply_many((event,), self.clock() if now is None else now)
+
+    def apply_many(self, events: Iterable[Mapping[str, Any]], now: float) -> None:
+        """Apply decoded events in order, all at exporter time ``now`` (a batch reads the clock once).
+
+        An event that raises stops the loop with its exception, already consumed from ``events``: the
+        caller may count it and call again with the same iterator to go on (``Ingest`` does)."""
+        by_type, handlers, route, tasks = self.events_by_type, self._handlers, self._route, self._tasks
+        nameless = self._nameless
+        newest = self._newest
+        for event in events:
+            etype = event["type"]
+            if etype in by_type:
+                by_type[etype] += 1
+            else:
+                self._count_type(etype)
+            ts = event["timestamp"]
+            if ts > newest:
+                newest = self._newest = ts
+            handler = handlers.get(etype)
+            if handler is None:
+                continue
+            if handler is route:  # a nameless event of a task the table holds named: straight in
+                uuid = event.get("uuid")
+                if uuid.__class__ is str and len(uuid) <= 40:
+                    rec = tasks.get(uuid)
+                    if rec is not None and rec[HELD] is None:
+                        nameless[etype](self, uuid, rec, rec[K], event, ts, now)
+                        continue
+            handler(event, ts, now)
 
     def _count_type(self, etype: str) -> None:
         by_type = self.events_by_type
