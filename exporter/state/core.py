@@ -74,7 +74,7 @@ class Core:
         self.settings = s = settings
         self.clock = clock
         self._tasks: OrderedDict[str, TaskEntry] = OrderedDict()
-        self._finished = FinishedTasks(s.max_finished_tasks)
+        self._finished = FinishedTasks(s.max_finished_tasks, DONE_BITS["task-succeeded"])
         self._max_tracked, self._max_age = s.max_tracked_tasks, s.task_max_age
         self._series = series = Series(s)
         self._stalls = stalls = Stalls(s.max_tracked_tasks, s.task_max_age, self._tasks)
@@ -85,7 +85,7 @@ class Core:
         self.revoked = series.revoked
         self.active, self.lost, self.overflow = series.active, series.lost, series.overflow
         self.durations, self.queue_wait = series.durations, series.queue_wait
-        self._stamps, self._route_cache = series.stamps, series.route_cache
+        self._stamps, self._route_cache, self._key_cache = series.stamps, series.route_cache, series.key_cache
         self._key_for, self._learn_route, self._stamp = series.key_for, series.learn_route, series.stamp
         self._count_by_label, self._exception = series.count_by_label, series.exception
         self._observe_duration, self._observe_wait = series.observe_duration, series.observe_wait
@@ -256,7 +256,9 @@ class Core:
             uuid = self._uuid(uuid)
         name = ev.get("name")
         queue = ev.get("queue") or ev.get("routing_key")
-        key = self._key_for(name, queue)
+        key = self._key_cache.get((name, queue)) if name.__class__ is str and queue.__class__ is str else None
+        if key is None:  # Series.key_for's cache hit, above, without the call
+            key = self._key_for(name, queue)
         if queue.__class__ is str and self._route_cache.get(key[0]) != key[1]:
             self._learn_route(name, key)
         tasks = self._tasks
@@ -283,8 +285,13 @@ class Core:
                 self._held.unnamed += 1
             retries = n if n > 0 else 0
             tasks[uuid] = (key, ((n, ts, eta, None),), (), retries, None, now, None)  # type: ignore[index]
-            self._bound(now)
-            self._wait(uuid, n, eta if eta is not None and eta > ts else ts)  # type: ignore[arg-type]
+            if len(tasks) > self._max_tracked or now >= self._age_check:
+                self._bound(now)
+            wait_ts = self._wait_ts
+            if n or len(wait_ts) >= self._stall_cap:
+                self._wait(uuid, n, eta if eta is not None and eta > ts else ts)  # type: ignore[arg-type]
+            else:
+                wait_ts[uuid] = eta if eta is not None and eta > ts else ts  # type: ignore[index]
         else:
             tasks.move_to_end(uuid)  # type: ignore[arg-type]
             # task-received overtook task-sent (they travel on different connections): the task keeps
