@@ -34,7 +34,7 @@ class ClusterState(Core):
         now = self.clock()
         self._workers.check(now)
         self._held.release(now)
-        self._evict_aged(now)
+        self._table.evict_aged(now)
         self._stalls.expire(now)
 
     @property

@@ -1,11 +1,13 @@
-"""ClusterState's hot path: ``apply``, the dispatch table, the task table and the task-event handlers.
+"""ClusterState's hot path: ``apply_many`` and the dispatch table, the named events (task-sent and
+task-received, which open and re-key a task's entry) and the routing of the nameless ones to their
+handlers (``attempts``), to the placeholders (``held``) or to the finished-task memory.
 
 Hot path, not for reuse (the model is Celery's ``_create_dispatcher``): every decoded event goes through
 here, so the rooms' dicts and methods are bound to the instance once in ``__init__`` and the handlers
 use them directly, the clock is read once per batch and handed down, and the common cases are written
 out rather than delegated. What each event type does (counter, timestamp slot, done bit, attempt) is
 read from ``rules.RULES``; everything that is not per event (housekeeping, snapshots) lives in
-``state.ClusterState`` and the rooms.
+``cluster.ClusterState`` and the rooms.
 
 Every delivery is counted under its task's own name, whatever order Celery's events arrive in:
 
@@ -29,19 +31,18 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from exporter.labels import (
-    MAX_LABEL_BYTES,
     MAX_UUID_BYTES,
     OVERFLOW_LABEL,
     UNKNOWN_TASK,
     label_value,
     parse_eta,
 )
+from exporter.state.attempts import NAMELESS_HANDLERS, Handler
 from exporter.state.entries import (
     ATTEMPTS,
     HELD,
     RETRIES,
     STARTS,
-    TOUCHED,
     WORKER,
     Done,
     FinishedTasks,
@@ -50,36 +51,37 @@ from exporter.state.entries import (
     attempt_index,
     replace_attempt,
     retries_of,
-    take_started_attempt,
 )
 from exporter.state.held import Held
-from exporter.state.rules import COUNTER, DONE_BITS, DURATION, EXHAUSTED, IGNORED_REASONS, NAMELESS, STAMP
+from exporter.state.rules import COUNTER, DONE_BITS, IGNORED_REASONS, NAMELESS, STAMP
 from exporter.state.series import Series
-from exporter.state.settings import MAX_EVENT_TYPES, MAX_STARTS, StateSettings
+from exporter.state.settings import MAX_EVENT_TYPES, StateSettings
 from exporter.state.stalls import Stalls
+from exporter.state.table import TaskTable
 from exporter.state.workers import Workers
 
 _Key = tuple[str, str]
 _Ev = Mapping[str, Any]
 _Rec = TaskEntry | None
-_Nameless = Callable[["Core", str, _Rec, _Key, _Ev, float, float], None]
 # The rows the named handlers read, bound once.
 _C_SENT, _S_SENT, _C_RECEIVED = COUNTER["task-sent"], STAMP["task-sent"], COUNTER["task-received"]
+_C_STARTED, _S_STARTED = COUNTER["task-started"], STAMP["task-started"]
 
 
 class Core:
-    """The task table and the handlers that feed it (``state.ClusterState`` adds the rest)."""
+    """The rooms, wired, and the event path through them (``cluster.ClusterState`` adds the rest)."""
 
     def __init__(self, settings: StateSettings, clock: Callable[[], float]) -> None:
         self.settings = s = settings
         self.clock = clock
-        self._tasks: OrderedDict[str, TaskEntry] = OrderedDict()
         self._finished = FinishedTasks(s.max_finished_tasks, DONE_BITS["task-succeeded"])
-        self._max_tracked, self._max_age = s.max_tracked_tasks, s.task_max_age
         self._series = series = Series(s)
-        self._stalls = stalls = Stalls(s.max_tracked_tasks, s.task_max_age, self._tasks)
-        self._workers = workers = Workers(s, self._tasks, series.active, series.lost, series.overflow, stalls)
-        self._held = held = Held(self._tasks, self._finished, series.key_for, self._new_record, self._replay)
+        self._tasks = tasks = OrderedDict[str, TaskEntry]()  # the task table's (table.TaskTable)
+        self._stalls = stalls = Stalls(s.max_tracked_tasks, s.task_max_age, tasks)
+        self._workers = workers = Workers(s, tasks, series.active, series.lost, series.overflow, stalls)
+        self._table = table = TaskTable(s, tasks, self._finished, series.active, workers, stalls)
+        self._held = held = Held(tasks, self._finished, series.key_for, table.new, self._replay)
+        table.count_unnamed = held.count_unnamed
         # The rooms' dicts and methods, bound once (a method call per event cost ~5%).
         self.counters, self.failed, self.retried = series.counters, series.failed, series.retried
         self.revoked = series.revoked
@@ -94,14 +96,14 @@ class Core:
         self._wait_ts, self._run_starts = stalls.waiting.ts, stalls.running.starts
         self._orphans = stalls.orphans
         self._stall_cap = s.max_tracked_tasks
-        self._hold, self._count_unnamed, self._adopt = held.hold, held.count_unnamed, held.adopt
+        self._hold, self._adopt = held.hold, held.adopt
         self.events_by_type: dict[str, int] = {}
         self.invalid_by_reason: dict[str, int] = {}
         self.ignored: dict[str, int] = dict.fromkeys(IGNORED_REASONS, 0)
-        self.evicted: dict[str, int] = {"capacity": 0, "age": 0}
+        self.evicted = table.evicted
+        self._new_record, self._bound, self._finish = table.new, table.bound, table.finish
         self._newest = -math.inf  # last_event_ts
-        self._age_check = -math.inf  # no entry can age out before this exporter time
-        self._nameless = _NAMELESS  # the handlers of the events that carry no name, below the class
+        self._nameless: dict[str, Handler] = NAMELESS_HANDLERS  # the events that carry no name (attempts)
         self._route = self._task_event  # one bound method, so that apply can tell it by identity
         self._handlers: dict[str, Callable[[_Ev, float, float], None]] = {
             "task-sent": self._task_sent,
@@ -168,69 +170,6 @@ class Core:
             handlers[item["type"]](item, item["timestamp"], now)
 
     # ------------------------------------------------------------------ task table
-    def _new_record(self, uuid: str, key: _Key | None, now: float,
-                    held: tuple[Any, ...] | None = None) -> TaskEntry:
-        entry = self._tasks[uuid] = (key, (), (), 0, None, now, held)
-        self._bound(now)
-        return entry
-
-    def _bound(self, now: float) -> None:
-        """After an insertion: the oldest entry goes past ``max_tracked_tasks``; aged-out ones are looked
-        for only once the oldest entry can have aged out (``_age_check``), not on every new task."""
-        tasks = self._tasks
-        if len(tasks) > self._max_tracked:
-            old_uuid, old = tasks.popitem(last=False)
-            self._forget(old_uuid, old, now)
-            self.evicted["capacity"] += 1
-        elif now >= self._age_check:
-            self._evict_aged(now)
-
-    def _evict_aged(self, now: float) -> None:
-        tasks = self._tasks
-        limit = now - self._max_age
-        while tasks:
-            uuid = next(iter(tasks))
-            oldest = tasks[uuid]
-            if oldest[TOUCHED] >= limit:
-                # Entries are touched in table order, so none ages out before this one does.
-                self._age_check = oldest[TOUCHED] + self._max_age
-                return
-            del tasks[uuid]
-            self._forget(uuid, oldest, now)
-            self.evicted["age"] += 1
-        self._age_check = now + self._max_age
-
-    def _forget(self, uuid: str, entry: TaskEntry, now: float) -> None:
-        """The table dropped ``entry``: its attempts stop counting; its trackers keep its labels."""
-        if entry[STARTS]:
-            self.active[entry[K]] -= len(entry[STARTS])
-        if entry[WORKER] is not None:
-            self._unrun(entry[WORKER], uuid)
-        if entry[HELD] is not None:  # never named: counted as unknown now
-            self._count_unnamed(uuid, entry[HELD], now)
-        self._stalls.orphan(uuid, entry)
-
-    def _finish(self, uuid: str, rec: TaskEntry, key: _Key, bit: int, ts: float) -> None:
-        """The task ended: it leaves the table (and its worker's running set) for the finished memory,
-        which keeps any older attempt still open, for that attempt's late task-retried."""
-        starts = rec[STARTS]
-        if starts:
-            self.active[key] -= len(starts)
-            worker = rec[WORKER]
-            if worker is not None:
-                running = self._running.get(worker)
-                if running is not None:
-                    running.pop(uuid, None)
-                    if not running:
-                        del self._running[worker]
-        del self._tasks[uuid]
-        if uuid in self._wait_ts or self._waiting.sampled:
-            self._waiting.discard(uuid)
-        self._run_starts.pop(uuid, None)
-        if self._orphans:
-            self._orphans.pop(uuid, None)
-        self._finished.remember(uuid, key, bit, starts, ts)
-
     @staticmethod
     def _uuid(value: Any) -> str | None:
         if value.__class__ is not str or not value:
@@ -285,7 +224,7 @@ class Core:
                 self._held.unnamed += 1
             retries = n if n > 0 else 0
             tasks[uuid] = (key, ((n, ts, eta, None),), (), retries, None, now, None)  # type: ignore[index]
-            if len(tasks) > self._max_tracked or now >= self._age_check:
+            if len(tasks) > self._table.max_tracked or now >= self._table.age_check:
                 self._bound(now)
             wait_ts = self._wait_ts
             if n or len(wait_ts) >= self._stall_cap:
@@ -424,17 +363,6 @@ class Core:
             self._finished.put(uuid, (key, bits | bit, starts, end))
         self._nameless[etype](self, uuid, None, key, ev, ts, now)
 
-    def _take_start(self, uuid: str, rec: TaskEntry, key: _Key) -> tuple[float | None, tuple[float, ...]]:
-        """Close the oldest open attempt (a task-retried or task-rejected ends it)."""
-        starts = rec[STARTS]
-        if not starts:
-            return None, starts
-        self.active[key] -= 1
-        if len(starts) == 1 and rec[WORKER] is not None:
-            self._unrun(rec[WORKER], uuid)
-        self._run_ages.next_attempt(uuid, starts[1] if len(starts) > 1 else None)
-        return starts[0], starts[1:]
-
 
 def _received_attempt(attempts: tuple[Any, ...], n: int, ev: _Ev, ts: float) -> tuple[Any, ...]:
     """``attempts`` with attempt ``n`` marked received at ``ts`` (its eta from the event if its task-sent
@@ -445,159 +373,3 @@ def _received_attempt(attempts: tuple[Any, ...], n: int, ev: _Ev, ts: float) -> 
         eta = att[2] if att[2] is not None else parse_eta(ev.get("eta"))
         attempts = replace_attempt(attempts, i, (att[0], att[1], eta, ts))
     return attempts
-
-
-# ---------------------------------------------------------------------- the nameless handlers
-# Plain functions of (state, uuid, live record or None once finished, key, event, timestamp, now), each
-# reading its row of RULES, bound here once.
-_C_STARTED, _S_STARTED = COUNTER["task-started"], STAMP["task-started"]
-_C_SUCCEEDED, _S_SUCCEEDED = COUNTER["task-succeeded"], STAMP["task-succeeded"]
-_B_SUCCEEDED, _D_SUCCEEDED = DONE_BITS["task-succeeded"], DURATION["task-succeeded"]
-_S_FAILED, _B_FAILED, _D_FAILED = STAMP["task-failed"], DONE_BITS["task-failed"], DURATION["task-failed"]
-_S_RETRIED, _D_RETRIED = STAMP["task-retried"], DURATION["task-retried"]
-_C_REJECTED, _B_REJECTED = COUNTER["task-rejected"], DONE_BITS["task-rejected"]
-_C_REVOKED, _B_REVOKED = COUNTER["task-revoked"], DONE_BITS["task-revoked"]
-
-
-def _task_started(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float, now: float) -> None:
-    assert rec is not None  # a task-started of a finished task is handled by _after_end
-    st._tasks.move_to_end(uuid)
-    starts = rec[STARTS]
-    if ts in starts:
-        st._ignore("duplicate")  # the same task-started twice
-        return
-    st.counters[key][_C_STARTED] += 1
-    st._stamp(key, _S_STARTED, ts)
-    attempts = rec[ATTEMPTS]
-    if len(attempts) == 1:  # the usual case, take_started_attempt's answer without a call
-        att, attempts = attempts[0], ()
-    else:
-        att, attempts = take_started_attempt(attempts)
-    wait_ts = st._wait_ts
-    if uuid in wait_ts and uuid not in st._waiting.retries and (att is None or att[0] >= 0):
-        del wait_ts[uuid]  # WaitingTasks.started's answer for the common case, without the call
-    elif uuid in wait_ts or st._waiting.sampled:
-        st._waiting.started(uuid, att[0] if att is not None else None)
-    if att is not None:
-        enqueued = att[1] if att[1] is not None else att[3]
-        if enqueued is not None:
-            eta = att[2]
-            if eta is not None and eta > enqueued:
-                enqueued = eta
-            st._observe_wait(key, ts - enqueued)
-    if starts:
-        starts = (*starts, ts)
-        if len(starts) > MAX_STARTS:
-            starts = starts[1:]
-        else:
-            st.active[key] += 1
-    else:
-        starts = (ts,)
-        st.active[key] += 1
-    # The worker's name only ties the task to a worker record (never a label): kept raw when short, which
-    # a sane node name always is; Workers keys its records by label_value(), the same string for those.
-    host = ev.get("hostname")
-    if host.__class__ is not str or len(host) > MAX_LABEL_BYTES:
-        host = None
-    worker = rec[WORKER]
-    if worker is not None and worker != host:
-        st._unrun(worker, uuid)
-    if host is not None:
-        running = st._running.get(host)
-        if running is None:
-            running = st._running[host] = {}
-        running[uuid] = ts
-    run = st._run_starts
-    if uuid not in run and len(run) < st._stall_cap:
-        run[uuid] = starts[0]
-    else:
-        st._run_ages.start(uuid, starts[0])
-    st._tasks[uuid] = (key, attempts, starts, rec[RETRIES], host, now, None)
-
-
-def _runtime(value: Any) -> float | None:
-    if value.__class__ is float:
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except OverflowError:  # decode refuses these; a direct caller may not have
-            return None
-    return None
-
-
-def _task_succeeded(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float, now: float) -> None:
-    st.counters[key][_C_SUCCEEDED] += 1
-    st._stamp(key, _S_SUCCEEDED, ts)
-    runtime = ev.get("runtime")
-    if runtime.__class__ is not float:
-        runtime = _runtime(runtime)
-    starts = rec[STARTS] if rec is not None else ()
-    if runtime is not None:
-        st._observe_duration(key, _D_SUCCEEDED, runtime)
-    elif starts:
-        st._observe_duration(key, _D_SUCCEEDED, ts - starts[-1])  # the final attempt is the newest
-    if rec is not None:
-        st._finish(uuid, rec, key, _B_SUCCEEDED, ts)
-
-
-def _task_failed(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float, now: float) -> None:
-    st._count_by_label(st.failed, key, st._exception(ev.get("exception"), ev.get("traceback")))
-    st._stamp(key, _S_FAILED, ts)
-    if rec is not None:
-        if rec[RETRIES] >= 1:
-            st.counters[key][EXHAUSTED] += 1
-        if rec[STARTS]:
-            st._observe_duration(key, _D_FAILED, ts - rec[STARTS][-1])
-        st._finish(uuid, rec, key, _B_FAILED, ts)
-
-
-def _task_retried(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float, now: float) -> None:
-    st._count_by_label(st.retried, key, st._exception(ev.get("exception"), ev.get("traceback")))
-    st._stamp(key, _S_RETRIED, ts)
-    if rec is None:  # after the task's end: the attempt it closes was left open in the finished memory
-        done = st._finished.get(uuid)
-        if done is not None and len(done[2]) > 1:  # the last start is the final attempt's
-            st._observe_duration(key, _D_RETRIED, ts - done[2][0])
-            st._finished.put(uuid, (done[0], done[1], done[2][1:], done[3]))
-        return
-    st._tasks.move_to_end(uuid)
-    start, starts = st._take_start(uuid, rec, key)
-    if start is not None:
-        st._observe_duration(key, _D_RETRIED, ts - start)
-    st._tasks[uuid] = (key, rec[ATTEMPTS], starts, rec[RETRIES], rec[WORKER] if starts else None, now, None)
-
-
-def _task_rejected(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float, now: float) -> None:
-    st.counters[key][_C_REJECTED] += 1
-    if rec is None:
-        return
-    if ev.get("requeue") is False:  # dropped (or dead-lettered): this delivery is over
-        st._finish(uuid, rec, key, _B_REJECTED, ts)
-        return
-    # Requeued: the attempt is over, the task is not; the message comes back with a task-received.
-    st._tasks.move_to_end(uuid)
-    _, starts = st._take_start(uuid, rec, key)
-    st._tasks[uuid] = (key, rec[ATTEMPTS], starts, rec[RETRIES], rec[WORKER] if starts else None, now, None)
-
-
-def _task_revoked(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float, now: float) -> None:
-    if ev.get("expired") is True:
-        st._count_by_label(st.revoked, key, "expired")
-    elif ev.get("terminated") is True:
-        st._count_by_label(st.revoked, key, "terminated")
-    else:
-        st.counters[key][_C_REVOKED] += 1
-    if rec is not None:
-        st._finish(uuid, rec, key, _B_REVOKED, ts)
-
-
-_NAMELESS: dict[str, _Nameless] = {
-    "task-started": _task_started,
-    "task-succeeded": _task_succeeded,
-    "task-failed": _task_failed,
-    "task-retried": _task_retried,
-    "task-rejected": _task_rejected,
-    "task-revoked": _task_revoked,
-}
-assert set(_NAMELESS) == set(NAMELESS)
