@@ -128,26 +128,29 @@ class Core:
         by_type, handlers, route, tasks = self.events_by_type, self._handlers, self._route, self._tasks
         nameless = self._nameless
         newest = self._newest
-        for event in events:
-            etype = event["type"]
-            if etype in by_type:
-                by_type[etype] += 1
-            else:
-                self._count_type(etype)
-            ts = event["timestamp"]
-            if ts > newest:
-                newest = self._newest = ts
-            handler = handlers.get(etype)
-            if handler is None:
-                continue
-            if handler is route:  # a nameless event of a task the table holds named: straight in
-                uuid = event.get("uuid")
-                if uuid.__class__ is str and len(uuid) <= 40:
-                    rec = tasks.get(uuid)
-                    if rec is not None and rec[HELD] is None:
-                        nameless[etype](self, uuid, rec, rec[K], event, ts, now)
-                        continue
-            handler(event, ts, now)
+        try:
+            for event in events:
+                etype = event["type"]
+                try:
+                    by_type[etype] += 1
+                except KeyError:  # the type's first event (or one of the invented ones past the cap)
+                    self._count_type(etype)
+                ts = event["timestamp"]
+                if ts > newest:
+                    newest = ts
+                handler = handlers.get(etype)
+                if handler is None:
+                    continue
+                if handler is route:  # a nameless event of a task the table holds named: straight in
+                    uuid = event.get("uuid")
+                    if uuid.__class__ is str and len(uuid) <= 40:
+                        rec = tasks.get(uuid)
+                        if rec is not None and rec[HELD] is None:
+                            nameless[etype](self, uuid, rec, rec[K], event, ts, now)
+                            continue
+                handler(event, ts, now)
+        finally:
+            self._newest = newest
 
     def _count_type(self, etype: str) -> None:
         by_type = self.events_by_type
