@@ -97,21 +97,24 @@ class Core:
         self._orphans = stalls.orphans
         self._stall_cap = s.max_tracked_tasks
         self._hold, self._adopt = held.hold, held.adopt
-        self.events_by_type: dict[str, int] = {}
+        self._other_types: dict[str, int] = {}  # events_by_type of the types without a handler
         self.invalid_by_reason: dict[str, int] = {}
         self.ignored: dict[str, int] = dict.fromkeys(IGNORED_REASONS, 0)
         self.evicted = table.evicted
         self._new_record, self._bound, self._finish = table.new, table.bound, table.finish
         self._newest = -math.inf  # last_event_ts
         self._nameless: dict[str, Handler] = NAMELESS_HANDLERS  # the events that carry no name (attempts)
-        self._route = self._task_event  # one bound method, so that apply can tell it by identity
         self._handlers: dict[str, Callable[[_Ev, float, float], None]] = {
             "task-sent": self._task_sent,
             "task-received": self._task_received,
-            **dict.fromkeys(NAMELESS, self._route),
+            **dict.fromkeys(NAMELESS, self._task_event),
             "worker-online": workers.alive,
             "worker-heartbeat": workers.alive,
             "worker-offline": workers.offline,
+        }
+        # The dispatch table, one lookup an event: type -> [events seen, handler, nameless handler or None].
+        self._dispatch: dict[str, list[Any]] = {
+            etype: [0, handler, NAMELESS_HANDLERS.get(etype)] for etype, handler in self._handlers.items()
         }
 
     # ------------------------------------------------------------------ feeding
@@ -125,40 +128,55 @@ class Core:
 
         An event that raises stops the loop with its exception, already consumed from ``events``: the
         caller may count it and call again with the same iterator to go on (``Ingest`` does)."""
-        by_type, handlers, route, tasks = self.events_by_type, self._handlers, self._route, self._tasks
-        nameless = self._nameless
+        dispatch, tasks = self._dispatch, self._tasks
         newest = self._newest
         try:
             for event in events:
                 etype = event["type"]
-                try:
-                    by_type[etype] += 1
-                except KeyError:  # the type's first event (or one of the invented ones past the cap)
-                    self._count_type(etype)
                 ts = event["timestamp"]
                 if ts > newest:
                     newest = ts
-                handler = handlers.get(etype)
-                if handler is None:
+                route = dispatch.get(etype)
+                if route is None:  # a type without a handler: only counted
+                    self._count_type(etype)
                     continue
-                if handler is route:  # a nameless event of a task the table holds named: straight in
+                route[0] += 1
+                body = route[2]
+                if body is not None:  # a nameless event of a task the table holds named: straight in
                     uuid = event.get("uuid")
                     if uuid.__class__ is str and len(uuid) <= 40:
                         rec = tasks.get(uuid)
                         if rec is not None and rec[HELD] is None:
-                            nameless[etype](self, uuid, rec, rec[K], event, ts, now)
+                            body(self, uuid, rec, rec[K], event, ts, now)
                             continue
-                handler(event, ts, now)
+                route[1](event, ts, now)
         finally:
             self._newest = newest
 
     def _count_type(self, etype: str) -> None:
-        by_type = self.events_by_type
-        if len(by_type) < MAX_EVENT_TYPES or etype in self._handlers:
-            label = label_value(etype)  # anyone can invent one, and it becomes a label value
-            by_type[label] = by_type.get(label, 0) + 1
-        else:  # anyone who can publish on the channel can invent event types: fold the rest
-            by_type[OVERFLOW_LABEL] = by_type.get(OVERFLOW_LABEL, 0) + 1
+        """celery_exporter_events_total of a type without a handler: anyone who can publish on the event
+        channel can invent types, so they are made label values and capped (the rest fold)."""
+        others = self._other_types
+        if etype in others:
+            others[etype] += 1
+            return
+        seen = len(others) + sum(1 for route in self._dispatch.values() if route[0])
+        if seen < MAX_EVENT_TYPES:
+            label = label_value(etype)
+            route = self._dispatch.get(label)
+            if route is not None:  # made valid, it is one of ours ("task-sent\x00")
+                route[0] += 1
+            else:
+                others[label] = others.get(label, 0) + 1
+        else:
+            others[OVERFLOW_LABEL] = others.get(OVERFLOW_LABEL, 0) + 1
+
+    @property
+    def events_by_type(self) -> dict[str, int]:
+        """celery_exporter_events_total: events seen, by type (a copy)."""
+        seen = {etype: route[0] for etype, route in self._dispatch.items() if route[0]}
+        seen.update(self._other_types)
+        return seen
 
     @property
     def last_event_ts(self) -> float | None:
