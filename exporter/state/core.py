@@ -233,50 +233,44 @@ class Core:
             self.counters[key][_C_SENT] += 1
             self._stamp(key, _S_SENT, ts)
             return
+        assert uuid is not None  # for the type checker: a None uuid returned above
         n = ev.get("retries")
         if n.__class__ is not int:
             n = retries_of(n)
         eta = ev.get("eta")
         if eta is not None:
             eta = parse_eta(eta)
+        enqueued = eta if eta is not None and eta > ts else ts
         held: tuple[Any, ...] = ()
         if rec is None:  # a new task, the common case: its entry written once, with its first attempt
             if key[0] == UNKNOWN_TASK:
                 self._held.unnamed += 1
-            retries = n if n > 0 else 0
-            tasks[uuid] = (key, ((n, ts, eta, None),), (), retries, None, now, None)  # type: ignore[index]
+            tasks[uuid] = (key, ((n, ts, eta, None),), (), n if n > 0 else 0, None, now, None)
             if len(tasks) > self._table.max_tracked or now >= self._table.age_check:
                 self._bound(now)
-            wait_ts = self._wait_ts
-            if n or len(wait_ts) >= self._stall_cap:
-                self._wait(uuid, n, eta if eta is not None and eta > ts else ts)  # type: ignore[arg-type]
-            else:
-                wait_ts[uuid] = eta if eta is not None and eta > ts else ts  # type: ignore[index]
+            waits = True
         else:
-            tasks.move_to_end(uuid)  # type: ignore[arg-type]
+            tasks.move_to_end(uuid)
             # task-received overtook task-sent (they travel on different connections): the task keeps
             # the key its first named event gave it, so no counter moves between series.
             if rec[HELD] is None:
                 key = rec[K]
-            rec, held = self._open(uuid, rec, key, now)  # type: ignore[arg-type]
+            rec, held = self._open(uuid, rec, key, now)
             attempts, i = attempt_index(rec[ATTEMPTS], n)
             if i >= 0:
                 att = attempts[i]
                 attempts = replace_attempt(attempts, i, (att[0], ts, eta, att[3]))
-            if not rec[STARTS] or n > rec[RETRIES]:  # else this attempt started before its task-sent came
-                self._wait(uuid, n, eta if eta is not None and eta > ts else ts)  # type: ignore[arg-type]
-            tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now,  # type: ignore[index]
-                           None)
+            waits = not rec[STARTS] or n > rec[RETRIES]  # else this attempt started before its task-sent came
+            tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None)
+        if waits:
+            if n or len(self._wait_ts) >= self._stall_cap:
+                self._waiting.add(uuid, enqueued, n)
+            else:
+                self._wait_ts[uuid] = enqueued
         self.counters[key][_C_SENT] += 1
         self._stamp(key, _S_SENT, ts)
         if held:
             self._replay(held, now)
-
-    def _wait(self, uuid: str, n: int, enqueued: float) -> None:
-        if n or len(self._wait_ts) >= self._stall_cap:
-            self._waiting.add(uuid, enqueued, n)
-        else:
-            self._wait_ts[uuid] = enqueued
 
     def _task_received(self, ev: _Ev, ts: float, now: float) -> None:
         uuid = ev.get("uuid")
