@@ -226,3 +226,23 @@ def test_received_overtaking_sent_uses_the_queue_learned_from_earlier_sent_event
          succeeded("u2", T0 + 5, 1.0))
     assert s.counters[("t", "work")][SENT] == 1 and s.counters[("t", "work")][SUCCEEDED] == 1
     assert s.counters[("t", "work")][RECEIVED] == 1
+
+
+def test_a_batch_reads_the_clock_once_and_goes_on_past_an_event_that_raises() -> None:
+    clock = FakeClock()
+    reads = []
+
+    def counting_clock() -> float:
+        reads.append(clock())
+        return clock()
+
+    s = ClusterState(state_settings(), counting_clock)
+    batch = iter([sent("u1", "t", T0), {"type": "task-sent"}, sent("u2", "t", T0 + 1)])  # no timestamp
+    with pytest.raises(KeyError):
+        s.apply_many(batch, clock())
+    s.apply_many(batch, clock())  # the same iterator: the event that raised is behind it
+    snap = s.snapshot()
+    assert snap.counters[("t", "celery")][SENT] == 2 and snap.events_by_type == {"task-sent": 2}
+    assert reads == [clock()]  # the snapshot's own read; applying a batch never reads it
+    s.apply(sent("u3", "t", T0 + 2))
+    assert len(reads) == 2  # a single event reads it once

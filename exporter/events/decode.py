@@ -22,6 +22,8 @@ from typing import Any
 
 from celery.utils.time import utcoffset as _local_utcoffset
 
+from exporter.state.settings import SENT_AT
+
 
 def _pick_orjson() -> Callable[[str | bytes], Any] | None:
     """orjson's loads if a safe version is installed: about 3x the json module's speed on event bodies.
@@ -75,7 +77,6 @@ MAX_FUTURE_SKEW = 86_400.0
 # otherwise hide an events-stopped alert for 23 hours. Celery warns from 16 s of heartbeat drift. The
 # sender's own (offset-adjusted) value stays in the event under ``SENT_AT``, for a clock-skew check.
 FUTURE_SKEW = 30.0
-SENT_AT = "exporter_sent_at"  # a clamped event's own timestamp, kept beside the one it is applied with
 
 # Numeric fields the state turns into floats or compares: an integer beyond this (JSON has no limit, and
 # the json module parses a 400-digit integer exactly) is refused with the whole event, before any counter

@@ -84,16 +84,17 @@ class Ingest:
     def _apply(self, decoded: Decoded) -> int:
         """Apply a whole batch under one lock acquisition: the only lock the event path takes."""
         state = self.state
-        apply = state.apply
         events = decoded.events
         refused = decoded.invalid
         failed: list[str] = []
         now = state.clock()  # once per batch: the state's handlers share it
+        remaining = iter(events)
         with state.lock:
-            for ev in events:
+            while True:
                 try:  # free in CPython 3.11+ unless it raises
-                    apply(ev, now)
-                except Exception as exc:  # a shape we did not foresee must not stop the loop
+                    state.apply_many(remaining, now)
+                    break
+                except Exception as exc:  # a shape we did not foresee must not stop the batch: go on
                     state.count_invalid("apply_error")
                     failed.append(f"apply_error:{type(exc).__name__}")
             for reason in refused:

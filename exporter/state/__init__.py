@@ -3,9 +3,12 @@ by the event loop (the only writer) and copied into a ``Snapshot`` by scrapes. O
 
 ======================  ========================================================================
 ``cluster``             ``ClusterState``: the lock, housekeeping (``tick``), snapshots, sizes
-``core``                the hot path: ``apply``, dispatch, the task table, the task-event handlers
+``core``                hot path: ``apply_many``, dispatch, task-sent/received, nameless routing
+``attempts``            hot path: what task-started, -succeeded, -failed, -retried, -rejected and
+                        -revoked do to a task's attempts
 ``rules``               what each event type does (counter, timestamp slot, done bit, attempt)
-``entries``             the task table's entry layout, attempts, the finished-task memory
+``table``               the task table: an LRU of entries, eviction, a task's way out
+``entries``             the entry layout, attempts, the finished-task memory
 ``series``              label guards and caps, route learning, the series budget, accumulators
 ``held``                nameless events held until their task's name comes (or ``unknown``)
 ``workers``             worker liveness, the running map, reconcile, lost tasks, purge, missed
@@ -17,12 +20,12 @@ by the event loop (the only writer) and copied into a ``Snapshot`` by scrapes. O
 ======================  ========================================================================
 
 The path of one event, a task-started for a task the table holds (docs/architecture.md draws it):
-``Ingest`` reads the clock once per batch and calls ``core.Core.apply(event, now)`` under the lock;
-``apply`` counts the type, then the dispatch table sends it to ``Core._task_event``, which finds the
-task's entry (``entries``) and calls the task-started handler; the handler reads its row of
-``rules.RULES``, adds to the counter and timestamp slot (``series``), observes the queue wait, moves the
-task from the waiting to the running tracker (``stalls``) and into its worker's running map
-(``workers``), and writes the task's new entry. Scrapes copy it all with ``ClusterState.snapshot``.
+``Ingest`` reads the clock once per batch and calls ``Core.apply_many(events, now)`` under the lock;
+``apply_many`` counts the type, finds the task's entry in the table (``table``, layout in ``entries``)
+and calls the task-started handler (``attempts``), which reads its row of ``rules.RULES``, adds to the
+counter and timestamp slot and observes the queue wait (``series``), moves the task from the waiting to
+the running tracker (``stalls``) and into its worker's running map (``workers``), and writes the task's
+new entry. Scrapes copy it all with ``ClusterState.snapshot`` (``snapshot``).
 
 Memory is bounded everywhere an outsider controls a key or a size: the task table is an LRU capped by
 ``max_tracked_tasks`` plus an age limit, the finished-task memory by ``max_finished_tasks``, distinct

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from exporter.inflight import Inventory
+from exporter.state.attempts import NAMELESS_HANDLERS, after_end
 from exporter.state.core import Core
 from exporter.state.inflight import Inflight
 from exporter.state.settings import StateSettings
@@ -23,7 +24,7 @@ class ClusterState(Core):
     """Tasks, workers and per-task metric accumulators, built from decoded Celery events."""
 
     def __init__(self, settings: StateSettings, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(settings, clock)
+        super().__init__(settings, clock, NAMELESS_HANDLERS, after_end)
         self._inflight = Inflight(self)
         self.clamped = 0  # events stamped too far ahead, applied with their arrival time (Ingest counts)
         self.lock = threading.Lock()
@@ -47,7 +48,7 @@ class ClusterState(Core):
         now = self.clock()
         self._workers.check(now)
         self._held.release(now)
-        self._evict_aged(now)
+        self._table.evict_aged(now)
         self._stalls.expire(now)
 
     @property

@@ -1,11 +1,13 @@
-"""ClusterState's hot path: ``apply``, the dispatch table, the task table and the task-event handlers.
+"""ClusterState's hot path: ``apply_many`` and the dispatch table, the named events (task-sent and
+task-received, which open and re-key a task's entry) and the routing of the nameless ones to their
+handlers (``attempts``), to the placeholders (``held``) or to the finished-task memory.
 
 Hot path, not for reuse (the model is Celery's ``_create_dispatcher``): every decoded event goes through
 here, so the rooms' dicts and methods are bound to the instance once in ``__init__`` and the handlers
 use them directly, the clock is read once per batch and handed down, and the common cases are written
 out rather than delegated. What each event type does (counter, timestamp slot, done bit, attempt) is
 read from ``rules.RULES``; everything that is not per event (housekeeping, snapshots) lives in
-``state.ClusterState`` and the rooms.
+``cluster.ClusterState`` and the rooms.
 
 Every delivery is counted under its task's own name, whatever order Celery's events arrive in:
 
@@ -23,12 +25,12 @@ Every delivery is counted under its task's own name, whatever order Celery's eve
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from exporter.labels import (
-    MAX_LABEL_BYTES,
     MAX_UUID_BYTES,
     OVERFLOW_LABEL,
     UNKNOWN_TASK,
@@ -40,53 +42,53 @@ from exporter.state.entries import (
     HELD,
     RETRIES,
     STARTS,
-    TOUCHED,
     WORKER,
-    Done,
     FinishedTasks,
     K,
     TaskEntry,
     attempt_index,
     replace_attempt,
     retries_of,
-    take_started_attempt,
 )
 from exporter.state.held import Held
-from exporter.state.rules import COUNTER, DONE_BITS, DURATION, EXHAUSTED, IGNORED_REASONS, NAMELESS, STAMP
+from exporter.state.rules import COUNTER, DONE_BITS, IGNORED_REASONS, NAMELESS, STAMP
 from exporter.state.series import Series
-from exporter.state.settings import MAX_EVENT_TYPES, MAX_STARTS, StateSettings
+from exporter.state.settings import MAX_EVENT_TYPES, StateSettings
 from exporter.state.stalls import Stalls
+from exporter.state.table import TaskTable
 from exporter.state.workers import Workers
 
 _Key = tuple[str, str]
 _Ev = Mapping[str, Any]
 _Rec = TaskEntry | None
-_Nameless = Callable[["Core", str, _Rec, _Key, _Ev, float, float], None]
 # The rows the named handlers read, bound once.
 _C_SENT, _S_SENT, _C_RECEIVED = COUNTER["task-sent"], STAMP["task-sent"], COUNTER["task-received"]
+_C_STARTED, _S_STARTED = COUNTER["task-started"], STAMP["task-started"]
 
 
 class Core:
-    """The task table and the handlers that feed it (``state.ClusterState`` adds the rest)."""
+    """The rooms, wired, and the event path through them (``cluster.ClusterState`` adds the rest)."""
 
-    def __init__(self, settings: StateSettings, clock: Callable[[], float]) -> None:
+    def __init__(self, settings: StateSettings, clock: Callable[[], float],
+                 nameless: Mapping[str, Callable[..., None]], after_end: Callable[..., None]) -> None:
         self.settings = s = settings
         self.clock = clock
-        self._tasks: OrderedDict[str, TaskEntry] = OrderedDict()
-        self._finished = FinishedTasks(s.max_finished_tasks)
-        self._max_tracked, self._max_age = s.max_tracked_tasks, s.task_max_age
+        self._finished = FinishedTasks(s.max_finished_tasks, DONE_BITS["task-succeeded"])
         self._series = series = Series(s)
-        self._stalls = stalls = Stalls(s.max_tracked_tasks, s.task_max_age, self._tasks)
-        self._workers = workers = Workers(s, self._tasks, series.active, series.lost, series.overflow, stalls)
-        self._held = held = Held(self._tasks, self._finished, series.key_for, self._new_record, self._replay,
+        self._tasks = tasks = OrderedDict[str, TaskEntry]()  # the task table's (table.TaskTable)
+        self._stalls = stalls = Stalls(s.max_tracked_tasks, s.task_max_age, tasks)
+        self._workers = workers = Workers(s, tasks, series.active, series.lost, series.overflow, stalls)
+        self._table = table = TaskTable(s, tasks, self._finished, series.active, workers, stalls)
+        self._held = held = Held(tasks, self._finished, series.key_for, table.new, self._replay,
                                  workers.count_starts)
         self._adopted: dict[str, float] = {}  # uuid -> start an inventory gave it (state/inflight.py)
+        table.count_unnamed = held.count_unnamed
         # The rooms' dicts and methods, bound once (a method call per event cost ~5%).
         self.counters, self.failed, self.retried = series.counters, series.failed, series.retried
         self.revoked = series.revoked
         self.active, self.lost, self.overflow = series.active, series.lost, series.overflow
         self.durations, self.queue_wait = series.durations, series.queue_wait
-        self._stamps = series.stamps
+        self._stamps, self._route_cache, self._key_cache = series.stamps, series.route_cache, series.key_cache
         self._key_for, self._learn_route, self._stamp = series.key_for, series.learn_route, series.stamp
         self._count_by_label, self._exception = series.count_by_label, series.exception
         self._observe_duration, self._observe_wait = series.observe_duration, series.observe_wait
@@ -95,13 +97,16 @@ class Core:
         self._wait_ts, self._run_starts = stalls.waiting.ts, stalls.running.starts
         self._orphans = stalls.orphans
         self._stall_cap = s.max_tracked_tasks
-        self._hold, self._count_unnamed, self._adopt = held.hold, held.count_unnamed, held.adopt
-        self.events_by_type: dict[str, int] = {}
+        self._hold, self._adopt = held.hold, held.adopt
+        self._other_types: dict[str, int] = {}  # events_by_type of the types without a handler
         self.invalid_by_reason: dict[str, int] = {}
         self.ignored: dict[str, int] = dict.fromkeys(IGNORED_REASONS, 0)
-        self.evicted: dict[str, int] = {"capacity": 0, "age": 0}
-        self.last_event_ts: float | None = None
-        self._nameless = _NAMELESS  # the handlers of the events that carry no name, below the class
+        self.evicted = table.evicted
+        self._new_record, self._bound, self._finish = table.new, table.bound, table.finish
+        self._newest = -math.inf  # last_event_ts
+        # The events that carry no name and what an event does once its task ended (``attempts``, given
+        # by ClusterState: the hot handlers read this class's dicts, so this module cannot import them).
+        self._nameless, self._after_end = nameless, after_end
         self._handlers: dict[str, Callable[[_Ev, float, float], None]] = {
             "task-sent": self._task_sent,
             "task-received": self._task_received,
@@ -110,26 +115,75 @@ class Core:
             "worker-heartbeat": workers.alive,
             "worker-offline": workers.offline,
         }
+        # The dispatch table, one lookup an event: type -> [events seen, handler, nameless handler or None].
+        self._dispatch: dict[str, list[Any]] = {
+            etype: [0, handler, nameless.get(etype)] for etype, handler in self._handlers.items()
+        }
 
     # ------------------------------------------------------------------ feeding
     def apply(self, event: Mapping[str, Any], now: float | None = None) -> None:
-        """Apply one decoded event (``type`` and a float ``timestamp`` already validated); ``now`` is the
-        exporter's time (read from the clock when not given: a batch reads it once for all its events)."""
-        etype = event["type"]
-        by_type = self.events_by_type
-        if etype in by_type:
-            by_type[etype] += 1
-        elif len(by_type) < MAX_EVENT_TYPES or etype in self._handlers:
-            label = label_value(etype)  # anyone can invent one, and it becomes a label value
-            by_type[label] = by_type.get(label, 0) + 1
-        else:  # anyone who can publish on the channel can invent event types: fold the rest
-            by_type[OVERFLOW_LABEL] = by_type.get(OVERFLOW_LABEL, 0) + 1
-        ts = event["timestamp"]
-        if self.last_event_ts is None or ts > self.last_event_ts:
-            self.last_event_ts = ts
-        handler = self._handlers.get(etype)
-        if handler is not None:
-            handler(event, ts, self.clock() if now is None else now)
+        """Apply one decoded event (``type`` and a finite ``timestamp`` already validated); ``now`` is the
+        exporter's time, read from the clock when not given."""
+        self.apply_many((event,), self.clock() if now is None else now)
+
+    def apply_many(self, events: Iterable[Mapping[str, Any]], now: float) -> None:
+        """Apply decoded events in order, all at exporter time ``now`` (a batch reads the clock once).
+
+        An event that raises stops the loop with its exception, already consumed from ``events``: the
+        caller may count it and call again with the same iterator to go on (``Ingest`` does)."""
+        dispatch, tasks = self._dispatch, self._tasks
+        newest = self._newest
+        try:
+            for event in events:
+                etype = event["type"]
+                ts = event["timestamp"]
+                if ts > newest:
+                    newest = ts
+                route = dispatch.get(etype)
+                if route is None:  # a type without a handler: only counted
+                    self._count_type(etype)
+                    continue
+                route[0] += 1
+                body = route[2]
+                if body is not None:  # a nameless event of a task the table holds named: straight in
+                    uuid = event.get("uuid")
+                    if uuid.__class__ is str and len(uuid) <= 40:
+                        rec = tasks.get(uuid)
+                        if rec is not None and rec[HELD] is None:
+                            body(self, uuid, rec, rec[K], event, ts, now)
+                            continue
+                route[1](event, ts, now)
+        finally:
+            self._newest = newest
+
+    def _count_type(self, etype: str) -> None:
+        """celery_exporter_events_total of a type without a handler: anyone who can publish on the event
+        channel can invent types, so they are made label values and capped (the rest fold)."""
+        others = self._other_types
+        if etype in others:
+            others[etype] += 1
+            return
+        seen = len(others) + sum(1 for route in self._dispatch.values() if route[0])
+        if seen < MAX_EVENT_TYPES:
+            label = label_value(etype)
+            route = self._dispatch.get(label)
+            if route is not None:  # made valid, it is one of ours ("task-sent\x00")
+                route[0] += 1
+            else:
+                others[label] = others.get(label, 0) + 1
+        else:
+            others[OVERFLOW_LABEL] = others.get(OVERFLOW_LABEL, 0) + 1
+
+    @property
+    def events_by_type(self) -> dict[str, int]:
+        """celery_exporter_events_total: events seen, by type (a copy)."""
+        seen = {etype: route[0] for etype, route in self._dispatch.items() if route[0]}
+        seen.update(self._other_types)
+        return seen
+
+    @property
+    def last_event_ts(self) -> float | None:
+        return self._newest if self._newest > -math.inf else None
 
     def _ignore(self, reason: str) -> None:
         self.ignored[reason] = self.ignored.get(reason, 0) + 1
@@ -140,61 +194,6 @@ class Core:
             handlers[item["type"]](item, item["timestamp"], now)
 
     # ------------------------------------------------------------------ task table
-    def _new_record(self, uuid: str, key: _Key | None, now: float,
-                    held: tuple[Any, ...] | None = None) -> TaskEntry:
-        tasks = self._tasks
-        entry = tasks[uuid] = (key, (), (), 0, None, now, held)
-        if len(tasks) > self._max_tracked:
-            old_uuid, old = tasks.popitem(last=False)
-            self._forget(old_uuid, old, now)
-            self.evicted["capacity"] += 1
-        else:
-            self._evict_aged(now)
-        return entry
-
-    def _evict_aged(self, now: float) -> None:
-        tasks = self._tasks
-        limit = now - self._max_age
-        while tasks:
-            uuid = next(iter(tasks))
-            oldest = tasks[uuid]
-            if oldest[TOUCHED] >= limit:
-                break
-            del tasks[uuid]
-            self._forget(uuid, oldest, now)
-            self.evicted["age"] += 1
-
-    def _forget(self, uuid: str, entry: TaskEntry, now: float) -> None:
-        """The table dropped ``entry``: its attempts stop counting; its trackers keep its labels."""
-        if entry[STARTS]:
-            self.active[entry[K]] -= len(entry[STARTS])
-        if entry[WORKER] is not None:
-            self._unrun(entry[WORKER], uuid)
-        if entry[HELD] is not None:  # never named: counted as unknown now
-            self._count_unnamed(uuid, entry[HELD], now)
-        self._stalls.orphan(uuid, entry)
-
-    def _finish(self, uuid: str, rec: TaskEntry, key: _Key, bit: int, ts: float) -> None:
-        """The task ended: it leaves the table (and its worker's running set) for the finished memory,
-        which keeps any older attempt still open, for that attempt's late task-retried."""
-        starts = rec[STARTS]
-        if starts:
-            self.active[key] -= len(starts)
-            worker = rec[WORKER]
-            if worker is not None:
-                running = self._running.get(worker)
-                if running is not None:
-                    running.pop(uuid, None)
-                    if not running:
-                        del self._running[worker]
-        del self._tasks[uuid]
-        if uuid in self._wait_ts or self._waiting.sampled:
-            self._waiting.discard(uuid)
-        self._run_starts.pop(uuid, None)
-        if self._orphans:
-            self._orphans.pop(uuid, None)
-        self._finished.remember(uuid, key, bit, starts, ts)
-
     @staticmethod
     def _uuid(value: Any) -> str | None:
         if value.__class__ is not str or not value:
@@ -203,57 +202,74 @@ class Core:
             value = label_value(value, MAX_UUID_BYTES)  # a hostile megabyte-long id is not stored
         return value
 
+    def _open(self, uuid: str, rec: _Rec, key: _Key, now: float) -> tuple[TaskEntry, tuple[Any, ...]]:
+        """The live entry for a named event of ``uuid`` (a new one if none) and the held events to replay
+        under ``key`` once the named event is applied (a placeholder's)."""
+        if rec is None:
+            return self._new_record(uuid, key, now), ()
+        held = rec[HELD]
+        if held is None:
+            return rec, ()
+        return self._adopt(uuid, held, key, now), held
+
     # ------------------------------------------------------------------ named task events
     def _task_sent(self, ev: _Ev, ts: float, now: float) -> None:
         uuid = ev.get("uuid")
         if uuid.__class__ is not str or len(uuid) > 40:
             uuid = self._uuid(uuid)
-        rec = self._tasks.get(uuid) if uuid is not None else None
+        name = ev.get("name")
         queue = ev.get("queue") or ev.get("routing_key")
-        sent_key = self._key_for(ev.get("name"), queue)
-        if queue.__class__ is str:
-            self._learn_route(ev.get("name"), sent_key)
-        if uuid is None:
-            self.counters[sent_key][_C_SENT] += 1
-            self._stamp(sent_key, _S_SENT, ts)
+        key = self._key_cache.get((name, queue)) if name.__class__ is str and queue.__class__ is str else None
+        if key is None:  # Series.key_for's cache hit, above, without the call
+            key = self._key_for(name, queue)
+        if queue.__class__ is str and self._route_cache.get(key[0]) != key[1]:
+            self._learn_route(name, key)
+        tasks = self._tasks
+        rec = tasks.get(uuid) if uuid is not None else None
+        fin = self._finished  # FinishedTasks.get, its miss inlined: every task's task-sent misses
+        if rec is None and (uuid is None or uuid in fin.young.keys or uuid in fin.old.keys):
+            # No uuid, or a task-sent slower than the task itself (the producer's connection): counted
+            # with the rest of the task, no record reopened.
+            done = fin.get(uuid) if uuid is not None else None
+            if done is not None and done[0][0] != UNKNOWN_TASK:
+                key = done[0]
+            self.counters[key][_C_SENT] += 1
+            self._stamp(key, _S_SENT, ts)
             return
-        if rec is None:
-            fin = self._finished  # FinishedTasks.get, its miss inlined: every task's task-sent misses
-            done = fin.get(uuid) if uuid in fin.young.keys or uuid in fin.old.keys else None
-            if done is not None:
-                # A task-sent slower than the task itself (the producer's connection): counted with the
-                # rest of the task, no record reopened.
-                key = done[0] if done[0][0] != UNKNOWN_TASK else sent_key
-                self.counters[key][_C_SENT] += 1
-                self._stamp(key, _S_SENT, ts)
-                return
-            if sent_key[0] == UNKNOWN_TASK:
+        assert uuid is not None  # for the type checker: a None uuid returned above
+        n = ev.get("retries")
+        if n.__class__ is not int:
+            n = retries_of(n)
+        eta = ev.get("eta")
+        if eta is not None:
+            eta = parse_eta(eta)
+        enqueued = eta if eta is not None and eta > ts else ts
+        held: tuple[Any, ...] = ()
+        if rec is None:  # a new task, the common case: its entry written once, with its first attempt
+            if key[0] == UNKNOWN_TASK:
                 self._held.unnamed += 1
-            key = sent_key
+            tasks[uuid] = (key, ((n, ts, eta, None),), (), n if n > 0 else 0, None, now, None)
+            if len(tasks) > self._table.max_tracked or now >= self._table.age_check:
+                self._bound(now)
+            waits = True
         else:
-            self._tasks.move_to_end(uuid)
+            tasks.move_to_end(uuid)
             # task-received overtook task-sent (they travel on different connections): the task keeps
             # the key its first named event gave it, so no counter moves between series.
-            key = rec[K] if rec[HELD] is None else sent_key
-        held: tuple[Any, ...] = ()
-        if rec is None:
-            rec = self._new_record(uuid, key, now)
-        elif rec[HELD] is not None:
-            held = rec[HELD]
-            rec = self._adopt(uuid, held, key, now)
-        n = retries_of(ev.get("retries"))
-        attempts, i = attempt_index(rec[ATTEMPTS], n)
-        eta = parse_eta(ev.get("eta"))
-        if i >= 0:
-            att = attempts[i]
-            attempts = replace_attempt(attempts, i, (att[0], ts, eta, att[3]))
-        if not rec[STARTS] or n > rec[RETRIES]:  # else this attempt started before its task-sent came
-            enqueued = eta if eta is not None and eta > ts else ts
+            if rec[HELD] is None:
+                key = rec[K]
+            rec, held = self._open(uuid, rec, key, now)
+            attempts, i = attempt_index(rec[ATTEMPTS], n)
+            if i >= 0:
+                att = attempts[i]
+                attempts = replace_attempt(attempts, i, (att[0], ts, eta, att[3]))
+            waits = not rec[STARTS] or n > rec[RETRIES]  # else this attempt started before its task-sent came
+            tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None)
+        if waits:
             if n or len(self._wait_ts) >= self._stall_cap:
                 self._waiting.add(uuid, enqueued, n)
             else:
                 self._wait_ts[uuid] = enqueued
-        self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None)
         self.counters[key][_C_SENT] += 1
         self._stamp(key, _S_SENT, ts)
         if held:
@@ -263,10 +279,33 @@ class Core:
         uuid = ev.get("uuid")
         if uuid.__class__ is not str or len(uuid) > 40:
             uuid = self._uuid(uuid)
-        rec = self._tasks.get(uuid) if uuid is not None else None
+        tasks = self._tasks
+        rec = tasks.get(uuid) if uuid is not None else None
+        if rec is None or rec[HELD] is not None:
+            self._received_unrecorded(uuid, rec, ev, ts, now)
+            return
+        tasks.move_to_end(uuid)  # type: ignore[arg-type]
+        key = rec[K]
+        n = ev.get("retries")
+        if n.__class__ is not int:
+            n = retries_of(n)
+        attempts = rec[ATTEMPTS]
+        if len(attempts) == 1 and attempts[0][0] == n:  # the attempt its task-sent opened, the common case
+            att = attempts[0]
+            attempts = ((n, att[1], att[2] if att[2] is not None else parse_eta(ev.get("eta")), ts),)
+        else:
+            attempts = _received_attempt(attempts, n, ev, ts)
+        retries = rec[RETRIES]
+        tasks[uuid] = (key, attempts, rec[STARTS], n if n > retries else retries, rec[WORKER], now,  # type: ignore[index]
+                       None)
+        self.counters[key][_C_RECEIVED] += 1
+
+    def _received_unrecorded(self, uuid: str | None, rec: _Rec, ev: _Ev, ts: float, now: float) -> None:
+        """A task-received of a task without a named entry: the first event seen of it (task-sent events
+        off, or overtaken), a placeholder's name at last, or a new delivery of a finished task."""
         if rec is not None:
             self._tasks.move_to_end(uuid)  # type: ignore[arg-type]
-            key = rec[K] if rec[HELD] is None else self._key_for(ev.get("name"), None)
+            key = self._key_for(ev.get("name"), None)
         else:
             done = self._finished.get(uuid) if uuid is not None else None
             if done is not None:
@@ -286,18 +325,9 @@ class Core:
         if uuid is None:
             self.counters[key][_C_RECEIVED] += 1
             return
-        held: tuple[Any, ...] = ()
-        if rec is None:
-            rec = self._new_record(uuid, key, now)
-        elif rec[HELD] is not None:
-            held = rec[HELD]
-            rec = self._adopt(uuid, held, key, now)
+        rec, held = self._open(uuid, rec, key, now)
         n = retries_of(ev.get("retries"))
-        attempts, i = attempt_index(rec[ATTEMPTS], n)
-        if i >= 0:
-            att = attempts[i]
-            eta = att[2] if att[2] is not None else parse_eta(ev.get("eta"))
-            attempts = replace_attempt(attempts, i, (att[0], att[1], eta, ts))
+        attempts = _received_attempt(rec[ATTEMPTS], n, ev, ts)
         self._tasks[uuid] = (key, attempts, rec[STARTS], max(n, rec[RETRIES]), rec[WORKER], now, None)
         self.counters[key][_C_RECEIVED] += 1
         if held:
@@ -307,7 +337,7 @@ class Core:
     def _task_event(self, ev: _Ev, ts: float, now: float) -> None:
         """Route an event without a name to its task, to its type's handler in ``_nameless``: the live
         record, the finished memory, or (for a uuid never seen) a placeholder holding it until the name
-        is known."""
+        is known. (``apply`` takes the first way itself, for a record held named.)"""
         uuid = ev.get("uuid")
         if uuid.__class__ is not str or len(uuid) > 40:
             uuid = self._uuid(uuid)
@@ -317,7 +347,6 @@ class Core:
         rec = self._tasks.get(uuid)
         if rec is not None:
             if rec[HELD] is None:
-                self._tasks.move_to_end(uuid)
                 self._nameless[ev["type"]](self, uuid, rec, rec[K], ev, ts, now)
             else:
                 self._hold(uuid, rec, ev, ts, now)
@@ -327,202 +356,15 @@ class Core:
         if done is None:
             self._hold(uuid, None, ev, ts, now)
         else:
-            self._after_end(uuid, done, ev, ts, now)
-
-    def _after_end(self, uuid: str, done: Done, ev: _Ev, ts: float, now: float) -> None:
-        """An event of a finished task: a repeat changes nothing but a self-metric, a late one of an
-        earlier attempt (or a contradicting outcome) counts under the task's name."""
-        etype = ev["type"]
-        key, bits, starts, end = done
-        if etype == "task-started":
-            if ts in starts:
-                self._ignore("duplicate")
-            elif ts > end:  # no new delivery (that opens with task-received) started it
-                self._ignore("after_terminal")
-                self._workers.count_starts(ev.get("hostname"), 1)  # the worker did accept it
-            else:  # an earlier attempt's, overtaken by the end: left open for its late task-retried
-                self._workers.count_starts(ev.get("hostname"), 1)
-                self.counters[key][_C_STARTED] += 1
-                self._stamp(key, _S_STARTED, ts)
-                self._finished.put(uuid, (key, bits, (ts, *starts), end))
-            return
-        bit = DONE_BITS.get(etype, 0)
-        if bits & bit:
-            self._ignore("duplicate")  # a redelivered or repeated terminal event
-            return
-        if bit:
-            self._finished.put(uuid, (key, bits | bit, starts, end))
-        self._nameless[etype](self, uuid, None, key, ev, ts, now)
-
-    def _take_start(self, uuid: str, rec: TaskEntry, key: _Key) -> tuple[float | None, tuple[float, ...]]:
-        """Close the oldest open attempt (a task-retried or task-rejected ends it)."""
-        starts = rec[STARTS]
-        if not starts:
-            return None, starts
-        self.active[key] -= 1
-        if len(starts) == 1 and rec[WORKER] is not None:
-            self._unrun(rec[WORKER], uuid)
-        self._run_ages.next_attempt(uuid, starts[1] if len(starts) > 1 else None)
-        return starts[0], starts[1:]
+            self._after_end(self, uuid, done, ev, ts, now)
 
 
-# ---------------------------------------------------------------------- the nameless handlers
-# Plain functions of (state, uuid, live record or None once finished, key, event, timestamp, now), each
-# reading its row of RULES, bound here once.
-_C_STARTED, _S_STARTED = COUNTER["task-started"], STAMP["task-started"]
-_C_SUCCEEDED, _S_SUCCEEDED = COUNTER["task-succeeded"], STAMP["task-succeeded"]
-_B_SUCCEEDED, _D_SUCCEEDED = DONE_BITS["task-succeeded"], DURATION["task-succeeded"]
-_S_FAILED, _B_FAILED, _D_FAILED = STAMP["task-failed"], DONE_BITS["task-failed"], DURATION["task-failed"]
-_S_RETRIED, _D_RETRIED = STAMP["task-retried"], DURATION["task-retried"]
-_C_REJECTED, _B_REJECTED = COUNTER["task-rejected"], DONE_BITS["task-rejected"]
-_C_REVOKED, _B_REVOKED = COUNTER["task-revoked"], DONE_BITS["task-revoked"]
-
-
-def _task_started(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float, now: float) -> None:
-    assert rec is not None  # a task-started of a finished task is ignored before this
-    starts = rec[STARTS]
-    if ts in starts:
-        st._ignore("duplicate")  # the same task-started twice
-        return
-    st.counters[key][_C_STARTED] += 1
-    st._stamp(key, _S_STARTED, ts)
-    attempts = rec[ATTEMPTS]
-    if len(attempts) == 1:  # the usual case, take_started_attempt's answer without a call
-        att, attempts = attempts[0], ()
-    else:
-        att, attempts = take_started_attempt(attempts)
-    wait_ts = st._wait_ts
-    if uuid in wait_ts and not st._waiting.retries:  # the common case, inlined
-        del wait_ts[uuid]
-    elif uuid in wait_ts or st._waiting.sampled:
-        st._waiting.started(uuid, att[0] if att is not None else None)
-    if att is not None:
-        enqueued = att[1] if att[1] is not None else att[3]
-        if enqueued is not None:
-            eta = att[2]
-            if eta is not None and eta > enqueued:
-                enqueued = eta
-            st._observe_wait(key, ts - enqueued)
-    if starts:
-        adopted = st._adopted
-        if adopted and adopted.get(uuid) == starts[-1]:  # the inventory's start of this very attempt
-            del adopted[uuid]
-            starts = (*starts[:-1], ts)
-            st._run_starts.pop(uuid, None)  # re-dated below from the event's own start
-        else:
-            starts = (*starts, ts)
-            if len(starts) > MAX_STARTS:
-                starts = starts[1:]
-            else:
-                st.active[key] += 1
-    else:
-        starts = (ts,)
-        st.active[key] += 1
-    # The worker's name only ties the task to a worker record (never a label): kept raw when short, which
-    # a sane node name always is; Workers keys its records by label_value(), the same string for those.
-    host = ev.get("hostname")
-    if host.__class__ is not str or len(host) > MAX_LABEL_BYTES:
-        host = None
-    worker = rec[WORKER]
-    if worker is not None and worker != host:
-        st._unrun(worker, uuid)
-    if host is not None:
-        running = st._running.get(host)
-        if running is None:
-            running = st._running[host] = {}
-        running[uuid] = ts
-        worker_rec = st.workers.get(host)
-        if worker_rec is not None:  # the starts its heartbeats' processed is compared with
-            worker_rec.task_events += 1
-    run = st._run_starts
-    if uuid not in run and len(run) < st._stall_cap:
-        run[uuid] = starts[0]
-    else:
-        st._run_ages.start(uuid, starts[0])
-    st._tasks[uuid] = (key, attempts, starts, rec[RETRIES], host, now, None)
-
-
-def _runtime(value: Any) -> float | None:
-    if value.__class__ is float:
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except OverflowError:  # decode refuses these; a direct caller may not have
-            return None
-    return None
-
-
-def _task_succeeded(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float, now: float) -> None:
-    st.counters[key][_C_SUCCEEDED] += 1
-    st._stamp(key, _S_SUCCEEDED, ts)
-    runtime = ev.get("runtime")
-    if runtime.__class__ is not float:
-        runtime = _runtime(runtime)
-    starts = rec[STARTS] if rec is not None else ()
-    if runtime is not None:
-        st._observe_duration(key, _D_SUCCEEDED, runtime)
-    elif starts:
-        st._observe_duration(key, _D_SUCCEEDED, ts - starts[-1])  # the final attempt is the newest
-    if rec is not None:
-        st._finish(uuid, rec, key, _B_SUCCEEDED, ts)
-
-
-def _task_failed(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float, now: float) -> None:
-    st._count_by_label(st.failed, key, st._exception(ev.get("exception"), ev.get("traceback")))
-    st._stamp(key, _S_FAILED, ts)
-    if rec is not None:
-        if rec[RETRIES] >= 1:
-            st.counters[key][EXHAUSTED] += 1
-        if rec[STARTS]:
-            st._observe_duration(key, _D_FAILED, ts - rec[STARTS][-1])
-        st._finish(uuid, rec, key, _B_FAILED, ts)
-
-
-def _task_retried(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float, now: float) -> None:
-    st._count_by_label(st.retried, key, st._exception(ev.get("exception"), ev.get("traceback")))
-    st._stamp(key, _S_RETRIED, ts)
-    if rec is None:  # after the task's end: the attempt it closes was left open in the finished memory
-        done = st._finished.get(uuid)
-        if done is not None and len(done[2]) > 1:  # the last start is the final attempt's
-            st._observe_duration(key, _D_RETRIED, ts - done[2][0])
-            st._finished.put(uuid, (done[0], done[1], done[2][1:], done[3]))
-        return
-    start, starts = st._take_start(uuid, rec, key)
-    if start is not None:
-        st._observe_duration(key, _D_RETRIED, ts - start)
-    st._tasks[uuid] = (key, rec[ATTEMPTS], starts, rec[RETRIES], rec[WORKER] if starts else None, now, None)
-
-
-def _task_rejected(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float, now: float) -> None:
-    st.counters[key][_C_REJECTED] += 1
-    if rec is None:
-        return
-    if ev.get("requeue") is False:  # dropped (or dead-lettered): this delivery is over
-        st._finish(uuid, rec, key, _B_REJECTED, ts)
-        return
-    # Requeued: the attempt is over, the task is not; the message comes back with a task-received.
-    _, starts = st._take_start(uuid, rec, key)
-    st._tasks[uuid] = (key, rec[ATTEMPTS], starts, rec[RETRIES], rec[WORKER] if starts else None, now, None)
-
-
-def _task_revoked(st: Core, uuid: str, rec: _Rec, key: _Key, ev: _Ev, ts: float, now: float) -> None:
-    if ev.get("expired") is True:
-        st._count_by_label(st.revoked, key, "expired")
-    elif ev.get("terminated") is True:
-        st._count_by_label(st.revoked, key, "terminated")
-    else:
-        st.counters[key][_C_REVOKED] += 1
-    if rec is not None:
-        st._finish(uuid, rec, key, _B_REVOKED, ts)
-
-
-_NAMELESS: dict[str, _Nameless] = {
-    "task-started": _task_started,
-    "task-succeeded": _task_succeeded,
-    "task-failed": _task_failed,
-    "task-retried": _task_retried,
-    "task-rejected": _task_rejected,
-    "task-revoked": _task_revoked,
-}
-assert set(_NAMELESS) == set(NAMELESS)
+def _received_attempt(attempts: tuple[Any, ...], n: int, ev: _Ev, ts: float) -> tuple[Any, ...]:
+    """``attempts`` with attempt ``n`` marked received at ``ts`` (its eta from the event if its task-sent
+    gave none)."""
+    attempts, i = attempt_index(attempts, n)
+    if i >= 0:
+        att = attempts[i]
+        eta = att[2] if att[2] is not None else parse_eta(ev.get("eta"))
+        attempts = replace_attempt(attempts, i, (att[0], att[1], eta, ts))
+    return attempts

@@ -77,26 +77,30 @@ Done = tuple[Any, int, tuple[float, ...], float]
 
 
 class _Generation:
-    __slots__ = ("bits", "ends", "keys", "starts")
+    __slots__ = ("bits", "keys", "starts", "times")
 
     def __init__(self) -> None:
         # Parallel dicts of atomic values (and shared key tuples): a tuple per finished task would be
         # a new GC-tracked object surviving each collection; 20,000 of them made the event benchmark's
-        # young-generation collections 8x as frequent and the state ~30% slower.
+        # young-generation collections 8x as frequent and the state ~30% slower. Each dict written per
+        # task costs about 0.1 µs an event (a growing table), so most tasks write two.
         self.keys: dict[str, Any] = {}
-        self.bits: dict[str, int] = {}
-        self.ends: dict[str, float] = {}
-        self.starts: dict[str, Any] = {}  # a float (one start) or a tuple (several) or None
+        # complex(end, start) for a task that ended with one attempt open (nearly all: a complex is one
+        # untracked object for two floats); else the end, with the starts (none or several) in ``starts``.
+        self.times: dict[str, complex | float] = {}
+        self.starts: dict[str, tuple[float, ...]] = {}
+        self.bits: dict[str, int] = {}  # only where not FinishedTasks.common
 
 
 class FinishedTasks:
     """Bounded memory of recently finished tasks (uuid -> ``Done``): two generations, the older dropped
     whole when the younger fills half the size, so remembering a task costs a few dict stores."""
 
-    __slots__ = ("half", "old", "young")
+    __slots__ = ("common", "half", "old", "young")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, common: int) -> None:
         self.half = max(1, size // 2)
+        self.common = common  # the bits most tasks end with, not stored
         self.young = _Generation()
         self.old = _Generation()
 
@@ -108,27 +112,39 @@ class FinishedTasks:
             key = gen.keys.get(uuid)
             if key is None:
                 return None
-        starts = gen.starts[uuid]
-        return key, gen.bits[uuid], starts if starts.__class__ is tuple else (starts,) if starts else (), \
-            gen.ends[uuid]
+        t = gen.times[uuid]
+        bits = gen.bits.get(uuid, self.common)
+        if t.__class__ is complex:
+            return key, bits, (t.imag,), t.real
+        return key, bits, gen.starts.get(uuid, ()), t  # type: ignore[return-value]
 
     def put(self, uuid: str, done: Done) -> None:
+        """Remember ``uuid`` again (its bits or starts changed)."""
         key, bits, starts, end = done
+        self.pop(uuid)
         self.remember(uuid, key, bits, starts, end)
 
     def remember(self, uuid: str, key: Any, bits: int, starts: tuple[float, ...], end: float) -> None:
+        """Remember a task that just left the task table (so not remembered yet: else ``put``)."""
         young = self.young
         young.keys[uuid] = key
-        young.bits[uuid] = bits
-        young.ends[uuid] = end
-        young.starts[uuid] = starts[0] if len(starts) == 1 else starts if starts else None
+        if len(starts) == 1:
+            young.times[uuid] = complex(end, starts[0])
+        else:
+            young.times[uuid] = end
+            if starts:
+                young.starts[uuid] = starts
+        if bits != self.common:
+            young.bits[uuid] = bits
         if len(young.keys) >= self.half:
             self.old, self.young = young, _Generation()
 
     def pop(self, uuid: str) -> None:
         for gen in (self.young, self.old):
             if gen.keys.pop(uuid, None) is not None:
-                del gen.bits[uuid], gen.ends[uuid], gen.starts[uuid]
+                del gen.times[uuid]
+                gen.starts.pop(uuid, None)
+                gen.bits.pop(uuid, None)
 
     def __len__(self) -> int:
         return len(self.young.keys) + len(self.old.keys)

@@ -52,7 +52,7 @@ class Series:
         self.queues: dict[str, None] = {}  # in the order first seen
         self._routes = tuple((re.compile(fnmatch.translate(g)), q) for g, q in s.task_routes)
         self.route_cache: dict[str, str] = {}
-        self._key_cache: dict[tuple[Any, Any], _Key] = {}
+        self.key_cache: dict[tuple[Any, Any], _Key] = {}
         self._canonical: dict[_Key, _Key] = {}
 
     def room(self, n: int) -> bool:
@@ -72,7 +72,7 @@ class Series:
         """
         cacheable = False
         if name.__class__ is str and (queue is None or queue.__class__ is str):
-            key = self._key_cache.get((name, queue))
+            key = self.key_cache.get((name, queue))
             if key is not None:
                 return key
             # Only short raw values: the cache must not keep a hostile megabyte-long name alive.
@@ -81,9 +81,9 @@ class Series:
         overflowed = ov["task_name"] + ov["queue"] + ov["series"]
         key = self._guard_key(name, queue)
         key = self._canonical.setdefault(key, key)
-        if (cacheable and len(self._key_cache) < KEY_CACHE_SIZE
+        if (cacheable and len(self.key_cache) < KEY_CACHE_SIZE
                 and overflowed == ov["task_name"] + ov["queue"] + ov["series"]):
-            self._key_cache[(name, queue)] = key
+            self.key_cache[(name, queue)] = key
         return key
 
     def _guard_key(self, name: Any, queue: Any) -> _Key:
@@ -141,7 +141,7 @@ class Series:
         if name in self.route_cache or len(self.route_cache) < ROUTE_CACHE_SIZE:
             self.route_cache[name] = queue
             if raw_name.__class__ is str:
-                self._key_cache.pop((raw_name, None), None)
+                self.key_cache.pop((raw_name, None), None)
 
     def route(self, name: str) -> str:
         queue = self.route_cache.get(name)

@@ -54,3 +54,6 @@ class StateSettings:
     # Total series across the per-task families; the default keeps a full scrape well under a second
     # (docs/metrics.md, "Series cap").
     max_series: int
+# The key under which decode keeps a clamped event's own timestamp (one stamped too far ahead is applied
+# with its arrival time): the workers room reads it for the clock-skew check.
+SENT_AT = "exporter_sent_at"

@@ -21,10 +21,9 @@ from collections.abc import Mapping
 from itertools import islice
 from typing import Any
 
-from exporter.events.decode import SENT_AT
 from exporter.labels import label_value
 from exporter.state.entries import ATTEMPTS, HELD, RETRIES, STARTS, TOUCHED, WORKER, K, TaskEntry
-from exporter.state.settings import StateSettings
+from exporter.state.settings import SENT_AT, StateSettings
 from exporter.state.snapshot import WorkerRecord
 from exporter.state.stalls import Stalls
 
