@@ -1,4 +1,5 @@
 """``celery-exporter`` / ``python -m exporter``: parse the config, build the app, run until SIGTERM/SIGINT.
+Subcommands: ``demo`` (exporter.demo) and ``generate`` (rules and dashboards, exporter.mixin.cli).
 
 Exit status: 0 after a clean stop, 2 for a configuration error (one message naming the key and its
 source; a broker URL option the driver refuses is one too), 1 if the exporter cannot start (for example,
@@ -22,6 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from exporter.demo import main as demo_main
 
         return demo_main(args[1:])
+    if args[:1] == ["generate"]:
+        from exporter.mixin.cli import main as generate_main
+
+        return generate_main(args[1:])
     if "--version" in args:
         from exporter.cli import version_text
 

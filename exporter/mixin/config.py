@@ -19,7 +19,8 @@ import yaml
 # Keys whose value is a list of label names, joined into PromQL label lists in the template.
 LIST_KEYS = ("group_labels", "replica_labels")
 # Keys that are not template values: read by exporter.mixin.slo.
-STRUCTURED_KEYS = ("slos", "schedules", "slo_alerts", "duration_buckets", "queue_wait_buckets")
+STRUCTURED_KEYS = ("slos", "slo_alerts", "slo_min_events", "duration_buckets", "queue_wait_buckets",
+                   "schedules", "schedule_for")
 
 
 class MixinError(ValueError):

@@ -173,6 +173,7 @@ def parse_slos(config: dict[str, Any]) -> list[Slo]:
 
 
 def parse_schedules(config: dict[str, Any]) -> list[Schedule]:
+    _duration("schedule_for", "value", config.get("schedule_for"))
     raw = config.get("schedules") or []
     if not isinstance(raw, list):
         raise MixinError("schedules: expected a list of {task_name, every, grace}")

@@ -13,8 +13,8 @@ from typing import Any
 from exporter.mixin.grafana import (
     Fold,
     Panel,
+    common_vars,
     dashboard,
-    datasource_var,
     deployment_sel,
     query_var,
     row,
@@ -29,8 +29,8 @@ SLO_VAR = 'slo=~"$slo"'
 def _burn(window: str) -> str:
     """Burn rate over ``window``: the error ratio over the error budget (1 - objective)."""
     s = deployment_sel(SLO_VAR)
-    return (f"max by (slo) (slo:sli_error:ratio_rate{window}{s}) / on (slo) "
-            f"(1 - max by (slo) (slo:objective:ratio{{{SLO_VAR}}}))")
+    return (f"max by (slo) (slo:celery_task_errors:ratio_rate{window}{s}) / on (slo) "
+            f"(1 - max by (slo) (slo:celery_objective:ratio{s}))")
 
 
 def slo_dashboard(one: Fold, alerts: list[BurnAlert]) -> dict[str, Any]:
@@ -47,38 +47,35 @@ def slo_dashboard(one: Fold, alerts: list[BurnAlert]) -> dict[str, Any]:
             "(with enough events in the long window).", [
                 (_burn(alert.long), f"{{{{slo}}}} {alert.long}"),
                 (_burn(alert.short), f"{{{{slo}}}} {alert.short}"),
-                (f"{alert.burn_rate:g} + 0 * max by (slo) (slo:objective:ratio{{{SLO_VAR}}})",
+                (f"{alert.burn_rate:g} + 0 * max by (slo) (slo:celery_objective:ratio{s})",
                  "threshold"),
             ], "none", w=12))
     panels: list[Panel] = [
         row("$slo"),
         stat("Error budget remaining", "Share of the period's error budget not yet spent (1 - errors / "
              "budget over the SLO's period; below 0: overspent).",
-             f"max by (slo) (slo:error_budget_remaining:ratio{s})", "percentunit", w=6,
+             f"max by (slo) (slo:celery_error_budget_remaining:ratio{s})", "percentunit", w=6,
              thresholds=[(None, "red"), (0, "orange"), (0.25, "green")]),
         stat("Objective", "The SLO's objective (alerts/config.yaml).",
-             f"max by (slo) (slo:objective:ratio{{{SLO_VAR}}})", "percentunit", w=6),
+             f"max by (slo) (slo:celery_objective:ratio{s})", "percentunit", w=6),
         stat(f"SLI ({shortest})", f"Good events / all events over the last {shortest}.",
-             f"1 - max by (slo) (slo:sli_error:ratio_rate{shortest}{s})", "percentunit", w=6),
+             f"1 - max by (slo) (slo:celery_task_errors:ratio_rate{shortest}{s})", "percentunit", w=6),
         stat("Burn rate (longest window)", "Burn rate over the longest alert window: 1 spends the budget "
              "exactly over the period.", _burn(max((a.long for a in alerts), key=seconds)), "none", w=6,
              thresholds=[(None, "green"), (1, "orange"), (max(a.burn_rate for a in alerts), "red")]),
         timeseries("SLI over time", "Good events / all events, per window, against the objective.", [
-            (f"1 - max by (slo) (slo:sli_error:ratio_rate{shortest}{s})", f"{{{{slo}}}} SLI {shortest}"),
-            (f"max by (slo) (slo:objective:ratio{{{SLO_VAR}}})", "{{slo}} objective"),
+            (f"1 - max by (slo) (slo:celery_task_errors:ratio_rate{shortest}{s})",
+             f"{{{{slo}}}} SLI {shortest}"),
+            (f"max by (slo) (slo:celery_objective:ratio{s})", "{{slo}} objective"),
         ], "percentunit", w=12, min0=False),
         timeseries("Error budget remaining", "Budget left over the SLO's period, over time.", [
-            (f"max by (slo) (slo:error_budget_remaining:ratio{s})", "{{slo}}"),
+            (f"max by (slo) (slo:celery_error_budget_remaining:ratio{s})", "{{slo}}"),
         ], "percentunit", w=12, min0=False),
         *burn_panels,
     ]
     panels[0]["repeat"] = "slo"
-    variables = [datasource_var(),
-                 query_var("cluster", "label_values(slo:objective:ratio, cluster)"),
-                 query_var("namespace", 'label_values(slo:objective:ratio{cluster=~"$cluster"}, namespace)'),
-                 query_var("job", 'label_values(celery_exporter_build_info{cluster=~"$cluster",'
-                                  'namespace=~"$namespace"}, job)'),
-                 query_var("slo", "label_values(slo:objective:ratio, slo)")]
+    variables = [*common_vars(),
+                 query_var("slo", f"label_values(slo:celery_objective:ratio{deployment_sel()}, slo)")]
     return dashboard("celery-exporter-slo", "Celery / SLOs",
                      "Per SLO: the SLI, the error budget remaining and the burn rates of its alerts.",
                      variables, panels)

@@ -4,12 +4,14 @@ template's groups by exporter.mixin.rules.
 Per SLO, recorded once and reused by the alerts and the SLO dashboard (labels: the group labels, ``slo``,
 ``kind``):
 
-- ``slo:sli_error:ratio_rate<W>``: the bad fraction of the SLO's events over every window W an alert uses,
-  and over the SLO's period. Computed per exporter replica, then folded with ``max without (replicas)``
-  as the other rules are, so an HA pair records one series and a restarted replica's counter reset is
-  rate()'s business, not a spike.
-- ``slo:sli_events:increase<W>``: events over each alert's long window, for the floor (``min_events``).
-- ``slo:objective:ratio`` and ``slo:error_budget_remaining:ratio`` (1 - spent / budget over the period).
+- ``slo:celery_task_errors:ratio_rate<W>``: the bad fraction of the SLO's events over every window W an
+  alert uses, and over the SLO's period. Computed per exporter replica, then folded with
+  ``max without (replicas)`` as the other rules are, so an HA pair records one series and a restarted
+  replica's counter reset is rate()'s business, not a spike.
+- ``slo:celery_task_events:increase<W>``: events over each alert's long window, for the floor
+  (``min_events``).
+- ``slo:celery_objective:ratio`` and ``slo:celery_error_budget_remaining:ratio`` (1 - spent / budget over
+  the period). The names carry ``celery_`` so they never collide with sloth's or pyrra's ``slo:`` series.
 
 Then one ``CelerySLOErrorBudgetBurn`` alert per SLO and ``slo_alerts`` entry (two pages, two tickets by
 default: the SRE workbook's multi-window, multi-burn-rate alerts), and per schedule
@@ -111,15 +113,18 @@ def slo_recording_group(slos: list[Slo], alerts: list[BurnAlert], config: dict[s
     for slo in slos:
         sli, labels = _Sli(slo, config), {"slo": slo.name, "kind": slo.kind}
         for window in sorted({*_windows(alerts), slo.period}, key=seconds):
-            rules.append({"record": f"slo:sli_error:ratio_rate{window}", "expr": sli.error_ratio(window),
-                          "labels": dict(labels)})
+            rules.append({"record": f"slo:celery_task_errors:ratio_rate{window}",
+                          "expr": sli.error_ratio(window), "labels": dict(labels)})
         for window in longs:
-            rules.append({"record": f"slo:sli_events:increase{window}", "expr": sli.events(window),
+            rules.append({"record": f"slo:celery_task_events:increase{window}", "expr": sli.events(window),
                           "labels": dict(labels)})
-        rules.append({"record": "slo:objective:ratio", "expr": f"vector({_num(slo.objective / 100)})",
+        # Per deployment (the group labels of the SLI), so dashboards scope it like every other series.
+        rules.append({"record": "slo:celery_objective:ratio",
+                      "expr": f'0 * slo:celery_task_errors:ratio_rate{slo.period}{{slo="{slo.name}"}} + '
+                              f"{_num(slo.objective / 100)}",
                       "labels": dict(labels)})
-        rules.append({"record": "slo:error_budget_remaining:ratio",
-                      "expr": (f'1 - slo:sli_error:ratio_rate{slo.period}{{slo="{slo.name}"}}'
+        rules.append({"record": "slo:celery_error_budget_remaining:ratio",
+                      "expr": (f'1 - slo:celery_task_errors:ratio_rate{slo.period}{{slo="{slo.name}"}}'
                                f" / {_num(slo.budget)}"),
                       "labels": {**labels, "period": slo.period}})
     return {"name": "celery-exporter.slo-recording", "rules": rules}
@@ -128,15 +133,15 @@ def slo_recording_group(slos: list[Slo], alerts: list[BurnAlert], config: dict[s
 def _burn_alert(slo: Slo, alert: BurnAlert, config: dict[str, Any]) -> Rule:
     sel, budget = f'{{slo="{slo.name}"}}', _num(slo.budget)
     rate = _num(alert.burn_rate)
-    expr = (f"slo:sli_error:ratio_rate{alert.long}{sel} / {budget} > {rate}\n"
-            f"and\nslo:sli_error:ratio_rate{alert.short}{sel} / {budget} > {rate}\n"
-            f"and\nslo:sli_events:increase{alert.long}{sel} >= {slo.min_events}\n")
+    expr = (f"slo:celery_task_errors:ratio_rate{alert.long}{sel} / {budget} > {rate}\n"
+            f"and\nslo:celery_task_errors:ratio_rate{alert.short}{sel} / {budget} > {rate}\n"
+            f"and\nslo:celery_task_events:increase{alert.long}{sel} >= {slo.min_events}\n")
     group = config["group_labels"]
     # The annotations ask Prometheus for the budget left (the recorded series of this SLO and deployment)
     # and compute what the long window alone spent: burn rate x window / period.
     match = ",".join(["slo=%q", *(f"{g}=%q" for g in group)])
     args = " ".join(["$labels.slo", *(f"$labels.{g}" for g in group)])
-    left = (f'{{{{ with printf "slo:error_budget_remaining:ratio{{{match}}}" {args} | query }}}}'
+    left = (f'{{{{ with printf "slo:celery_error_budget_remaining:ratio{{{match}}}" {args} | query }}}}'
             f"{{{{ . | first | value | humanizePercentage }}}}{{{{ else }}}}an unknown share{{{{ end }}}}")
     spent = (f'{{{{ with printf "%f * {seconds(alert.long)} / {seconds(slo.period)}" $value | query }}}}'
              f"{{{{ . | first | value | humanizePercentage }}}}{{{{ end }}}}")
