@@ -48,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def flags() -> set[str]:
+    """Every option of the generate subcommands (the docs may name them)."""
+    out: set[str] = set()
+    for action in _parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for cmd in action.choices.values():
+                out |= {flag for a in cmd._actions for flag in a.option_strings}
+    return out
+
+
 def _write(path: Path | None, text: str) -> None:
     if path is None:
         sys.stdout.write(text)
