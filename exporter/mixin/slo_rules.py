@@ -137,11 +137,12 @@ def _burn_alert(slo: Slo, alert: BurnAlert, config: dict[str, Any]) -> Rule:
             f"and\nslo:celery_task_errors:ratio_rate{alert.short}{sel} / {budget} > {rate}\n"
             f"and\nslo:celery_task_events:increase{alert.long}{sel} >= {slo.min_events}\n")
     group = config["group_labels"]
-    # The annotations ask Prometheus for the budget left (the recorded series of this SLO and deployment)
-    # and compute what the long window alone spent: burn rate x window / period.
+    # The annotations ask Prometheus for the share of the budget gone over the period (the recorded
+    # series of this SLO and deployment; above 100% when overspent) and compute what the long window
+    # alone spent: burn rate x window / period.
     match = ",".join(["slo=%q", *(f"{g}=%q" for g in group)])
     args = " ".join(["$labels.slo", *(f"$labels.{g}" for g in group)])
-    left = (f'{{{{ with printf "slo:celery_error_budget_remaining:ratio{{{match}}}" {args} | query }}}}'
+    gone = (f'{{{{ with printf "1 - slo:celery_error_budget_remaining:ratio{{{match}}}" {args} | query }}}}'
             f"{{{{ . | first | value | humanizePercentage }}}}{{{{ else }}}}an unknown share{{{{ end }}}}")
     spent = (f'{{{{ with printf "%f * {seconds(alert.long)} / {seconds(slo.period)}" $value | query }}}}'
              f"{{{{ . | first | value | humanizePercentage }}}}{{{{ end }}}}")
@@ -159,13 +160,13 @@ def _burn_alert(slo: Slo, alert: BurnAlert, config: dict[str, Any]) -> Rule:
                    "long_window": alert.long, "short_window": alert.short, "burn_rate_threshold": rate},
         "annotations": {
             "summary": (f"SLO {{{{ $labels.slo }}}} burns its error budget {value}x too fast; "
-                        f"{left} of its {slo.period} budget is left."),
+                        f"{gone} of its {slo.period} budget is gone."),
             "description": (
                 f"SLO {{{{ $labels.slo }}}} ({slo.kind}: {_num(slo.objective)}% of {what}, {scope}; job "
                 f"{{{{ $labels.job }}}}) has burnt its error budget at {value}x the sustainable rate over "
                 f"the last {alert.long}, and still does over the last {alert.short} (threshold {rate}x). "
-                f"The last {alert.long} alone spent {spent} of the {slo.period} budget; {left} is left, "
-                f"and at this rate all of it lasts {lasts}."),
+                f"The last {alert.long} alone spent {spent} of the {slo.period} budget, {gone} of it is "
+                f"gone, and at this rate a whole budget lasts {lasts}."),
             "runbook_url": f"{config['runbook_url'].rstrip('/#')}#celerysloerrorbudgetburn",
         },
     }
