@@ -18,7 +18,8 @@ from exporter.secrets import redact_text
 
 PROG = "celery-exporter"
 USAGE = f"""{PROG} --broker-url URL [options]
-       {PROG} demo [--broker auto|redis|memory] [--port PORT]   (a self-contained demo)"""
+       {PROG} demo [--broker auto|redis|memory] [--port PORT]   (a self-contained demo)
+       {PROG} generate rules|prometheusrule|dashboards|config [--config FILE] [--output PATH]"""
 DESCRIPTION = """\
 Prometheus exporter for Celery: task and worker events, queue depths, retry queues and dead-letter
 queues. Every option can also be set as an environment variable (CELERY_EXPORTER_<NAME>) or as a key
