@@ -61,6 +61,7 @@ BAD = [
     ({"name": "a", "kind": "success", "objective": 99, "taskname": "x"}, "SLO 'a': taskname: not a field"),
     ({"name": "a", "kind": "success", "objective": 99, "period": "a month"}, "SLO 'a': period: expected a duration"),
     ({"name": "a", "kind": "success", "objective": 99, "task_name": ""}, "SLO 'a': task_name"),
+    ({"name": "a", "kind": "success", "objective": 99, "queue": 'de"fault'}, "SLO 'a': queue: expected a name"),
     ({"name": "a b", "kind": "success", "objective": 99}, "slos[0]: name"),
     ({"kind": "success", "objective": 99}, "slos[0]: name"),
 ]
@@ -95,6 +96,31 @@ def test_a_threshold_on_custom_buckets_is_a_bound_once_the_config_names_them() -
 def test_a_bad_schedule_is_refused_naming_it(schedules: Any, message: str) -> None:
     with pytest.raises(MixinError, match=re.escape(message)):
         _render(schedules=schedules)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"slos": "payments"}, "slos: expected a list"),
+    ({"slos": ["payments"]}, "slos[0]: expected a mapping"),
+    ({"slo_alerts": []}, "slo_alerts: expected a list"),
+    ({"slo_alerts": [{"severity": "page", "long": "1h", "short": "5m", "burn_rate": 14.4, "for": "2m"}]},
+     "slo_alerts[0]: severity"),
+    ({"slo_alerts": [{"severity": "critical", "long": "5m", "short": "1h", "burn_rate": 14.4, "for": "2m"}]},
+     "slo_alerts[0]: short: 1h must be shorter than long (5m)"),
+    ({"slo_alerts": [{"severity": "critical", "long": "1h", "short": "5m", "burn_rate": 0, "for": "2m"}]},
+     "slo_alerts[0]: burn_rate"),
+    ({"slo_min_events": -1}, "SLO 'payments-succeed': min_events"),
+    ({"schedule_for": "soon", "schedules": []}, "schedule_for: value: expected a duration"),
+])
+def test_bad_slo_settings_are_refused_naming_the_key(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(MixinError, match=re.escape(message)):
+        _render(**{"slos": [GOOD[0]], **overrides})
+
+
+def test_an_override_that_is_not_yaml_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "mine.yaml"
+    config.write_text("slos: [\n")
+    assert generate(["rules", "--config", str(config)]) == 2
+    assert "mine.yaml: not valid YAML" in capsys.readouterr().err
 
 
 def test_the_command_exits_2_with_one_line_naming_the_slo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,7 @@ class Incident:
     traffic: list[Segment]
     pages_at: list[int]  # minutes at which a page (critical) must be firing
     silent_pages: range  # minutes at which no page may fire
-    tickets_at: list[int] = ()  # type: ignore[assignment]
+    tickets_at: list[int] = field(default_factory=list)
     ha_pair: bool = False
     step: int = 1  # minutes per sample and evaluation
 
@@ -146,8 +146,8 @@ def _groups(incident: Incident) -> Iterator[dict[str, Any]]:
         slo = f"{kind}-{incident.objective}"
         series = _series(kind, incident.traffic)
         if incident.ha_pair:
-            series = [s for pod in ("a", "b") for s in _series(
-                kind, incident.traffic, f'job="celery-exporter",instance="10.0.0.{ord(pod)}:9808",pod="exporter-{pod}"')]
+            series = [s for i, pod in enumerate("ab", start=1) for s in _series(
+                kind, incident.traffic, f'job="celery-exporter",instance="10.0.0.{i}:9808",pod="exporter-{pod}"')]
         tests = [{"expr": _alerts("critical", slo), "eval_time": f"{m}m", "exp_samples": []}
                  for m in incident.silent_pages]
         for m in incident.pages_at:

@@ -34,6 +34,11 @@ HISTOGRAMS = {
 }
 
 
+def _label_value(value: Any) -> bool:
+    """A name or glob that fits in a PromQL string as is (no quote, backslash or line break)."""
+    return isinstance(value, str) and bool(value) and not any(c in value for c in '"\\\n')
+
+
 def seconds(text: str) -> int:
     """Seconds in a Prometheus duration such as ``30m`` or ``1d12h``."""
     return sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhdw])", text))
@@ -138,7 +143,7 @@ def _slo(config: dict[str, Any], i: int, item: Any, defaults: dict[str, Any]) ->
         raise MixinError(f"{where}: objective: expected a percentage strictly between 0 and 100 "
                          f"(e.g. 99.5), got {objective!r}")
     for key in ("task_name", "queue"):
-        if key in item and (not isinstance(item[key], str) or not item[key]):
+        if key in item and not _label_value(item[key]):
             raise MixinError(f"{where}: {key}: expected a name or a glob such as \"payments.*\"")
     threshold = None
     if kind in HISTOGRAMS:
@@ -179,7 +184,7 @@ def parse_schedules(config: dict[str, Any]) -> list[Schedule]:
         raise MixinError("schedules: expected a list of {task_name, every, grace}")
     out: list[Schedule] = []
     for i, item in enumerate(raw):
-        if not isinstance(item, dict) or not isinstance(item.get("task_name"), str) or not item["task_name"]:
+        if not isinstance(item, dict) or not _label_value(item.get("task_name")):
             raise MixinError(f"schedules[{i}]: task_name: required (the periodic task's name)")
         where = f"schedule {item['task_name']!r}"
         unknown = sorted(set(item) - {"task_name", "every", "grace"}, key=str)
