@@ -116,7 +116,7 @@ def _has_values(result: list[dict[str, Any]]) -> bool:
     return any(not math.isnan(float(v[1])) for v in values)
 
 
-def _check_dashboards(prom: Prom) -> None:
+def _check_dashboards(prom: Prom) -> bool:
     """Every dashboard query runs (as Grafana would send it); key panels and variables have data."""
     now = time.time()
     for name, dash in load_dashboards().items():
@@ -134,6 +134,7 @@ def _check_dashboards(prom: Prom) -> None:
                 with_data.add(where.split("'")[1])
         missing = set(KEY_PANELS[name]) - with_data
         assert not missing, f"{name}: key panels without data: {sorted(missing)}"
+    return True
 
 
 def test_rules_and_dashboards_against_real_prometheus(tmp_path: Path) -> None:
@@ -209,6 +210,8 @@ def test_rules_and_dashboards_against_real_prometheus(tmp_path: Path) -> None:
                     assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
             for rule in iter_rules(load_rules(rule_file)):
                 prom.api("query", query=rule["expr"])
-            _check_dashboards(prom)
+            # Recording rules land an evaluation or two after the traffic (more on a loaded machine).
+            wait_for(lambda: _check_dashboards(prom), 30, every=1, what="every dashboard's key panels",
+                     errors=(AssertionError,))
     finally:
         procs.stop()

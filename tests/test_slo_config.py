@@ -154,8 +154,9 @@ def test_the_shipped_config_declares_no_slo_and_the_package_carries_the_reposito
 
 def test_every_slo_records_each_window_once_and_alerts_four_times() -> None:
     rendered = yaml.safe_load(_render(slos=GOOD))
-    recorded = [(r["record"], r["labels"]["slo"]) for g in rendered["groups"] if g["name"].endswith("slo-recording")
-                for r in g["rules"]]
+    slo_groups = [g for g in rendered["groups"] if g["name"].startswith("celery-exporter.slo.")]
+    assert [g["name"] for g in slo_groups] == [f"celery-exporter.slo.{s['name']}" for s in GOOD]
+    recorded = [(r["record"], r["labels"]["slo"]) for g in slo_groups for r in g["rules"] if "record" in r]
     assert len(recorded) == len(set(recorded))
     burns = [a for a in alert_rules(rendered) if a["alert"] == "CelerySLOErrorBudgetBurn"]
     assert len(burns) == 4 * len(GOOD)

@@ -12,7 +12,7 @@ import yaml
 
 from exporter.mixin.config import MixinError, data_text, template_values
 from exporter.mixin.slo import parse_burn_alerts, parse_schedules, parse_slos
-from exporter.mixin.slo_rules import schedule_group, slo_alert_group, slo_recording_group
+from exporter.mixin.slo_rules import schedule_group, slo_groups
 
 # The Prometheus Operator picks rules by label; kube-prometheus-stack's default ruleSelector is
 # `release: <helm release>`. Override it with a kustomize patch (docs/deployment.md).
@@ -54,7 +54,7 @@ def generated_groups(config: dict[str, Any]) -> list[dict[str, Any]]:
     groups = []
     if slos:
         alerts = parse_burn_alerts(config)
-        groups += [slo_recording_group(slos, alerts, cfg), slo_alert_group(slos, alerts, cfg)]
+        groups += slo_groups(slos, alerts, cfg)
     if schedules:
         groups.append(schedule_group(schedules, cfg))
     return groups

@@ -1,8 +1,8 @@
 """Rule groups generated from the config's SLOs and schedules (exporter.mixin.slo), appended to the
 template's groups by exporter.mixin.rules.
 
-Per SLO, recorded once and reused by the alerts and the SLO dashboard (labels: the group labels, ``slo``,
-``kind``):
+Per SLO, one group (its records, then its alerts, evaluated in that order), recorded once and reused by
+the alerts and the SLO dashboard (labels: the group labels, ``slo``, ``kind``):
 
 - ``slo:celery_task_errors:ratio_rate<W>``: the bad fraction of the SLO's events over every window W an
   alert uses, and over the SLO's period. Computed per exporter replica, then folded with
@@ -107,27 +107,26 @@ def _windows(alerts: list[BurnAlert]) -> list[str]:
     return sorted({w for a in alerts for w in (a.long, a.short)}, key=seconds)
 
 
-def slo_recording_group(slos: list[Slo], alerts: list[BurnAlert], config: dict[str, Any]) -> Rule:
+def _records(slo: Slo, alerts: list[BurnAlert], config: dict[str, Any]) -> list[Rule]:
     rules: list[Rule] = []
     longs = sorted({a.long for a in alerts}, key=seconds)
-    for slo in slos:
-        sli, labels = _Sli(slo, config), {"slo": slo.name, "kind": slo.kind}
-        for window in sorted({*_windows(alerts), slo.period}, key=seconds):
-            rules.append({"record": f"slo:celery_task_errors:ratio_rate{window}",
-                          "expr": sli.error_ratio(window), "labels": dict(labels)})
-        for window in longs:
-            rules.append({"record": f"slo:celery_task_events:increase{window}", "expr": sli.events(window),
-                          "labels": dict(labels)})
-        # Per deployment (the group labels of the SLI), so dashboards scope it like every other series.
-        rules.append({"record": "slo:celery_objective:ratio",
-                      "expr": f'0 * slo:celery_task_errors:ratio_rate{slo.period}{{slo="{slo.name}"}} + '
-                              f"{_num(slo.objective / 100)}",
+    sli, labels = _Sli(slo, config), {"slo": slo.name, "kind": slo.kind}
+    for window in sorted({*_windows(alerts), slo.period}, key=seconds):
+        rules.append({"record": f"slo:celery_task_errors:ratio_rate{window}",
+                      "expr": sli.error_ratio(window), "labels": dict(labels)})
+    for window in longs:
+        rules.append({"record": f"slo:celery_task_events:increase{window}", "expr": sli.events(window),
                       "labels": dict(labels)})
-        rules.append({"record": "slo:celery_error_budget_remaining:ratio",
-                      "expr": (f'1 - slo:celery_task_errors:ratio_rate{slo.period}{{slo="{slo.name}"}}'
-                               f" / {_num(slo.budget)}"),
-                      "labels": {**labels, "period": slo.period}})
-    return {"name": "celery-exporter.slo-recording", "rules": rules}
+    # Per deployment (the group labels of the SLI), so dashboards scope it like every other series.
+    rules.append({"record": "slo:celery_objective:ratio",
+                  "expr": f'0 * slo:celery_task_errors:ratio_rate{slo.period}{{slo="{slo.name}"}} + '
+                          f"{_num(slo.objective / 100)}",
+                  "labels": dict(labels)})
+    rules.append({"record": "slo:celery_error_budget_remaining:ratio",
+                  "expr": (f'1 - slo:celery_task_errors:ratio_rate{slo.period}{{slo="{slo.name}"}}'
+                           f" / {_num(slo.budget)}"),
+                  "labels": {**labels, "period": slo.period}})
+    return rules
 
 
 def _burn_alert(slo: Slo, alert: BurnAlert, config: dict[str, Any]) -> Rule:
@@ -172,9 +171,13 @@ def _burn_alert(slo: Slo, alert: BurnAlert, config: dict[str, Any]) -> Rule:
     }
 
 
-def slo_alert_group(slos: list[Slo], alerts: list[BurnAlert], config: dict[str, Any]) -> Rule:
-    return {"name": "celery-exporter.slo-alerts",
-            "rules": [_burn_alert(slo, alert, config) for slo in slos for alert in alerts]}
+def slo_groups(slos: list[Slo], alerts: list[BurnAlert], config: dict[str, Any]) -> list[Rule]:
+    """One group per SLO, its records first and then its alerts: rules of a group run in order, so each
+    alert reads the ratios of the same evaluation (groups run independently, and an alert in another
+    group would read the previous one's, or none when the interval exceeds the 5-minute lookback)."""
+    return [{"name": f"celery-exporter.slo.{slo.name}",
+             "rules": [*_records(slo, alerts, config), *(_burn_alert(slo, a, config) for a in alerts)]}
+            for slo in slos]
 
 
 def schedule_group(schedules: list[Schedule], config: dict[str, Any]) -> Rule:
