@@ -2,7 +2,9 @@
 hours), rendered by ``celery-exporter generate rules``, loaded by a real Prometheus (scraping and
 evaluating every second) that scrapes the exporter watching a real Celery worker on a private Redis. A
 producer sends a task a few times a second: while it succeeds nothing fires; when it starts failing every
-time, the fast-burn page fires; when it recovers, the page resolves.
+time, the fast-burn page fires; when it recovers, the page resolves. And through Alertmanager, with the
+routing of docs/alerting.md: an HA pair of exporters watching the same failing task sends one page, and
+the SLO's slow-burn ticket firing at the same time is held back by it.
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ from tests._alerting_stack import (
     Prom,
     child_env,
     private_redis,
+    start_alertmanager,
     start_exporter,
     start_prometheus,
     start_worker,
+    webhook,
     write_prometheus_config,
 )
-from tests._prom_helpers import PROMETHEUS, Processes
+from tests._prom_helpers import ALERTMANAGER, PROMETHEUS, Processes
 from tests._support import free_port, wait_for
+from tests.test_alertmanager_e2e import _alertmanager_config, _am_alerts
 
 pytestmark = [
     pytest.mark.integration,
@@ -144,3 +149,56 @@ def test_a_task_failing_every_time_pages_and_the_page_resolves_after_recovery(tm
         if producer is not None:
             producer.stop()
         procs.stop()
+
+
+@pytest.mark.skipif(ALERTMANAGER is None, reason="needs prometheus-alertmanager (Debian package)")
+def test_an_ha_pair_sends_one_page_and_the_slo_page_holds_back_its_ticket(tmp_path: Path) -> None:
+    ports, prom_port, am_port = (free_port(), free_port()), free_port(), free_port()
+    config_file, rule_file = tmp_path / "my-alerts.yaml", tmp_path / "my.rules.yml"
+    config_file.write_text(yaml.safe_dump(CONFIG))
+    assert generate(["rules", "--config", str(config_file), "--output", str(rule_file)]) == 0
+    procs, prom = Processes(tmp_path), Prom(prom_port)
+    producer: Producer | None = None
+    try:
+        with private_redis() as (broker, _, _), webhook() as (hook_port, received):
+            (tmp_path / "slo_e2e_tasks.py").write_text(TASKS_MODULE.format(broker=broker, queue=QUEUE))
+            env = child_env(tmp_path)
+            for i, port in enumerate(ports):
+                start_exporter(procs, broker, port, env, name=f"exporter{i}")
+            start_worker(procs, "slo1", "slo_e2e_tasks", QUEUE, tmp_path, env)
+            start_alertmanager(procs, tmp_path, _alertmanager_config(tmp_path, hook_port), am_port)
+            prom_config = write_prometheus_config(tmp_path, rule_file, ports[0], am_port)
+            scrape = yaml.safe_load(prom_config.read_text())
+            scrape["scrape_configs"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{p}" for p in ports]
+            prom_config.write_text(yaml.safe_dump(scrape))
+            start_prometheus(procs, tmp_path, prom_config, prom_port)
+
+            def value(expr: str) -> float:
+                procs.check_alive()
+                return prom.value(expr)
+
+            wait_for(lambda: value('count(celery_workers{state="up"} >= 1)') == 2, 60, every=0.5,
+                     what="both replicas seeing the worker", errors=NOT_UP, context=procs.logs)
+            producer = Producer(broker)
+            producer.start()
+            wait_for(lambda: value(f'slo:celery_task_events:increase30s{{slo="{SLO}"}}') >= 20, 60, every=0.5,
+                     what="30 s of healthy traffic recorded", errors=NOT_UP)
+            producer.failing = True
+            wait_for(lambda: [n for n in received if n["path"] == "/pager"], 60, every=0.5,
+                     what="the page at the webhook", errors=NOT_UP, context=lambda: str(prom.api("alerts")))
+            # The 2m/15s ticket (1x) fires too; Alertmanager holds it back behind the SLO's page.
+            wait_for(lambda: [a for a in _am_alerts(am_port, "CelerySLOErrorBudgetBurn")
+                              if a["labels"]["severity"] == "warning" and a["status"]["inhibitedBy"]],
+                     30, every=0.5, what="the SLO ticket inhibited by its page", errors=NOT_UP,
+                     context=lambda: str(prom.api("alerts")))
+            time.sleep(4)  # several group intervals: anything else would have been sent by now
+            sent = [(n["path"], a["labels"]["alertname"], a["labels"]["severity"], a["status"])
+                    for n in received for a in n["alerts"]]
+            assert sent == [("/pager", "CelerySLOErrorBudgetBurn", "critical", "firing")], sent
+            (alert,) = received[0]["alerts"]
+            assert alert["labels"]["slo"] == SLO and "instance" not in alert["labels"]
+    finally:
+        if producer is not None:
+            producer.stop()
+        procs.stop()
+
