@@ -37,6 +37,7 @@ def slo_dashboard(one: Fold, alerts: list[BurnAlert]) -> dict[str, Any]:
     del one  # the recorded SLO series are already folded over replicas
     s = deployment_sel(SLO_VAR)
     shortest = min((a.short for a in alerts), key=seconds)
+    longest = max(alerts, key=lambda a: seconds(a.long))
     burn_panels: list[Panel] = []
     for alert in alerts:
         action = "pages" if alert.severity == "critical" else "opens a ticket"
@@ -60,9 +61,10 @@ def slo_dashboard(one: Fold, alerts: list[BurnAlert]) -> dict[str, Any]:
              f"max by (slo) (slo:celery_objective:ratio{s})", "percentunit", w=6),
         stat(f"SLI ({shortest})", f"Good events / all events over the last {shortest}.",
              f"1 - max by (slo) (slo:celery_task_errors:ratio_rate{shortest}{s})", "percentunit", w=6),
-        stat("Burn rate (longest window)", "Burn rate over the longest alert window: 1 spends the budget "
-             "exactly over the period.", _burn(max((a.long for a in alerts), key=seconds)), "none", w=6,
-             thresholds=[(None, "green"), (1, "orange"), (max(a.burn_rate for a in alerts), "red")]),
+        stat("Burn rate (longest window)", f"Burn rate over {longest.long}, the longest alert window: 1 "
+             f"spends the budget exactly over the period; red from {longest.burn_rate:g}, where its alert "
+             "fires.", _burn(longest.long), "none", w=6,
+             thresholds=[(None, "green"), (longest.burn_rate, "red")]),
         timeseries("SLI over time", "Good events / all events, per window, against the objective.", [
             (f"1 - max by (slo) (slo:celery_task_errors:ratio_rate{shortest}{s})",
              f"{{{{slo}}}} SLI {shortest}"),
