@@ -187,6 +187,9 @@ def schedule_group(schedules: list[Schedule], config: dict[str, Any]) -> Rule:
     rules: list[Rule] = []
     runbook = config["runbook_url"].rstrip("/#")
     fold = ", ".join([*config["replica_labels"], "queue"])
+    # A stopped beat is one ticket (missed), not two: per deployment, so another cluster's stopped beat
+    # never hides this one's failing runs.
+    keep = ", ".join(config["group_labels"])
     for sched in schedules:
         allowed = seconds(sched.every) + seconds(sched.grace)
         lookback = f"{2 * allowed}s"
@@ -213,7 +216,7 @@ def schedule_group(schedules: list[Schedule], config: dict[str, Any]) -> Rule:
         })
         rules.append({
             "alert": "CeleryPeriodicTaskNotSucceeding",
-            "expr": f"{late('succeeded')}\nunless on (task_name)\n{late('sent')}\n", **common,
+            "expr": f"{late('succeeded')}\nunless on ({keep}, task_name)\n{late('sent')}\n", **common,
             "annotations": {
                 "summary": f"Periodic task {sched.task_name} is sent but does not succeed.",
                 "description": (f"{sched.task_name} (job {{{{ $labels.job }}}}) runs {gap}: beat sends it, "
