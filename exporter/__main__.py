@@ -1,4 +1,5 @@
 """``celery-exporter`` / ``python -m exporter``: parse the config, build the app, run until SIGTERM/SIGINT.
+Subcommands: ``demo`` (exporter.demo) and ``generate`` (rules and dashboards, exporter.mixin.cli).
 
 SIGHUP re-reads the configuration and applies what can change while running (``exporter.reload``: the
 web config file, the log level), as Prometheus' own tools do; it never stops the process.
@@ -30,6 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from exporter.doctor import main as doctor_main
 
         return doctor_main(args[1:])
+    if args[:1] == ["generate"]:
+        from exporter.mixin.cli import main as generate_main
+
+        return generate_main(args[1:])
     if "--version" in args:
         from exporter.cli import version_text
 

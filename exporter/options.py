@@ -218,7 +218,8 @@ BY_ENV = {o.env: o for o in OPTIONS}
 PROG = "celery-exporter"
 USAGE = f"""{PROG} --broker-url URL [options]
        {PROG} demo [--broker auto|redis|memory] [--port PORT]   (a self-contained demo)
-       {PROG} doctor --broker-url URL [--duration S] [--output text|json] [options]   (diagnose)"""
+       {PROG} doctor --broker-url URL [--duration S] [--output text|json] [options]   (diagnose)
+       {PROG} generate rules|prometheusrule|dashboards|config [--config FILE] [--output PATH]"""
 DESCRIPTION = """\
 Prometheus exporter for Celery: task and worker events, queue depths, retry queues and dead-letter
 queues. Every option can also be set as an environment variable (CELERY_EXPORTER_<NAME>) or as a key

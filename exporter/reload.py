@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from exporter.config import OPTIONS, Config, ConfigError, load_config
+from exporter.config import Config, load_config
 from exporter.logs import configure_logging
+from exporter.options import OPTIONS, ConfigError
 from exporter.webconfig import web_security
 
 if TYPE_CHECKING:

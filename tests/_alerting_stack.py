@@ -116,8 +116,9 @@ def start_alertmanager(procs: Processes, tmp: Path, config: Path, port: int) -> 
                                  "--cluster.listen-address=", "--log.level=warn"])
 
 
-def start_exporter(procs: Processes, broker: str, port: int, env: dict[str, str], *extra: str) -> None:
-    procs.start("exporter", [sys.executable, "-m", "exporter", "--broker-url", broker,
+def start_exporter(procs: Processes, broker: str, port: int, env: dict[str, str], *extra: str,
+                   name: str = "exporter") -> None:
+    procs.start(name, [sys.executable, "-m", "exporter", "--broker-url", broker,
                              "--listen-address", "127.0.0.1", "--port", str(port), "--poll-interval", "1",
                              "--log-level", "warning", *extra], cwd=ROOT, env=env)
 

@@ -28,6 +28,8 @@ from exporter.collectors import all_specs
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 RULES_FILE = ROOT / "alerts" / "celery-exporter.rules.yml"
+# The SLOs and schedules of alerts/examples/slo-config.yaml, rendered: what the SLO dashboard reads.
+SLO_RULES_FILE = ROOT / "alerts" / "examples" / "slo.rules.yml"
 RULE_TESTS_DIR = ROOT / "alerts" / "tests"
 DASHBOARDS_DIR = ROOT / "dashboards"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
@@ -103,12 +105,16 @@ def recorded_names(rules: dict[str, Any] | None = None) -> set[str]:
 # Read by the rules and dashboards ahead of the exporter: the dead-letters-added counter (issue 13 item 2)
 # lands in the broker pollers; until then, and with an older exporter, the rules fall back to the queue
 # length (alerts/tests/dead_letters_test.yml runs both paths).
-AHEAD_OF_EXPORTER = frozenset({"celery_dead_letter_messages_added_total"})
+# The heartbeat-based missed-events counter and accepted-tasks counter (issue 21 item 3) and the diagnosis
+# gauge (issue 23 item 3) land in the collectors beside the alerts and panels that read them.
+AHEAD_OF_EXPORTER = frozenset({"celery_dead_letter_messages_added_total", "celery_exporter_task_events_missed_total",
+                               "celery_worker_tasks_accepted_total", "celery_exporter_check_status"})
 
 
 def known_names() -> set[str]:
     """What a rule or panel may read: exported samples, recording rules, and Prometheus' own ``up``."""
-    return exported_names() | recorded_names() | {"up"} | AHEAD_OF_EXPORTER
+    return (exported_names() | recorded_names() | recorded_names(load_rules(SLO_RULES_FILE)) | {"up"}
+            | AHEAD_OF_EXPORTER)
 
 
 def parse_duration(text: str) -> float:

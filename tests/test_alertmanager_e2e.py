@@ -38,7 +38,15 @@ from tests._alerting_stack import (
     webhook,
     write_prometheus_config,
 )
-from tests._prom_helpers import ALERTMANAGER, PROMETHEUS, ROOT, Processes, alert_rules
+from tests._prom_helpers import (
+    ALERTMANAGER,
+    PROMETHEUS,
+    ROOT,
+    SLO_RULES_FILE,
+    Processes,
+    alert_rules,
+    load_rules,
+)
 from tests._support import free_port, wait_for
 
 AM_CONFIG = ROOT / "deploy" / "compose" / "alertmanager" / "alertmanager.yml"
@@ -80,7 +88,9 @@ def _matches(matchers: list[str], labels: dict[str, str]) -> bool:
 
 
 def _static_labels() -> list[dict[str, str]]:
-    return [{"alertname": a["alert"], **a["labels"]} for a in alert_rules()]
+    """The shipped alerts and those an SLO and a schedule generate (alerts/examples/slo-config.yaml)."""
+    return [{"alertname": a["alert"], **a["labels"]}
+            for a in [*alert_rules(), *alert_rules(load_rules(SLO_RULES_FILE))]]
 
 
 def test_every_inhibit_rule_pairs_alerts_of_the_rule_file() -> None:
@@ -88,16 +98,17 @@ def test_every_inhibit_rule_pairs_alerts_of_the_rule_file() -> None:
     alerts = _static_labels()
     assert len(config["inhibit_rules"]) >= 2
     for rule in config["inhibit_rules"]:
-        sources = [a["alertname"] for a in alerts if _matches(rule["source_matchers"], a)]
-        targets = [a["alertname"] for a in alerts if _matches(rule["target_matchers"], a)]
+        sources = [(a["alertname"], a["severity"]) for a in alerts if _matches(rule["source_matchers"], a)]
+        targets = [(a["alertname"], a["severity"]) for a in alerts if _matches(rule["target_matchers"], a)]
         assert sources and set(targets) - set(sources), rule
         assert {"cluster", "namespace", "job"} <= set(rule["equal"]), rule
-    blind, per_queue = config["inhibit_rules"]
+    blind, per_queue, per_slo = config["inhibit_rules"]
     blinded = {a["alertname"] for a in alerts if _matches(blind["target_matchers"], a)}
     assert blinded == {a["alertname"] for a in alerts
                        if a["signal"] in ("events", "exporter") and a["alertname"] != BLIND}
     assert TICKET in {a["alertname"] for a in alerts if _matches(per_queue["target_matchers"], a)}
     assert "queue" in per_queue["equal"]
+    assert "slo" in per_slo["equal"]
 
 
 def test_docs_show_the_configuration_the_test_loads() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from exporter.mixin.config import STRUCTURED_KEYS
 from tests._prom_helpers import (
     PROMTOOL,
     ROOT,
@@ -115,7 +116,8 @@ def test_a_bad_override_is_refused_with_the_key(tmp_path: Path, override: str, m
 
 def test_every_config_key_is_used_by_the_template() -> None:
     template = rules.TEMPLATE.read_text(encoding="utf-8")
-    unused = {key for key in rules.load_config() if "${" + key + "}" not in template}
+    # The SLO and schedule keys are read by exporter.mixin.slo, not by the template.
+    unused = {key for key in rules.load_config() if "${" + key + "}" not in template} - set(STRUCTURED_KEYS)
     assert not unused, f"alerts/config.yaml keys the template never reads: {sorted(unused)}"
 
 

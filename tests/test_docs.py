@@ -8,6 +8,7 @@ from pathlib import Path
 
 from exporter.collectors import all_specs
 from exporter.doctor import PARSER as DOCTOR_PARSER
+from exporter.mixin.cli import flags as generate_flags
 from exporter.options import OPTIONS
 from tools import docs, generate
 
@@ -50,7 +51,7 @@ def test_every_celery_metric_named_in_readme_exists() -> None:
 
 
 def test_every_flag_named_in_readme_exists() -> None:
-    flags = {f for o in OPTIONS for f in o.all_flags} | {"--config", "--version", "--help"}
+    flags = {f for o in OPTIONS for f in o.all_flags} | {"--config", "--version", "--help"} | generate_flags()
     flags |= set(re.findall(r"--[a-z-]+", DOCTOR_PARSER.format_help()))  # celery-exporter doctor's own
     # Commands of other tools (docker, kubectl, the benchmark scripts, the generators) have flags of their own.
     ours = re.sub(r"`(?:docker|kubectl|python benchmarks/|python -m tools)[^`]*`", "", README)

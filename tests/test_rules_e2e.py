@@ -1,6 +1,6 @@
 """End to end: real Celery workers (events on) on a private Redis, the exporter, and a real Prometheus
-loading the committed rule file (evaluating every second), with the target labels (cluster, namespace) a
-ServiceMonitor adds. Traffic includes successes, failures, and retries that end in the seed's
+loading the committed rules plus one SLO of each kind over the test's tasks (evaluating every second),
+with the target labels (cluster, namespace) a ServiceMonitor adds. Traffic includes successes, failures, and retries that end in the seed's
 ``dlq:<task>`` pattern. Then every dashboard and rule expression must run through Prometheus' HTTP API
 without error (as Grafana would send it, variables substituted), the key panels and every variable must
 return data, and every rule must evaluate healthily. Alertmanager routing: test_alertmanager_e2e.py.
@@ -21,6 +21,7 @@ from tests._alerting_stack import (
     Prom,
     child_env,
     private_redis,
+    render_rules,
     start_exporter,
     start_prometheus,
     start_worker,
@@ -28,11 +29,11 @@ from tests._alerting_stack import (
 )
 from tests._prom_helpers import (
     PROMETHEUS,
-    RULES_FILE,
     Processes,
     dashboard_exprs,
     iter_rules,
     load_dashboards,
+    load_rules,
     substitute_grafana_vars,
     variable_query_expr,
 )
@@ -97,7 +98,16 @@ KEY_PANELS = {
     "celery-queues.json": [*HEALTH, "Dead letters", "Dead letters added", "Oldest dead letter",
                            "Dead-letter queue depth", "Arrivals vs completions /s", "Time to drain",
                            "Retries exhausted by task /h", "Poll success"],
+    "celery-slo.json": ["Error budget remaining", "Objective", "SLI (5m)", "SLI over time",
+                        "Burn rate 1h / 5m (alert at 14.4x)", "Burn rate 3d / 6h (alert at 1x)"],
 }
+# One SLO of each kind over the traffic below, rendered with the shipped rules as a user would: the SLO
+# dashboard and the SLO recording rules get data.
+SLOS = [
+    {"name": "e2e-succeed", "kind": "success", "task_name": "e2e.*", "objective": 99},
+    {"name": "e2e-starts-fast", "kind": "queue_latency", "queue": QUEUE, "threshold_seconds": 5, "objective": 99},
+    {"name": "e2e-ok-runs-fast", "kind": "run_time", "task_name": "e2e.ok", "threshold_seconds": 1, "objective": 95},
+]
 VARIABLES = {"task_name": "e2e.flaky"}
 
 
@@ -106,7 +116,7 @@ def _has_values(result: list[dict[str, Any]]) -> bool:
     return any(not math.isnan(float(v[1])) for v in values)
 
 
-def _check_dashboards(prom: Prom) -> None:
+def _check_dashboards(prom: Prom) -> bool:
     """Every dashboard query runs (as Grafana would send it); key panels and variables have data."""
     now = time.time()
     for name, dash in load_dashboards().items():
@@ -124,6 +134,7 @@ def _check_dashboards(prom: Prom) -> None:
                 with_data.add(where.split("'")[1])
         missing = set(KEY_PANELS[name]) - with_data
         assert not missing, f"{name}: key panels without data: {sorted(missing)}"
+    return True
 
 
 def test_rules_and_dashboards_against_real_prometheus(tmp_path: Path) -> None:
@@ -133,7 +144,9 @@ def test_rules_and_dashboards_against_real_prometheus(tmp_path: Path) -> None:
     prom = Prom(prom_port)
     try:
         with private_redis() as (broker, client, _):
-            config = write_prometheus_config(tmp_path, RULES_FILE, exporter_port, None)
+            rule_file = render_rules(tmp_path, slos=SLOS)
+            assert load_rules(rule_file)["groups"][:len(load_rules()["groups"])] == load_rules()["groups"]
+            config = write_prometheus_config(tmp_path, rule_file, exporter_port, None)
             (tmp_path / "e2e_tasks.py").write_text(TASKS_MODULE.format(broker=broker, queue=QUEUE,
                                                                         max_retries=MAX_RETRIES))
             env = child_env(tmp_path)
@@ -195,8 +208,10 @@ def test_rules_and_dashboards_against_real_prometheus(tmp_path: Path) -> None:
             for group in prom.api("rules")["groups"]:
                 for rule in group["rules"]:
                     assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
-            for rule in iter_rules():
+            for rule in iter_rules(load_rules(rule_file)):
                 prom.api("query", query=rule["expr"])
-            _check_dashboards(prom)
+            # Recording rules land an evaluation or two after the traffic (more on a loaded machine).
+            wait_for(lambda: _check_dashboards(prom), 30, every=1, what="every dashboard's key panels",
+                     errors=(AssertionError,))
     finally:
         procs.stop()

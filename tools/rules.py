@@ -1,20 +1,24 @@
-"""Renders the alerting and recording rules from one source: ``alerts/rules.template.yml`` filled with
-``alerts/config.yaml`` (selectors, thresholds, ``for`` durations, runbook base URL: the ``_config`` of a
-monitoring mixin), optionally overridden by a user's YAML file.
+"""The repository's rule files, rendered by exporter.mixin (the code an installed user runs with
+``celery-exporter generate``) from ``alerts/rules.template.yml`` and ``alerts/config.yaml``: the
+``_config`` of a monitoring mixin, optionally overridden by a user's YAML file.
 
 Outputs: ``alerts/celery-exporter.rules.yml`` (the defaults, which the promtool tests in alerts/tests/
 exercise), ``deploy/kubernetes/base/prometheusrule.yaml`` (the same groups in a Prometheus Operator
-PrometheusRule) and ``deploy/compose/prometheus/rules/celery-exporter.rules.yml`` (the defaults plus
-``deploy/compose/prometheus/alerts-config.yaml``, the worked example of an override).
+PrometheusRule), ``deploy/compose/prometheus/rules/celery-exporter.rules.yml`` (the defaults plus
+``deploy/compose/prometheus/alerts-config.yaml``, the worked example of an override),
+``alerts/examples/slo.rules.yml`` (the SLOs and schedules of ``alerts/examples/slo-config.yaml``, which
+the promtool tests beside it exercise), and the package's copies of the template and the defaults
+(``exporter/mixin/data/``).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-import yaml
+from exporter.mixin import config as mixin_config
+from exporter.mixin import rules as mixin_rules
+from exporter.mixin.config import MixinError as ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "alerts" / "rules.template.yml"
@@ -23,97 +27,25 @@ RULES = ROOT / "alerts" / "celery-exporter.rules.yml"
 PROMETHEUSRULE = ROOT / "deploy" / "kubernetes" / "base" / "prometheusrule.yaml"
 COMPOSE_CONFIG = ROOT / "deploy" / "compose" / "prometheus" / "alerts-config.yaml"
 COMPOSE_RULES = ROOT / "deploy" / "compose" / "prometheus" / "rules" / "celery-exporter.rules.yml"
+EXAMPLE_CONFIG = ROOT / "alerts" / "examples" / "slo-config.yaml"
+EXAMPLE_RULES = ROOT / "alerts" / "examples" / "slo.rules.yml"
+PACKAGE_DATA = ROOT / "exporter" / "mixin" / "data"
+OPERATOR_LABELS = mixin_rules.OPERATOR_LABELS
 
-# The Prometheus Operator picks rules by label; kube-prometheus-stack's default ruleSelector is
-# `release: <helm release>`. Override it with a kustomize patch (docs/deployment.md).
-OPERATOR_LABELS = {
-    "app.kubernetes.io/name": "celery-exporter",
-    "app.kubernetes.io/component": "exporter",
-    "release": "kube-prometheus-stack",
-}
-_PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
-_LIST_KEYS = ("group_labels", "replica_labels")
-
-
-class ConfigError(ValueError):
-    """A rules config that cannot render (unknown key, missing value, wrong type)."""
+__all__ = ["ConfigError", "load_config", "render_prometheusrule", "render_rules", "targets"]
 
 
 def load_config(override: Path | None = None) -> dict[str, Any]:
     """The defaults of alerts/config.yaml, with the keys of ``override`` replacing theirs."""
-    config: dict[str, Any] = yaml.safe_load(DEFAULTS.read_text(encoding="utf-8"))
-    if override is not None:
-        extra = yaml.safe_load(override.read_text(encoding="utf-8")) or {}
-        if not isinstance(extra, dict):
-            raise ConfigError(f"{override}: expected a mapping of alerts/config.yaml keys")
-        unknown = sorted(set(extra) - set(config))
-        if unknown:
-            raise ConfigError(f"{override}: unknown key(s) {', '.join(unknown)} (see {DEFAULTS.name})")
-        config.update(extra)
-    return config
-
-
-def _values(config: dict[str, Any]) -> dict[str, str]:
-    """Template values: lists joined as PromQL label lists, plus the derived ``replica_key``."""
-    values: dict[str, str] = {}
-    for key, value in config.items():
-        if key in _LIST_KEYS:
-            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{key}: expected a non-empty list of label names, got {value!r}")
-            values[key] = ", ".join(value)
-        elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ConfigError(f"{key}: expected a string or a number, got {value!r}")
-        else:
-            values[key] = str(value)
-    if not values.get("selector", "").strip():
-        raise ConfigError('selector: must select the exporter, e.g. job="celery-exporter"')
-    values["replica_key"] = ", ".join([*config["group_labels"], *config["replica_labels"]])
-    values["runbook_url"] = values["runbook_url"].rstrip("/#")
-    return values
+    return mixin_config.load_config(override, DEFAULTS.read_text(encoding="utf-8"))
 
 
 def render_rules(config: dict[str, Any], template: Path = TEMPLATE) -> str:
     """The Prometheus rule file for ``config`` (from ``template``, by default the repository's)."""
-    values = _values(config)
-    # The template's header comment talks about ${name}; only the body after `groups:` is filled.
-    body = template.read_text(encoding="utf-8").split("\ngroups:\n", 1)[1]
-    missing = sorted({m for m in _PLACEHOLDER.findall(body) if m not in values})
-    if missing:
-        raise ConfigError(f"{template.name} uses ${{{missing[0]}}}, which the config lacks")
-    header = (
-        "# GENERATED by `python -m tools.generate` from alerts/rules.template.yml and alerts/config.yaml:\n"
-        "# do not edit. Set thresholds, selectors and `for` durations in alerts/config.yaml (or an override\n"
-        "# file, see docs/alerting.md), then regenerate.\n"
-    )
-    return header + "groups:\n" + _PLACEHOLDER.sub(lambda m: values[m.group(1)], body)
+    return mixin_rules.render_rules(config, template.read_text(encoding="utf-8"))
 
 
-class _Dumper(yaml.SafeDumper):
-    """Block style for multi-line strings (PromQL, descriptions), so the manifest reads like alerts/."""
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str)
-
-
-def render_prometheusrule(rules_text: str) -> str:
-    """A PrometheusRule manifest holding the groups of ``rules_text``."""
-    manifest = {
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "PrometheusRule",
-        "metadata": {"name": "celery-exporter", "labels": dict(OPERATOR_LABELS)},
-        "spec": {"groups": yaml.safe_load(rules_text)["groups"]},
-    }
-    header = (
-        "# GENERATED by `python -m tools.generate` from alerts/rules.template.yml and alerts/config.yaml:\n"
-        "# do not edit. The `release` label is for kube-prometheus-stack's ruleSelector: change it with a\n"
-        "# kustomize patch (docs/deployment.md).\n"
-    )
-    return header + yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=100_000)
+render_prometheusrule = mixin_rules.render_prometheusrule
 
 
 def targets() -> dict[Path, str]:
@@ -122,4 +54,7 @@ def targets() -> dict[Path, str]:
         RULES: rules,
         PROMETHEUSRULE: render_prometheusrule(rules),
         COMPOSE_RULES: render_rules(load_config(COMPOSE_CONFIG)),
+        EXAMPLE_RULES: render_rules(load_config(EXAMPLE_CONFIG)),
+        PACKAGE_DATA / "config.yaml": DEFAULTS.read_text(encoding="utf-8"),
+        PACKAGE_DATA / "rules.template.yml": TEMPLATE.read_text(encoding="utf-8"),
     }

@@ -33,7 +33,7 @@ task names, queues, exception classes and workers are capped (overflow folds int
 is counted), so is the total of per-task series (``max_series``), and every string that can become a
 label value or a key is made valid UTF-8 and cut to a byte limit where it enters (``label_value``).
 Time comes from the injected ``clock``, so time-outs are tested without sleeping. The package imports
-nothing from ``exporter`` but the leaves ``exporter.labels`` and ``exporter.inflight``.
+nothing from ``exporter`` but the leaves ``exporter.labels``, ``exporter.options`` and ``exporter.inflight``.
 """
 
 from __future__ import annotations

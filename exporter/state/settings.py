@@ -1,13 +1,15 @@
 """What the cluster state is configured with: ``StateSettings`` (the slice of the configuration it
-receives; ``exporter.config.state_settings`` builds it from the options), the default histogram buckets
-those options start from, and the fixed limits that bound what an outsider can make the state hold."""
+receives; ``exporter.config.state_settings`` builds it from the options; the default histogram buckets
+are the options', re-exported here), and the fixed limits that bound what an outsider can make the state
+hold."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-DEFAULT_QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+from exporter.options import DEFAULT_DURATION_BUCKETS, DEFAULT_QUEUE_WAIT_BUCKETS
+
+__all__ = ["DEFAULT_DURATION_BUCKETS", "DEFAULT_QUEUE_WAIT_BUCKETS", "SENT_AT", "StateSettings"]
 
 # Attempts published or received but not yet started, kept per task (entries.attempt_index).
 MAX_PENDING_ATTEMPTS = 8

@@ -1,4 +1,5 @@
-"""Grafana JSON building blocks (panels, variables, layout, the dashboard envelope) for tools/dashboards.py.
+"""Grafana JSON building blocks (panels, variables, layout, the dashboard envelope, the scope selectors
+and replica folding) for the dashboards of exporter/mixin/.
 
 Plain dictionaries in Grafana's schema, no dependency: every panel and query uses the ``datasource``
 template variable, so the dashboards import as-is, by hand or by file provisioning.
@@ -11,6 +12,32 @@ from typing import Any
 SCHEMA_VERSION = 39
 DS = {"type": "prometheus", "uid": "${datasource}"}
 Panel = dict[str, Any]
+RI = "[$__rate_interval]"
+SCOPE = 'cluster=~"$cluster",namespace=~"$namespace",job=~"$job",instance=~"$instance"'
+# Recording rules that fold replicas have no instance label: select them without it.
+SCOPE_NO_INSTANCE = 'cluster=~"$cluster",namespace=~"$namespace",job=~"$job"'
+
+
+def sel(*extra: str) -> str:
+    """A label selector body restricted to the dashboard's scope variables (plus ``extra`` matchers)."""
+    return "{" + ",".join((SCOPE, *extra)) + "}"
+
+
+def deployment_sel(*extra: str) -> str:
+    """Like ``sel`` without ``instance``, for recording rules that already folded the replicas."""
+    return "{" + ",".join((SCOPE_NO_INSTANCE, *extra)) + "}"
+
+
+class Fold:
+    """``one(expr)``: ``expr`` with exporter replicas folded (every replica reports the same cluster, so
+    take one). The labels are the config's ``replica_labels``, as the rules fold them; everything else
+    (cluster, namespace, job, the series' own labels) is kept, so folding never merges two deployments."""
+
+    def __init__(self, replica_labels: list[str]) -> None:
+        self.labels = ", ".join(replica_labels)
+
+    def __call__(self, expr: str) -> str:
+        return f"max without ({self.labels}) ({expr})"
 
 
 # ---------------------------------------------------------------------------------------------- panels
