@@ -105,10 +105,7 @@ def recorded_names(rules: dict[str, Any] | None = None) -> set[str]:
 # Read by the rules and dashboards ahead of the exporter: the dead-letters-added counter (issue 13 item 2)
 # lands in the broker pollers; until then, and with an older exporter, the rules fall back to the queue
 # length (alerts/tests/dead_letters_test.yml runs both paths).
-# The heartbeat-based missed-events counter and accepted-tasks counter (issue 21 item 3) and the diagnosis
-# gauge (issue 23 item 3) land in the collectors beside the alerts and panels that read them.
-AHEAD_OF_EXPORTER = frozenset({"celery_dead_letter_messages_added_total", "celery_exporter_task_events_missed_total",
-                               "celery_worker_tasks_accepted_total", "celery_exporter_check_status"})
+AHEAD_OF_EXPORTER = frozenset({"celery_dead_letter_messages_added_total"})
 
 
 def known_names() -> set[str]:
