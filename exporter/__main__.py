@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from exporter.config import load_config
+from exporter.config import load_config_or_report
 from exporter.options import ConfigError
 
 
@@ -40,13 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(version_text())
         return 0
-    try:
-        config = load_config(args)
-    except ConfigError as exc:
-        if exc.key != "arguments":  # argparse has already printed its own message
-            print(f"celery-exporter: error: {exc}", file=sys.stderr)
-        return 2
-    return run(config, args)
+    config = load_config_or_report(args, "celery-exporter")
+    return 2 if config is None else run(config, args)
 
 
 def run(config: object, argv: Sequence[str] = ()) -> int:

@@ -18,6 +18,7 @@ import copy
 import difflib
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -286,3 +287,13 @@ def _read_yaml(path: str) -> dict[str, Any]:
         out[name] = value
     return out
 
+
+def load_config_or_report(argv: Sequence[str], prog: str) -> Config | None:
+    """``load_config``, or None after printing the error as ``prog: error: ...`` (argparse has already
+    printed its own message for a malformed command line): the caller exits 2."""
+    try:
+        return load_config(argv)
+    except ConfigError as exc:
+        if exc.key != "arguments":
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+        return None

@@ -38,7 +38,7 @@ PARSER.add_argument("--output", choices=("text", "json"), default="text", help="
 
 
 def main(argv: Sequence[str]) -> int:
-    from exporter.config import ConfigError, load_config
+    from exporter.config import load_config_or_report
 
     if any(a in ("-h", "--help") for a in argv):
         PARSER.print_help()
@@ -47,13 +47,8 @@ def main(argv: Sequence[str]) -> int:
     if not 0 < own.duration <= 3600:
         print("celery-exporter doctor: error: --duration must be between 0 and 3600 seconds", file=sys.stderr)
         return 2
-    try:
-        config = load_config(rest)
-    except ConfigError as exc:
-        if exc.key != "arguments":  # argparse has already printed its own message
-            print(f"celery-exporter doctor: error: {exc}", file=sys.stderr)
-        return 2
-    return diagnose(config, own.duration, own.output, sys.stdout, sys.stderr)
+    config = load_config_or_report(rest, "celery-exporter doctor")
+    return 2 if config is None else diagnose(config, own.duration, own.output, sys.stdout, sys.stderr)
 
 
 def diagnose(config: Any, duration: float, output: str, out: TextIO, err: TextIO) -> int:
