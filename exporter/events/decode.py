@@ -265,7 +265,10 @@ def _collect(obj: Any, now: float, here_offset: float | None, out: Decoded) -> N
                 and (offset is None or (offset.__class__ is float and offset == here))  # nothing to adjust
                 and 0.0 <= ts <= latest  # also False for NaN; +-Inf is beyond latest or below 0
             ):
-                runtime = ev.get("runtime")  # the one number a float() is taken of: ints go the slow way
+                if "runtime" not in ev:  # the common case, tested without a call
+                    append(ev)
+                    continue
+                runtime = ev["runtime"]  # the one number a float() is taken of: ints go the slow way
                 if runtime is None or runtime.__class__ is float:
                     append(ev)
                     continue

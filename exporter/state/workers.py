@@ -146,8 +146,14 @@ class Workers:
         rec.online = True
         sent = ev.get(SENT_AT)  # a clamped heartbeat (far ahead): its own timestamp tells the skew
         sent_at = sent if sent.__class__ is float and sent > ts else ts
-        rec.skew_samples = (*rec.skew_samples[1 - SKEW_SAMPLES:], sent_at - now)
-        rec.clock_skew = max(rec.skew_samples)
+        skew, samples, largest = sent_at - now, rec.skew_samples, rec.clock_skew
+        rec.skew_samples = (*samples[1 - SKEW_SAMPLES:], skew)
+        # The largest of the window without a max() per heartbeat: rescanned only when the sample that
+        # left the window was the largest.
+        if largest is None or skew >= largest:
+            rec.clock_skew = skew
+        elif len(samples) >= SKEW_SAMPLES and samples[0] == largest:
+            rec.clock_skew = max(rec.skew_samples)
         active = ev.get("active")
         # Bounded: Inf (JSON 1e999) or 1e300 would otherwise be served until the worker's next heartbeat.
         if isinstance(active, (int, float)) and not isinstance(active, bool) and 0 <= active <= 1e6:
