@@ -117,6 +117,8 @@ class RedisServer:
                 "no", "--dir", self.dir, "--loglevel", "warning", "--enable-debug-command", "local", *self.extra]
 
     def start(self) -> Self:
+        if self.proc is not None and self.proc.poll() is None:
+            return self  # already running: ``with RedisServer().start()`` enters a started server
         self.proc = subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for(self._pings, 10, what=f"redis-server on port {self.port}")
